@@ -1,0 +1,48 @@
+// What every allreduce algorithm is given, and the algorithms themselves.
+// Algorithms see only the Transport interface and a Reduction: they never know
+// which transport carries their messages or what the elements are.
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+
+#include "../reduce/reduction.h"
+#include "../transport/transport.h"
+
+namespace pyallreduce {
+
+// Scratch memory owned by a communicator and reused across calls, so a call
+// does not allocate (and fault in) fresh temporaries every time.
+class Workspace {
+ public:
+  // A 64-byte aligned region of at least `bytes`, valid until the next call.
+  void* reserve(size_t bytes);
+
+ private:
+  struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
+  std::unique_ptr<void, FreeDeleter> memory_;
+  size_t capacity_ = 0;
+};
+
+// The vector being reduced, in place: `count` elements of reduction.dtype().
+struct Vector {
+  void* data;
+  size_t count;
+  size_t element_size;
+  char* at(size_t element) const { return static_cast<char*>(data) + element * element_size; }
+  size_t bytes(size_t elements) const { return elements * element_size; }
+};
+
+struct AllreduceContext {
+  Transport& transport;
+  const Reduction& reduction;
+  Workspace& workspace;
+  size_t ring_segment_bytes;  // ring: pipelining granularity
+};
+
+void ring_allreduce(const AllreduceContext& ctx, Vector vec);
+void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
+void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
+
+}  // namespace pyallreduce

@@ -1,0 +1,55 @@
+// Choosing an algorithm for "auto": explicit size-range rules first (the
+// PYALLREDUCE_ALGO syntax), then the alpha-beta-gamma cost model of DESIGN.md.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "../types.h"
+
+namespace pyallreduce {
+
+// Time for one allreduce of `bytes` over `world_size` ranks, in seconds:
+// alpha per message, beta per byte sent, gamma per byte combined.
+struct CostModel {
+  double alpha_s;
+  double beta_s_per_byte;
+  double gamma_s_per_byte;
+  double predict(Algorithm algorithm, size_t bytes, int world_size) const;
+};
+
+// Measured on the development machine (2 cores, PyPI MPICH 5.0.2, 2 ranks):
+// see bench/RESULTS.md for how. A cluster's numbers differ, which is what the
+// size-range rules are for.
+CostModel default_cost_model();
+
+struct SizeRule {
+  size_t min_bytes;
+  size_t max_bytes;  // inclusive
+  Algorithm algorithm;
+};
+
+// Parses "recursive_doubling:0-4096;halving_doubling:4097-1048576;ring:1048577-max"
+// (ranges in bytes, inclusive, "max" = unbounded) or a bare algorithm name,
+// which applies to every size. Empty text gives no rules. Throws InvalidArgument.
+std::vector<SizeRule> parse_size_rules(const std::string& text);
+
+struct AlgorithmChoice {
+  Algorithm algorithm;
+  std::string reason;
+};
+
+class AlgorithmSelector {
+ public:
+  AlgorithmSelector(std::vector<SizeRule> rules, CostModel model)
+      : rules_(std::move(rules)), model_(model) {}
+  // Resolves `requested` (kAuto or a concrete algorithm) for one call.
+  AlgorithmChoice choose(Algorithm requested, size_t bytes, int world_size) const;
+
+ private:
+  std::vector<SizeRule> rules_;
+  CostModel model_;
+};
+
+}  // namespace pyallreduce

@@ -1,0 +1,156 @@
+// The only file that knows pybind11: exposes communicators over MPI (from an
+// mpi4py communicator) and over in-process threads, taking raw addresses so
+// that torch, numpy and any buffer-protocol object share one path.
+#include <mpi.h>
+#include <mpi4py/mpi4py.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "communicator.h"
+#include "transport/local_transport.h"
+#include "transport/mpi_transport.h"
+
+namespace py = pybind11;
+using namespace pyallreduce;
+
+namespace {
+
+MPI_Comm mpi_handle(const py::object& mpi4py_comm) {
+  static bool imported = false;
+  if (!imported) {
+    if (import_mpi4py() < 0) throw py::error_already_set();
+    imported = true;
+  }
+  MPI_Comm* handle = PyMPIComm_Get(mpi4py_comm.ptr());
+  if (handle == nullptr) throw py::error_already_set();
+  if (*handle == MPI_COMM_NULL) throw InvalidArgument("cannot build a communicator on MPI.COMM_NULL");
+  return *handle;
+}
+
+std::string mpi_built_against() {
+#if defined(OMPI_MAJOR_VERSION)
+  return "Open MPI " + std::to_string(OMPI_MAJOR_VERSION) + "." + std::to_string(OMPI_MINOR_VERSION) +
+         "." + std::to_string(OMPI_RELEASE_VERSION);
+#elif defined(MPICH_VERSION)
+  return std::string("MPICH ") + MPICH_VERSION;
+#else
+  return "MPI " + std::to_string(MPI_VERSION) + "." + std::to_string(MPI_SUBVERSION);
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pyallreduce's C++ core: transports, allreduce algorithms and reductions.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const TransportError& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::kFloat32)
+      .value("float64", DType::kFloat64)
+      .value("float16", DType::kFloat16)
+      .value("bfloat16", DType::kBFloat16)
+      .value("int32", DType::kInt32)
+      .value("int64", DType::kInt64);
+  py::enum_<ReduceOp>(m, "ReduceOp")
+      .value("sum", ReduceOp::kSum)
+      .value("avg", ReduceOp::kAvg)
+      .value("min", ReduceOp::kMin)
+      .value("max", ReduceOp::kMax)
+      .value("prod", ReduceOp::kProd);
+  py::enum_<Algorithm>(m, "Algorithm")
+      .value("auto", Algorithm::kAuto)
+      .value("ring", Algorithm::kRing)
+      .value("halving_doubling", Algorithm::kHalvingDoubling)
+      .value("recursive_doubling", Algorithm::kRecursiveDoubling);
+  py::enum_<ArgumentError>(m, "ArgumentError")
+      .value("bad_buffer", ArgumentError::kBadBuffer)
+      .value("bad_dtype", ArgumentError::kBadDtype)
+      .value("bad_op", ArgumentError::kBadOp)
+      .value("bad_algorithm", ArgumentError::kBadAlgorithm)
+      .value("bad_output", ArgumentError::kBadOutput);
+
+  py::class_<CommunicatorOptions>(m, "CommunicatorOptions")
+      .def(py::init<>())
+      .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
+      .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
+      .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
+      .def_readwrite("log_selection", &CommunicatorOptions::log_selection);
+
+  py::class_<LocalWorld, std::shared_ptr<LocalWorld>>(m, "LocalWorld")
+      .def(py::init<int>(), py::arg("size"))
+      .def_property_readonly("size", &LocalWorld::size)
+      .def("abort", &LocalWorld::abort, py::arg("reason"),
+           "Wake every rank blocked in this world with an error carrying `reason`.");
+
+  py::class_<Communicator>(m, "Communicator")
+      .def_static(
+          "from_mpi",
+          [](const py::object& mpi4py_comm, const CommunicatorOptions& options, size_t max_message_bytes) {
+            const MPI_Comm handle = mpi_handle(mpi4py_comm);
+            py::gil_scoped_release release;  // MPI_Comm_dup is collective
+            return std::make_unique<Communicator>(std::make_unique<MpiTransport>(handle, max_message_bytes),
+                                                  options);
+          },
+          py::arg("mpi4py_comm"), py::arg("options"), py::arg("max_message_bytes") = static_cast<size_t>(INT_MAX),
+          "Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point.")
+      .def_static(
+          "local",
+          [](std::shared_ptr<LocalWorld> world, int rank, const CommunicatorOptions& options) {
+            return std::make_unique<Communicator>(std::make_unique<LocalTransport>(std::move(world), rank),
+                                                  options);
+          },
+          py::arg("world"), py::arg("rank"), py::arg("options"),
+          "Rank `rank` of an in-process world; each rank must run on its own thread.")
+      .def_property_readonly("rank", &Communicator::rank)
+      .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly("freed", &Communicator::freed)
+      .def_property_readonly("check_arguments",
+                             [](const Communicator& c) { return c.options().check_arguments; })
+      .def_property("ring_segment_bytes",
+                    [](const Communicator& c) { return c.options().ring_segment_bytes; },
+                    &Communicator::set_ring_segment_bytes)
+      .def(
+          "allreduce",
+          [](Communicator& c, uintptr_t input, uintptr_t output, size_t count, DType dtype, ReduceOp op,
+             Algorithm algorithm) {
+            c.allreduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count, dtype,
+                        op, algorithm);
+          },
+          py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+          py::arg("algorithm"), py::call_guard<py::gil_scoped_release>(),
+          "Allreduce `count` elements from address `input` into address `output` (may be equal).")
+      .def("report_invalid_arguments", &Communicator::report_invalid_arguments, py::arg("error"),
+           py::call_guard<py::gil_scoped_release>(),
+           "The collective half of a call this rank rejected: the other ranks' allreduce raises.")
+      .def(
+          "choose_algorithm",
+          [](const Communicator& c, Algorithm requested, size_t bytes) {
+            const AlgorithmChoice choice = c.choose_algorithm(requested, bytes);
+            return py::make_tuple(choice.algorithm, choice.reason);
+          },
+          py::arg("requested"), py::arg("bytes"), "The algorithm a call of `bytes` would use, and why.")
+      .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.");
+
+  m.def("mpi_library_version", &MpiTransport::library_version,
+        "The MPI library's version string (callable before MPI is initialized).");
+  m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");
+  m.def(
+      "predict_seconds",
+      [](Algorithm algorithm, size_t bytes, int world_size) {
+        return default_cost_model().predict(algorithm, bytes, world_size);
+      },
+      py::arg("algorithm"), py::arg("bytes"), py::arg("world_size"),
+      "The default cost model's time for one allreduce, in seconds.");
+}

@@ -1,0 +1,146 @@
+#include "communicator.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "reduce/reduction.h"
+
+namespace pyallreduce {
+
+const char* argument_error_text(ArgumentError error) {
+  switch (error) {
+    case ArgumentError::kNone: return "no error";
+    case ArgumentError::kBadBuffer: return "its buffer is not a contiguous, writable CPU array";
+    case ArgumentError::kBadDtype: return "its buffer has an unsupported dtype";
+    case ArgumentError::kBadOp: return "it named an unknown reduction op";
+    case ArgumentError::kBadAlgorithm: return "it named an unknown algorithm";
+    case ArgumentError::kBadOutput: return "its out= buffer does not match the input";
+  }
+  return "unknown error";
+}
+
+Communicator::Communicator(std::unique_ptr<Transport> transport, const CommunicatorOptions& options)
+    : transport_(std::move(transport)),
+      options_(options),
+      selector_(parse_size_rules(options.algorithm_rules), default_cost_model()) {
+  set_ring_segment_bytes(options.ring_segment_bytes);
+}
+
+Transport& Communicator::transport() const {
+  if (transport_ == nullptr) throw InvalidArgument("this communicator has been freed");
+  return *transport_;
+}
+
+int Communicator::rank() const { return transport().rank(); }
+int Communicator::size() const { return transport().size(); }
+
+void Communicator::set_ring_segment_bytes(size_t bytes) {
+  if (bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
+  options_.ring_segment_bytes = bytes;
+}
+
+void Communicator::free() { transport_.reset(); }
+
+AlgorithmChoice Communicator::choose_algorithm(Algorithm requested, size_t bytes) const {
+  return selector_.choose(requested, bytes, size());
+}
+
+// Every rank contributes its signature and error; a max-allreduce of
+// [values, -values] gives each field's maximum and (negated) minimum on every
+// rank, so all ranks see the same disagreement and raise together. The error
+// field is (rank + 1) * 8 + code, so the maximum names the highest failing rank
+// and its reason.
+std::string Communicator::agree(const Signature& mine, ArgumentError error) {
+  Transport& t = transport();
+  constexpr int kFields = 5;
+  const int64_t mine_fields[kFields] = {
+      mine.count, mine.dtype, mine.op, mine.algorithm,
+      error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
+  int64_t both[2 * kFields];
+  for (int i = 0; i < kFields; ++i) {
+    both[i] = mine_fields[i];
+    both[kFields + i] = -mine_fields[i];
+  }
+  const Reduction max_int64(DType::kInt64, ReduceOp::kMax);
+  recursive_doubling_allreduce(AllreduceContext{t, max_int64, workspace_, options_.ring_segment_bytes},
+                               Vector{both, 2 * kFields, sizeof(int64_t)});
+  auto max_of = [&](int i) { return both[i]; };
+  auto min_of = [&](int i) { return -both[kFields + i]; };
+
+  if (max_of(4) != 0) {
+    const int64_t failing_rank = max_of(4) / 8 - 1;
+    const auto reason = static_cast<ArgumentError>(max_of(4) % 8);
+    return "allreduce rejected on rank " + std::to_string(failing_rank) + ": " +
+           argument_error_text(reason) + " (see that rank's error for details)";
+  }
+  if (max_of(0) != min_of(0)) {
+    return "ranks passed different element counts to the same allreduce (smallest " +
+           std::to_string(min_of(0)) + ", largest " + std::to_string(max_of(0)) + ")";
+  }
+  if (max_of(1) != min_of(1)) {
+    return std::string("ranks passed different dtypes to the same allreduce (") +
+           dtype_name(static_cast<DType>(min_of(1))) + " and " +
+           dtype_name(static_cast<DType>(max_of(1))) + ")";
+  }
+  if (max_of(2) != min_of(2)) {
+    return std::string("ranks passed different ops to the same allreduce (") +
+           op_name(static_cast<ReduceOp>(min_of(2))) + " and " +
+           op_name(static_cast<ReduceOp>(max_of(2))) + ")";
+  }
+  if (max_of(3) != min_of(3)) {
+    return std::string("ranks chose different algorithms for the same allreduce (") +
+           algorithm_name(static_cast<Algorithm>(min_of(3))) + " and " +
+           algorithm_name(static_cast<Algorithm>(max_of(3))) +
+           "): pass the same algorithm= and set PYALLREDUCE_ALGO alike on every rank";
+  }
+  return "";
+}
+
+void Communicator::report_invalid_arguments(ArgumentError error) {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) return;  // the rank's own error is what it raises anyway
+  if (options_.check_arguments) agree(Signature{0, 0, 0, 0}, error);
+}
+
+void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, const AlgorithmChoice& choice) {
+  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op),
+                                   static_cast<int>(choice.algorithm));
+  if (!logged_.insert(key).second) return;
+  std::fprintf(stderr, "pyallreduce INFO rank %d/%d: allreduce of %zu x %s (%s) -> %s [%s]\n",
+               rank(), size(), count, dtype_name(dtype), op_name(op),
+               algorithm_name(choice.algorithm), choice.reason.c_str());
+}
+
+void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
+                             Algorithm algorithm) {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw InvalidArgument(
+        "another allreduce is already running on this communicator; calls on one communicator "
+        "must not overlap (use one communicator per thread)");
+  }
+  Transport& t = transport();
+  const Reduction reduction(dtype, op);
+  const size_t bytes = count * reduction.element_size();
+  const AlgorithmChoice choice = selector_.choose(algorithm, bytes, t.size());
+  if (options_.check_arguments) {
+    const std::string disagreement =
+        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype),
+                        static_cast<int64_t>(op), static_cast<int64_t>(choice.algorithm)},
+              ArgumentError::kNone);
+    if (!disagreement.empty()) throw InvalidArgument(disagreement);
+  }
+  if (options_.log_selection) log_choice(count, dtype, op, choice);
+
+  if (output != input && bytes > 0) std::memcpy(output, input, bytes);
+  const AllreduceContext ctx{t, reduction, workspace_, options_.ring_segment_bytes};
+  const Vector vec{output, count, reduction.element_size()};
+  switch (choice.algorithm) {
+    case Algorithm::kRing: ring_allreduce(ctx, vec); break;
+    case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;
+    case Algorithm::kRecursiveDoubling: recursive_doubling_allreduce(ctx, vec); break;
+    case Algorithm::kAuto: throw InvalidArgument("algorithm selection returned auto");
+  }
+}
+
+}  // namespace pyallreduce

@@ -1,0 +1,85 @@
+// A communicator: one transport, the algorithms, and the checks that make a
+// bad call fail on every rank instead of hanging some of them.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <tuple>
+
+#include "algorithms/algorithm.h"
+#include "algorithms/selection.h"
+#include "transport/transport.h"
+#include "types.h"
+
+namespace pyallreduce {
+
+struct CommunicatorOptions {
+  bool check_arguments = true;          // PYALLREDUCE_CHECK
+  size_t ring_segment_bytes = 1 << 18;  // PYALLREDUCE_RING_SEGMENT_BYTES
+  std::string algorithm_rules;          // PYALLREDUCE_ALGO
+  bool log_selection = false;           // PYALLREDUCE_DEBUG=INFO
+};
+
+// Why a rank rejected its own arguments; sent to the other ranks so that they
+// can say what went wrong where. Values are part of the wire format.
+enum class ArgumentError : int {
+  kNone = 0,
+  kBadBuffer = 1,        // not a supported, contiguous, writable buffer
+  kBadDtype = 2,         // unsupported element type
+  kBadOp = 3,            // unknown reduction op
+  kBadAlgorithm = 4,     // unknown algorithm
+  kBadOutput = 5,        // out of the wrong size, dtype or overlap
+};
+const char* argument_error_text(ArgumentError error);
+
+class Communicator {
+ public:
+  Communicator(std::unique_ptr<Transport> transport, const CommunicatorOptions& options);
+
+  int rank() const;
+  int size() const;
+
+  // Reduces `count` elements at `input` across all ranks into `output`
+  // (which may equal `input`). Collective: every rank calls it with the same
+  // count, dtype, op and resolved algorithm, which is checked first unless
+  // check_arguments is off.
+  void allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
+                 Algorithm algorithm);
+
+  // Collective counterpart of allreduce() for a rank whose arguments were
+  // rejected before reaching C++: the other ranks' allreduce() then fails with
+  // a message naming this rank and `error`. Does nothing if checks are off.
+  void report_invalid_arguments(ArgumentError error);
+
+  AlgorithmChoice choose_algorithm(Algorithm requested, size_t bytes) const;
+
+  const CommunicatorOptions& options() const { return options_; }
+  void set_ring_segment_bytes(size_t bytes);
+
+  // Releases the transport (for MPI, the duplicated communicator). Every later
+  // call raises. Safe to call twice.
+  void free();
+  bool freed() const { return transport_ == nullptr; }
+
+ private:
+  struct Signature {
+    int64_t count, dtype, op, algorithm;
+  };
+  // Compares every rank's signature and local error; returns a description of
+  // the first disagreement, or an empty string when all ranks agree.
+  std::string agree(const Signature& mine, ArgumentError error);
+  Transport& transport() const;
+  void log_choice(size_t count, DType dtype, ReduceOp op, const AlgorithmChoice& choice);
+
+  std::unique_ptr<Transport> transport_;
+  CommunicatorOptions options_;
+  AlgorithmSelector selector_;
+  Workspace workspace_;
+  std::mutex busy_;  // one collective at a time per communicator
+  std::set<std::tuple<size_t, int, int, int>> logged_;
+};
+
+}  // namespace pyallreduce

@@ -1,0 +1,131 @@
+#include "local_transport.h"
+
+#include <cstring>
+
+#include "../types.h"
+
+namespace pyallreduce {
+namespace {
+
+// Completes a matched pair under the channel's lock: copies the sender's bytes
+// into the receiver's buffer, or records why it cannot.
+void complete(LocalTransfer& send, LocalTransfer& recv) {
+  if (send.bytes != recv.bytes) {
+    send.error = recv.error = "message size mismatch: sent " + std::to_string(send.bytes) +
+                              " bytes, receiver expected " + std::to_string(recv.bytes);
+  } else if (send.bytes > 0) {
+    std::memcpy(recv.recv_data, send.send_data, send.bytes);
+  }
+  send.done = recv.done = true;
+}
+
+class LocalRequest : public Request {
+ public:
+  LocalRequest(std::shared_ptr<LocalWorld> world, LocalChannel& channel,
+               std::shared_ptr<LocalTransfer> transfer)
+      : world_(std::move(world)), channel_(channel), transfer_(std::move(transfer)) {}
+
+  // A request dropped before it completed (its rank is unwinding from an
+  // error) withdraws its transfer, so no peer ever copies into or out of a
+  // buffer that may be gone.
+  ~LocalRequest() override {
+    std::lock_guard<std::mutex> guard(channel_.mutex);
+    if (transfer_->done) return;
+    for (auto* queue : {&channel_.unmatched_sends, &channel_.unmatched_recvs}) {
+      for (auto it = queue->begin(); it != queue->end(); ++it) {
+        if (*it == transfer_) { queue->erase(it); return; }
+      }
+    }
+  }
+
+  void wait() override {
+    std::unique_lock<std::mutex> lock(channel_.mutex);
+    channel_.completed.wait(lock, [&] { return transfer_->done || world_->aborted(); });
+    if (!transfer_->done) throw TransportError("in-process world aborted: " + world_->abort_reason());
+    if (!transfer_->error.empty()) throw TransportError(transfer_->error);
+  }
+
+ private:
+  std::shared_ptr<LocalWorld> world_;
+  LocalChannel& channel_;
+  std::shared_ptr<LocalTransfer> transfer_;
+};
+
+}  // namespace
+
+LocalWorld::LocalWorld(int size) : size_(size) {
+  if (size < 1) throw InvalidArgument("world size must be at least 1, got " + std::to_string(size));
+  channels_.reserve(static_cast<size_t>(size) * size);
+  for (int i = 0; i < size * size; ++i) channels_.push_back(std::make_unique<LocalChannel>());
+}
+
+void LocalWorld::abort(const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> guard(reason_mutex_);
+    if (abort_reason_.empty()) abort_reason_ = reason;
+  }
+  aborted_.store(true);
+  for (auto& channel : channels_) {
+    std::lock_guard<std::mutex> guard(channel->mutex);  // no waiter can miss the wake-up
+    channel->completed.notify_all();
+  }
+}
+
+std::string LocalWorld::abort_reason() {
+  std::lock_guard<std::mutex> guard(reason_mutex_);
+  return abort_reason_;
+}
+
+LocalTransport::LocalTransport(std::shared_ptr<LocalWorld> world, int rank)
+    : world_(std::move(world)), rank_(rank) {
+  if (rank < 0 || rank >= world_->size()) {
+    throw InvalidArgument("rank " + std::to_string(rank) + " is outside a world of size " +
+                          std::to_string(world_->size()));
+  }
+}
+
+void LocalTransport::check_peer(int peer) const {
+  if (peer < 0 || peer >= world_->size()) {
+    throw TransportError("peer rank " + std::to_string(peer) + " is outside a world of size " +
+                         std::to_string(world_->size()));
+  }
+}
+
+RequestPtr LocalTransport::isend(int peer, const void* data, size_t bytes) {
+  check_peer(peer);
+  auto transfer = std::make_shared<LocalTransfer>();
+  transfer->send_data = data;
+  transfer->bytes = bytes;
+  return post(world_->channel(rank_, peer), std::move(transfer), /*is_send=*/true);
+}
+
+RequestPtr LocalTransport::irecv(int peer, void* data, size_t bytes) {
+  check_peer(peer);
+  auto transfer = std::make_shared<LocalTransfer>();
+  transfer->recv_data = data;
+  transfer->bytes = bytes;
+  return post(world_->channel(peer, rank_), std::move(transfer), /*is_send=*/false);
+}
+
+// Matches the transfer with the oldest unmatched one of the other kind on the
+// channel, or queues it until its partner is posted.
+RequestPtr LocalTransport::post(LocalChannel& channel, std::shared_ptr<LocalTransfer> transfer,
+                                bool is_send) {
+  {
+    std::lock_guard<std::mutex> guard(channel.mutex);
+    if (world_->aborted()) throw TransportError("in-process world aborted: " + world_->abort_reason());
+    auto& partners = is_send ? channel.unmatched_recvs : channel.unmatched_sends;
+    auto& waiting = is_send ? channel.unmatched_sends : channel.unmatched_recvs;
+    if (partners.empty()) {
+      waiting.push_back(transfer);
+    } else {
+      LocalTransfer& partner = *partners.front();
+      complete(is_send ? *transfer : partner, is_send ? partner : *transfer);
+      partners.pop_front();
+      channel.completed.notify_all();
+    }
+  }
+  return std::make_unique<LocalRequest>(world_, channel, std::move(transfer));
+}
+
+}  // namespace pyallreduce

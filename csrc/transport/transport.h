@@ -1,0 +1,43 @@
+// The one interface an algorithm talks to: non-blocking point-to-point
+// transfers of byte ranges between the ranks of a fixed group, and waiting for
+// them. A transport never knows what the bytes mean.
+//
+// Matching: messages between one (sender, receiver) pair are matched in the
+// order they were posted on each side, so a receive posted k-th gets the k-th
+// send; a send and its receive always name the same number of bytes.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+namespace pyallreduce {
+
+class Request {
+ public:
+  virtual ~Request() = default;
+  // Blocks until the transfer is complete: the send buffer may be reused, or
+  // the receive buffer holds the data. Throws TransportError on failure.
+  virtual void wait() = 0;
+};
+using RequestPtr = std::unique_ptr<Request>;
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // `data` must stay valid (and, for isend, unchanged) until wait() returns.
+  virtual RequestPtr isend(int peer, const void* data, size_t bytes) = 0;
+  virtual RequestPtr irecv(int peer, void* data, size_t bytes) = 0;
+};
+
+// Waits for every request in the list, then clears it.
+void wait_all(std::vector<RequestPtr>& requests);
+
+// Sends `send_bytes` to `peer` while receiving `recv_bytes` from it, and waits
+// for both: the pairwise exchange every algorithm's step is made of.
+void exchange(Transport& transport, int peer, const void* send_data, size_t send_bytes,
+              void* recv_data, size_t recv_bytes);
+
+}  // namespace pyallreduce

@@ -1,0 +1,35 @@
+// The vocabulary shared by every part of the core: element types, reduction
+// operators, algorithm names, and the exceptions the bindings turn into Python
+// errors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace pyallreduce {
+
+enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16, kInt32, kInt64 };
+enum class ReduceOp : int { kSum, kAvg, kMin, kMax, kProd };
+enum class Algorithm : int { kAuto, kRing, kHalvingDoubling, kRecursiveDoubling };
+
+size_t element_size(DType dtype);
+const char* dtype_name(DType dtype);
+const char* op_name(ReduceOp op);
+const char* algorithm_name(Algorithm algorithm);
+Algorithm algorithm_from_name(const std::string& name);  // throws InvalidArgument
+
+// Bad input from the caller: surfaces in Python as ValueError.
+class InvalidArgument : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+// A failure of the transport or of a peer: surfaces in Python as RuntimeError.
+class TransportError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace pyallreduce

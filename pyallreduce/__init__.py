@@ -1,0 +1,13 @@
+"""pyallreduce: allreduce algorithms written once in C++, run over MPI.
+
+    comm = pyallreduce.init()              # under mpirun/mpiexec/srun
+    comm.allreduce(tensor)                 # in place; sum over all ranks
+
+See README.md for the algorithms, the environment variables and launching.
+"""
+
+from ._build_info import build_info
+from ._buffers import DTYPES
+from ._communicator import ALGORITHMS, OPS, Communicator, init
+
+__all__ = ["ALGORITHMS", "DTYPES", "OPS", "Communicator", "build_info", "init"]

@@ -1,0 +1,146 @@
+"""The Communicator: pyallreduce's algorithms over one group of ranks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _C
+from ._buffers import check_output, describe, rejection
+from ._options import communicator_options, mpi_max_message_bytes
+
+OPS = ("sum", "avg", "min", "max", "prod")
+ALGORITHMS = ("auto", "ring", "halving_doubling", "recursive_doubling")
+
+_OP_CODES = {name: getattr(_C.ReduceOp, name) for name in OPS}
+_ALGORITHM_CODES = {name: getattr(_C.Algorithm, name) for name in ALGORITHMS}
+_DTYPE_CODES = {name: getattr(_C.DType, name) for name in ("float32", "float64", "float16", "bfloat16", "int32", "int64")}
+
+
+class Communicator:
+    """A group of ranks that reduce together with pyallreduce's algorithms.
+
+    ``Communicator(mpi_comm)`` duplicates an mpi4py communicator (collective:
+    every rank of ``mpi_comm`` must call it) and sends over MPI point-to-point;
+    ``mpi_comm`` defaults to ``MPI.COMM_WORLD``. In-process communicators for
+    tests come from :func:`pyallreduce.testing.spawn_local`.
+
+    Args:
+        mpi_comm: an ``mpi4py.MPI.Comm`` (intracommunicator).
+        check: verify before each call that all ranks passed the same count,
+            dtype, op and algorithm, and that none rejected its arguments, so
+            that a bad call raises on every rank instead of hanging. Costs one
+            small recursive-doubling exchange per call. Default: on, unless
+            ``PYALLREDUCE_CHECK=0``.
+        ring_segment_bytes: pipelining granularity of the ring algorithm.
+            Default: ``PYALLREDUCE_RING_SEGMENT_BYTES`` or 256 KiB.
+    """
+
+    def __init__(self, mpi_comm: Any = None, *, check: bool | None = None, ring_segment_bytes: int | None = None):
+        from mpi4py import MPI
+
+        options = communicator_options(check, ring_segment_bytes)
+        comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+        if not isinstance(comm, MPI.Intracomm):
+            raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
+        self._core = _C.Communicator.from_mpi(comm, options, mpi_max_message_bytes())
+
+    @classmethod
+    def _wrap(cls, core: _C.Communicator) -> Communicator:
+        comm = cls.__new__(cls)
+        comm._core = core
+        return comm
+
+    @property
+    def rank(self) -> int:
+        """This process's (or thread's) rank, 0 <= rank < size."""
+        return self._core.rank
+
+    @property
+    def size(self) -> int:
+        """The number of ranks."""
+        return self._core.size
+
+    @property
+    def check(self) -> bool:
+        """Whether calls are checked across ranks first (see the class docs)."""
+        return self._core.check_arguments
+
+    def allreduce(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Any:
+        """Reduce ``x`` element-wise across all ranks; every rank gets the result.
+
+        Collective: every rank calls it with the same element count, dtype, op
+        and algorithm. In place unless ``out`` is given.
+
+        Args:
+            x: a contiguous CPU torch tensor, numpy array, or buffer-protocol /
+                DLPack object of float32, float64, float16, bfloat16, int32 or
+                int64. Written in place when ``out`` is None.
+            op: "sum", "avg", "min", "max" or "prod". Integer "avg" rounds toward
+                zero; float16/bfloat16 are combined in float32 and rounded once
+                per step; min/max propagate NaN.
+            algorithm: "auto", "ring", "halving_doubling" or "recursive_doubling".
+                "auto" follows ``PYALLREDUCE_ALGO`` rules, else the cost model.
+            out: where to put the result instead: same dtype and element count,
+                not partially overlapping ``x``.
+
+        Returns:
+            ``out`` if given, else ``x``: bitwise identical on every rank.
+
+        Raises:
+            TypeError / ValueError: bad arguments, on this rank; with the check
+                on, every other rank raises ValueError naming this rank.
+            RuntimeError: the transport failed.
+        """
+        core = self._core
+        try:
+            source = describe(x, "x")
+            target = source
+            if out is not None:
+                target = describe(out, "out")
+                check_output(source, target)
+            elif not source.writable:
+                raise rejection(ValueError, _C.ArgumentError.bad_buffer, "x is read-only; pass a writable array or out=")
+            op_code = _OP_CODES.get(op)
+            if op_code is None:
+                raise rejection(ValueError, _C.ArgumentError.bad_op, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+            algorithm_code = _ALGORITHM_CODES.get(algorithm)
+            if algorithm_code is None:
+                raise rejection(
+                    ValueError, _C.ArgumentError.bad_algorithm,
+                    f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}",
+                )
+        except (TypeError, ValueError) as exc:
+            code = getattr(exc, "argument_error", None)
+            if code is not None and not core.freed:
+                core.report_invalid_arguments(code)
+            raise
+        core.allreduce(source.address, target.address, source.count, _DTYPE_CODES[source.dtype], op_code, algorithm_code)
+        return target.obj
+
+    def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
+        """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
+        if algorithm not in _ALGORITHM_CODES:
+            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+        chosen, reason = self._core.choose_algorithm(_ALGORITHM_CODES[algorithm], nbytes)
+        return chosen.name, reason
+
+    def free(self) -> None:
+        """Release the communicator (for MPI, its duplicate). Later calls raise ValueError."""
+        self._core.free()
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.free()
+
+    def __repr__(self) -> str:
+        if self._core.freed:
+            return "<pyallreduce.Communicator (freed)>"
+        return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
+
+
+def init(**options: Any) -> Communicator:
+    """The communicator over all ranks of an mpirun/mpiexec/srun launch
+    (mpi4py's COMM_WORLD). Collective. Keyword options as for Communicator."""
+    return Communicator(None, **options)

@@ -1,0 +1,59 @@
+"""Communicator options from keyword arguments and PYALLREDUCE_* variables."""
+
+from __future__ import annotations
+
+import os
+
+from . import _C
+
+# Variables read when a communicator is created:
+#   PYALLREDUCE_ALGO                rules for algorithm="auto", e.g.
+#                                   "recursive_doubling:0-4096;ring:4097-max", or one name
+#   PYALLREDUCE_CHECK               "0" turns off the cross-rank argument check
+#   PYALLREDUCE_DEBUG               "INFO" logs each distinct call's algorithm and why
+#   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 262144)
+#   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
+
+
+def _positive_int(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{name}={text!r} is not a positive integer")
+    return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    text = os.environ.get(name, "").strip().lower()
+    if text == "":
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={text!r}: expected 0 or 1")
+
+
+def communicator_options(check: bool | None, ring_segment_bytes: int | None) -> _C.CommunicatorOptions:
+    options = _C.CommunicatorOptions()
+    options.check_arguments = _flag("PYALLREDUCE_CHECK", True) if check is None else bool(check)
+    options.ring_segment_bytes = (
+        _positive_int("PYALLREDUCE_RING_SEGMENT_BYTES", options.ring_segment_bytes)
+        if ring_segment_bytes is None
+        else ring_segment_bytes
+    )
+    options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
+    debug = os.environ.get("PYALLREDUCE_DEBUG", "").strip().upper()
+    if debug not in ("", "WARN", "INFO"):
+        raise ValueError(f"PYALLREDUCE_DEBUG={debug!r}: expected INFO or WARN")
+    options.log_selection = debug == "INFO"
+    return options
+
+
+def mpi_max_message_bytes() -> int:
+    return _positive_int("PYALLREDUCE_MPI_MAX_MESSAGE_BYTES", 2**31 - 1)

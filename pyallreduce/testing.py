@@ -1,0 +1,78 @@
+"""Running pyallreduce in one process: ranks as threads over the in-process transport.
+
+The same C++ algorithms as over MPI, so tests can sweep world sizes 1..32 in
+milliseconds. A rank that raises aborts the world: the others raise too
+instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, TypeVar
+
+from . import _C
+from ._communicator import Communicator
+from ._options import communicator_options
+
+T = TypeVar("T")
+
+
+class LocalWorldError(RuntimeError):
+    """A rank of spawn_local raised; the original exception is the __cause__."""
+
+    def __init__(self, rank: int, exc: BaseException):
+        super().__init__(f"rank {rank} raised {type(exc).__name__}: {exc}")
+        self.rank = rank
+
+
+def spawn_local(
+    world_size: int,
+    fn: Callable[[Communicator], T],
+    *,
+    check: bool | None = None,
+    ring_segment_bytes: int | None = None,
+    timeout: float = 120.0,
+) -> list[T]:
+    """Run ``fn(comm)`` on ``world_size`` threads, one per rank of an in-process world.
+
+    Returns the ranks' return values in rank order. If a rank raises, the world
+    is aborted (blocked ranks raise RuntimeError) and LocalWorldError is raised
+    from the first rank's original exception. Each communicator is freed when
+    its rank's ``fn`` returns. Options as for :class:`pyallreduce.Communicator`.
+    """
+    if not 1 <= world_size <= 1024:
+        raise ValueError(f"world_size must be in 1..1024, got {world_size}")
+    options = communicator_options(check, ring_segment_bytes)
+    world = _C.LocalWorld(world_size)
+    results: list[Any] = [None] * world_size
+    errors: list[BaseException | None] = [None] * world_size
+    first_failure: list[int] = []
+    lock = threading.Lock()
+
+    def run(rank: int) -> None:
+        try:
+            comm = Communicator._wrap(_C.Communicator.local(world, rank, options))
+            try:
+                results[rank] = fn(comm)
+            finally:
+                comm.free()
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            errors[rank] = exc
+            with lock:
+                first_failure.append(rank)
+            world.abort(f"rank {rank} raised {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(rank,), name=f"pyallreduce-rank-{rank}") for rank in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if any(thread.is_alive() for thread in threads):
+        world.abort(f"spawn_local timed out after {timeout} s")
+        for thread in threads:
+            thread.join()
+        raise TimeoutError(f"spawn_local: ranks still running after {timeout} s (world aborted)")
+    if first_failure:
+        rank = first_failure[0]
+        raise LocalWorldError(rank, errors[rank]) from errors[rank]  # type: ignore[misc]
+    return results

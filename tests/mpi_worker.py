@@ -1,0 +1,95 @@
+"""Run by tests/test_mpi.py under `mpiexec -n N`: the allreduce checks over the
+real MPI transport, on torch tensors and numpy arrays, plus the mismatch errors.
+Exits non-zero on any failure; prints one line per rank on success."""
+
+import os
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pyallreduce  # noqa: E402
+from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes  # noqa: E402
+
+world = MPI.COMM_WORLD
+
+
+def as_buffer(tensor: torch.Tensor, use_numpy: bool):
+    """numpy has no bfloat16: those cases stay torch tensors."""
+    if use_numpy and tensor.dtype != torch.bfloat16:
+        return tensor.numpy().copy()
+    return tensor.clone()
+
+
+def check_all_algorithms(comm: pyallreduce.Communicator, counts) -> int:
+    checks = 0
+    digests = []
+    for dtype in DTYPES:
+        for op in OPS:
+            for count in counts:
+                inputs = rank_inputs(comm.size, dtype, op, count)
+                for index, algorithm in enumerate(ALGORITHMS):
+                    x = as_buffer(inputs[comm.rank], use_numpy=index % 2 == 1)
+                    result = comm.allreduce(x, op=op, algorithm=algorithm)
+                    result = torch.from_numpy(result) if isinstance(result, np.ndarray) else result
+                    check_result(result, inputs, op)
+                    digests.append(zlib.crc32(result_bytes(result)))
+                    checks += 1
+    # Bitwise identity: every rank's digests equal rank 0's.
+    assert world.allgather(digests) == [digests] * comm.size, "results differ across ranks"
+    return checks
+
+
+def expect_error_everywhere(comm, call, fragment):
+    try:
+        call()
+    except ValueError as exc:
+        assert fragment in str(exc), (fragment, str(exc))
+    else:
+        raise AssertionError(f"rank {comm.rank}: expected ValueError with {fragment!r}")
+
+
+def check_mismatches(comm: pyallreduce.Communicator) -> int:
+    if comm.size == 1:
+        return 0
+    last = comm.size - 1
+    expect_error_everywhere(comm, lambda: comm.allreduce(np.zeros(5 + (comm.rank == last))), "different element counts")
+    expect_error_everywhere(
+        comm, lambda: comm.allreduce(torch.zeros(5, dtype=torch.float64 if comm.rank == last else torch.float32)), "different dtypes"
+    )
+    expect_error_everywhere(comm, lambda: comm.allreduce(torch.zeros(5), op="max" if comm.rank == last else "sum"), "different ops")
+    bad = "rejected on rank" if comm.rank != last else "not contiguous"
+    expect_error_everywhere(comm, lambda: comm.allreduce(torch.zeros(4, 4).t() if comm.rank == last else torch.zeros(16)), bad)
+    # The communicator still works after failed calls.
+    assert comm.allreduce(torch.ones(3))[0].item() == comm.size
+    return 5
+
+
+def main() -> None:
+    comm = pyallreduce.init(ring_segment_bytes=4096)
+    checks = check_all_algorithms(comm, counts_for(comm.size))
+    checks += check_mismatches(comm)
+    comm.free()
+
+    # Transfers split into many MPI messages must reassemble exactly.
+    os.environ["PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"] = "1000"
+    with pyallreduce.Communicator(world) as split:
+        checks += check_all_algorithms(split, [4099])
+
+    print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.stdout.flush()
+        world.Abort(1)

@@ -1,0 +1,143 @@
+"""Bad input raises a clear Python exception on every rank, never a hang."""
+
+import numpy as np
+import pytest
+import torch
+
+import pyallreduce
+from pyallreduce.testing import LocalWorldError, spawn_local
+
+
+def errors_on_every_rank(world_size, call, **options):
+    """Runs call(comm) on each rank; returns each rank's exception (asserts each raised)."""
+
+    def each_rank(comm):
+        try:
+            call(comm)
+        except (TypeError, ValueError) as exc:
+            return exc
+        return None
+
+    errors = spawn_local(world_size, each_rank, **options)
+    assert all(e is not None for e in errors), f"some ranks did not raise: {errors}"
+    return errors
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5])
+def test_different_counts(world_size):
+    errors = errors_on_every_rank(world_size, lambda c: c.allreduce(torch.zeros(10 + (c.rank == 1))))
+    for e in errors:
+        assert "different element counts" in str(e) and "smallest 10, largest 11" in str(e)
+
+
+def test_different_dtypes():
+    errors = errors_on_every_rank(3, lambda c: c.allreduce(torch.zeros(4, dtype=torch.float64 if c.rank == 2 else torch.float32)))
+    assert all("different dtypes" in str(e) and "(float32 and float64)" in str(e) for e in errors)
+
+
+def test_different_ops():
+    errors = errors_on_every_rank(2, lambda c: c.allreduce(torch.zeros(4), op="max" if c.rank else "sum"))
+    assert all("different ops" in str(e) for e in errors)
+
+
+def test_different_algorithms():
+    errors = errors_on_every_rank(2, lambda c: c.allreduce(torch.zeros(4), algorithm="ring" if c.rank else "halving_doubling"))
+    assert all("different algorithms" in str(e) for e in errors)
+
+
+@pytest.mark.parametrize(
+    "bad_input, message",
+    [
+        (lambda: torch.zeros(4, 4).t(), "not contiguous"),
+        (lambda: torch.zeros(4, dtype=torch.complex64), "dtype torch.complex64"),
+        (lambda: np.zeros(4, dtype=np.uint8), "dtype uint8"),
+        (lambda: np.zeros(8)[::2], "not C-contiguous"),
+        (lambda: np.frombuffer(b"\0" * 32, dtype=np.float32), "read-only"),
+        (lambda: "not an array", "must be a torch tensor"),
+        (lambda: torch.zeros(4).to_sparse(), "only dense"),
+    ],
+)
+def test_bad_buffer_on_one_rank(bad_input, message):
+    def call(comm):
+        comm.allreduce(bad_input() if comm.rank == 1 else torch.zeros(4))
+
+    errors = errors_on_every_rank(3, call)
+    assert message in str(errors[1])
+    for rank in (0, 2):
+        assert "rejected on rank 1" in str(errors[rank])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"op": "mean"}, "unknown op 'mean'"),
+        ({"algorithm": "tree"}, "unknown algorithm 'tree'"),
+        ({"out": torch.zeros(5)}, "out has 5 elements"),
+        ({"out": torch.zeros(4, dtype=torch.float64)}, "out has dtype float64"),
+    ],
+)
+def test_bad_arguments_on_one_rank(kwargs, message):
+    errors = errors_on_every_rank(2, lambda c: c.allreduce(torch.zeros(4), **(kwargs if c.rank == 0 else {})))
+    assert message in str(errors[0])
+    assert "rejected on rank 0" in str(errors[1])
+
+
+def test_partially_overlapping_out():
+    def call(comm):
+        buffer = torch.zeros(8)
+        comm.allreduce(buffer[:6], out=buffer[2:])
+
+    errors = errors_on_every_rank(2, call)
+    assert all("partially overlaps" in str(e) for e in errors)
+
+
+def test_freed_communicator():
+    def each_rank(comm):
+        comm.free()
+        with pytest.raises(ValueError, match="freed"):
+            comm.allreduce(torch.zeros(3))
+        with pytest.raises(ValueError, match="freed"):
+            comm.rank  # noqa: B018
+        return repr(comm)
+
+    assert spawn_local(2, each_rank) == ["<pyallreduce.Communicator (freed)>"] * 2
+
+
+def test_unchecked_calls_still_reduce():
+    def each_rank(comm):
+        assert not comm.check
+        return comm.allreduce(torch.ones(5))
+
+    assert all(torch.equal(r, torch.full((5,), 3.0)) for r in spawn_local(3, each_rank, check=False))
+
+
+def test_unchecked_mismatch_cannot_hang_the_local_world():
+    """With the check off a count mismatch is the caller's bug; the in-process
+    transport still reports it instead of hanging."""
+
+    def each_rank(comm):
+        comm.allreduce(torch.ones(5 + comm.rank), algorithm="recursive_doubling")
+
+    with pytest.raises(LocalWorldError):
+        spawn_local(2, each_rank, check=False)
+
+
+def test_a_failing_rank_aborts_the_others():
+    def each_rank(comm):
+        if comm.rank == 2:
+            raise KeyError("boom")
+        comm.allreduce(torch.ones(10))  # would wait for rank 2 forever
+
+    with pytest.raises(LocalWorldError, match="rank 2 raised KeyError") as info:
+        spawn_local(4, each_rank)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_world_size_is_validated():
+    with pytest.raises(ValueError, match="world_size"):
+        spawn_local(0, lambda comm: None)
+
+
+def test_communicator_needs_an_mpi4py_intracommunicator():
+    with pytest.raises(TypeError, match="intracommunicator"):
+        pyallreduce.Communicator("COMM_WORLD")

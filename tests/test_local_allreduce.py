@@ -1,0 +1,145 @@
+"""Every algorithm x op x dtype x world size x count over the in-process
+transport, against a float64 reference, with bitwise identity across ranks."""
+
+import array
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyallreduce.testing import spawn_local
+from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes
+
+WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16]
+# Small segments make the ring pipeline many segments per chunk even at 1000 elements.
+SEGMENT_BYTES = 512
+
+
+def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES):
+    """Runs each (algorithm, op, inputs) case on every rank of one in-process
+    world; checks each against the reference and bitwise identity."""
+
+    def each_rank(comm):
+        results = []
+        for algorithm, op, inputs in cases:
+            x = inputs[comm.rank].clone()
+            assert comm.allreduce(x, op=op, algorithm=algorithm) is x
+            results.append(x)
+        return results
+
+    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes)
+    for index, (algorithm, op, inputs) in enumerate(cases):
+        rank0 = per_rank[0][index]
+        try:
+            check_result(rank0, inputs, op)
+        except AssertionError as exc:
+            raise AssertionError(f"{algorithm}: {exc}") from None
+        for rank in range(1, world_size):
+            assert result_bytes(per_rank[rank][index]) == result_bytes(rank0), (
+                f"{algorithm} {op} {inputs.dtype} count={inputs.shape[1]}: rank {rank} differs from rank 0"
+            )
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_every_algorithm_op_dtype_and_count(world_size):
+    cases = []
+    for dtype in DTYPES:
+        for op in OPS:
+            for count in counts_for(world_size):
+                inputs = rank_inputs(world_size, dtype, op, count)
+                cases += [(algorithm, op, inputs) for algorithm in ALGORITHMS]
+    run_cases(world_size, cases)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    world_size=st.integers(1, 12),
+    count=st.integers(0, 3000),
+    algorithm=st.sampled_from(ALGORITHMS),
+    op=st.sampled_from(OPS),
+    dtype=st.sampled_from(DTYPES),
+    segment_bytes=st.sampled_from([2, 64, 4096, 1 << 18]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed):
+    inputs = rank_inputs(world_size, dtype, op, count, seed=seed)
+    run_cases(world_size, [(algorithm, op, inputs)], ring_segment_bytes=segment_bytes)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_out_of_place_leaves_input_alone(algorithm):
+    inputs = rank_inputs(5, "float32", "sum", 1001)
+
+    def each_rank(comm):
+        x = inputs[comm.rank].clone()
+        out = torch.empty_like(x)
+        assert comm.allreduce(x, algorithm=algorithm, out=out) is out
+        assert torch.equal(x, inputs[comm.rank])
+        return out
+
+    results = spawn_local(5, each_rank)
+    check_result(results[0], inputs, "sum")
+    assert all(result_bytes(r) == result_bytes(results[0]) for r in results)
+
+
+def test_numpy_and_buffer_protocol_objects():
+    def each_rank(comm):
+        a = np.full(7, comm.rank + 1, dtype=np.float64)
+        comm.allreduce(a, algorithm="ring")
+        b = array.array("i", [comm.rank] * 5)
+        comm.allreduce(b, op="max")
+        c = np.arange(6, dtype=np.int64).reshape(2, 3) * (comm.rank + 1)
+        out = np.zeros((3, 2), dtype=np.int64)  # a different shape with the same count is fine
+        comm.allreduce(c, out=out)
+        return a, list(b), out
+
+    for a, b, out in spawn_local(4, each_rank):
+        assert np.array_equal(a, np.full(7, 10.0))
+        assert b == [3] * 5
+        assert np.array_equal(out.ravel(), np.arange(6) * 10)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_rounds_like_torch(dtype):
+    """With two ranks a sum is one float32 add rounded once: exactly torch's
+    (a.float() + b.float()).to(dtype), special values included."""
+    torch_dtype = getattr(torch, dtype)
+    info = torch.finfo(torch_dtype)
+    specials = torch.tensor(
+        [0.0, -0.0, info.tiny, info.tiny / 4, info.max, -info.max, float("inf"), float("-inf"), float("nan"), 1.0, 3.0],
+        dtype=torch.float32,
+    )
+    rng = np.random.default_rng(3)
+    randoms = torch.from_numpy(rng.standard_normal(20000).astype(np.float32) * np.float32(1e3) ** rng.uniform(-3, 1.6, 20000).astype(np.float32))
+    a = torch.cat([specials, specials.flip(0), randoms[:10000]]).to(torch_dtype)
+    b = torch.cat([specials.flip(0), specials, randoms[10000:]]).to(torch_dtype)
+    expected = (a.float() + b.float()).to(torch_dtype)
+
+    def each_rank(comm):
+        x = (a if comm.rank == 0 else b).clone()
+        return comm.allreduce(x, algorithm="recursive_doubling")
+
+    for result in spawn_local(2, each_rank):
+        assert result_bytes(result) == result_bytes(expected)
+
+
+def test_min_max_propagate_nan():
+    def each_rank(comm):
+        x = torch.tensor([float("nan") if comm.rank == 1 else 1.0, 2.0 + comm.rank])
+        lo, hi = x.clone(), x.clone()
+        comm.allreduce(lo, op="min")
+        comm.allreduce(hi, op="max")
+        return lo, hi
+
+    for lo, hi in spawn_local(3, each_rank):
+        assert torch.isnan(lo[0]) and torch.isnan(hi[0])
+        assert lo[1] == 2.0 and hi[1] == 4.0
+
+
+def test_integer_sum_wraps_around():
+    def each_rank(comm):
+        return comm.allreduce(torch.tensor([2**31 - 1], dtype=torch.int32))
+
+    assert spawn_local(2, each_rank)[0].item() == -2

@@ -1,0 +1,90 @@
+"""Algorithm selection: PYALLREDUCE_ALGO rules and the cost model."""
+
+import pytest
+import torch
+
+from pyallreduce import _C
+from pyallreduce.testing import LocalWorldError, spawn_local
+
+RULES = "recursive_doubling:0-4096;halving_doubling:4097-1048576;ring:1048577-max"
+
+
+def choices(world_size, sizes):
+    return spawn_local(world_size, lambda comm: [comm.choose_algorithm(n) for n in sizes])[0]
+
+
+def test_size_range_rules(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", RULES)
+    picked = choices(3, [0, 4096, 4097, 1048576, 1048577, 2**40])
+    assert [name for name, _ in picked] == [
+        "recursive_doubling", "recursive_doubling", "halving_doubling", "halving_doubling", "ring", "ring",
+    ]
+    assert picked[4][1] == "PYALLREDUCE_ALGO rule 1048577-max"
+
+
+def test_a_bare_name_applies_to_every_size(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", "halving_doubling")
+    assert {name for name, _ in choices(2, [1, 10**9])} == {"halving_doubling"}
+
+
+def test_uncovered_sizes_fall_back_to_the_cost_model(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", "ring:1000-2000")
+    name, reason = choices(4, [10])[0]
+    assert reason.startswith("cost model:")
+
+
+def test_cost_model_prefers_few_messages_small_and_the_ring_large():
+    small, large = choices(8, [8, 256 << 20])
+    assert small[0] == "recursive_doubling"
+    assert large[0] in ("ring", "halving_doubling")
+    for algorithm in (_C.Algorithm.ring, _C.Algorithm.halving_doubling, _C.Algorithm.recursive_doubling):
+        assert _C.predict_seconds(algorithm, 1 << 20, 4) > _C.predict_seconds(algorithm, 1 << 10, 4)
+
+
+def test_an_explicit_algorithm_wins(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", "ring")
+    name, reason = spawn_local(2, lambda comm: comm.choose_algorithm(8, "recursive_doubling"))[0]
+    assert (name, reason) == ("recursive_doubling", "requested by the caller")
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("ring:0-", "not a byte count"),
+        ("ring:10-5", "min > max"),
+        ("tree:0-10", "unknown allreduce algorithm 'tree'"),
+        ("auto:0-10", "concrete algorithm"),
+        ("ring", None),
+        ("ring 0-10", "unknown allreduce algorithm"),
+        ("ring:abc", "not of the form"),
+    ],
+)
+def test_rule_syntax_errors(monkeypatch, spec, message):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", spec)
+    if message is None:
+        spawn_local(1, lambda comm: None)
+        return
+    with pytest.raises(LocalWorldError) as info:
+        spawn_local(1, lambda comm: None)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert message in str(info.value.__cause__)
+
+
+def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd):
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
+
+    def each_rank(comm):
+        for _ in range(3):
+            comm.allreduce(torch.ones(100))
+
+    spawn_local(2, each_rank)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
+    assert len(lines) == 2  # one per rank
+    assert "allreduce of 100 x float32 (sum) -> recursive_doubling [cost model:" in lines[0]
+
+
+@pytest.mark.parametrize("name, value", [("PYALLREDUCE_CHECK", "maybe"), ("PYALLREDUCE_RING_SEGMENT_BYTES", "-4"), ("PYALLREDUCE_DEBUG", "LOUD")])
+def test_bad_environment_values(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        spawn_local(1, lambda comm: None)  # options are read before any rank starts
