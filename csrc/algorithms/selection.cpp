@@ -60,8 +60,8 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, int p) const {
 }
 
 CostModel default_cost_model() {
-  return CostModel{/*alpha_s=*/1.0e-6, /*beta_s_per_byte=*/1.0 / 10.0e9,
-                   /*gamma_s_per_byte=*/1.0 / 20.0e9};
+  return CostModel{/*alpha_s=*/2.0e-6, /*beta_s_per_byte=*/1.0 / 16.0e9,
+                   /*gamma_s_per_byte=*/1.0 / 21.0e9};
 }
 
 std::vector<SizeRule> parse_size_rules(const std::string& text) {

@@ -1,0 +1,74 @@
+"""pyallreduce's C++ core: transports, allreduce algorithms and reductions."""
+
+import enum
+
+class DType(enum.Enum):
+    float32 = 0
+    float64 = 1
+    float16 = 2
+    bfloat16 = 3
+    int32 = 4
+    int64 = 5
+
+class ReduceOp(enum.Enum):
+    sum = 0
+    avg = 1
+    min = 2
+    max = 3
+    prod = 4
+
+class Algorithm(enum.Enum):
+    auto = 0
+    ring = 1
+    halving_doubling = 2
+    recursive_doubling = 3
+
+class ArgumentError(enum.Enum):
+    bad_buffer = 1
+    bad_dtype = 2
+    bad_op = 3
+    bad_algorithm = 4
+    bad_output = 5
+
+class CommunicatorOptions:
+    check_arguments: bool
+    ring_segment_bytes: int
+    algorithm_rules: str
+    log_selection: bool
+    def __init__(self) -> None: ...
+
+class LocalWorld:
+    def __init__(self, size: int) -> None: ...
+    @property
+    def size(self) -> int: ...
+    def abort(self, reason: str) -> None:
+        """Wake every rank blocked in this world with an error carrying `reason`."""
+
+class Communicator:
+    @staticmethod
+    def from_mpi(mpi4py_comm: object, options: CommunicatorOptions, max_message_bytes: int = 2147483647) -> Communicator:
+        """Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point."""
+    @staticmethod
+    def local(world: LocalWorld, rank: int, options: CommunicatorOptions) -> Communicator:
+        """Rank `rank` of an in-process world; each rank must run on its own thread."""
+    @property
+    def rank(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def freed(self) -> bool: ...
+    @property
+    def check_arguments(self) -> bool: ...
+    ring_segment_bytes: int
+    def allreduce(self, input: int, output: int, count: int, dtype: DType, op: ReduceOp, algorithm: Algorithm) -> None:
+        """Allreduce `count` elements from address `input` into address `output` (may be equal)."""
+    def report_invalid_arguments(self, error: ArgumentError) -> None:
+        """The collective half of a call this rank rejected: the other ranks' allreduce raises."""
+    def choose_algorithm(self, requested: Algorithm, bytes: int) -> tuple[Algorithm, str]:
+        """The algorithm a call of `bytes` would use, and why."""
+    def free(self) -> None:
+        """Release the transport; later calls raise ValueError."""
+
+def mpi_library_version() -> str: ...
+def mpi_built_against() -> str: ...
+def predict_seconds(algorithm: Algorithm, bytes: int, world_size: int) -> float: ...
