@@ -14,7 +14,13 @@ import numpy as np
 
 from . import _C
 
-DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
+# The supported element types and their sizes in bytes: the one list every
+# other table of dtypes is derived from.
+_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 8}
+DTYPES = tuple(_ITEMSIZE)
+# numpy dtypes by object: a dict lookup costs far less than dtype.name on the
+# per-call path. bfloat16 (from ml_dtypes) is not a numpy built-in and goes by name.
+_NUMPY_DTYPES = {np.dtype(name): name for name in DTYPES if name != "bfloat16"}
 
 
 class BufferView(NamedTuple):
@@ -29,12 +35,6 @@ class BufferView(NamedTuple):
     @property
     def nbytes(self) -> int:
         return self.count * _ITEMSIZE[self.dtype]
-
-
-_ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int32": 4, "int64": 8}
-# numpy dtypes by object: a dict lookup costs far less than dtype.name on the
-# per-call path. bfloat16 (from ml_dtypes) is not a numpy built-in and goes by name.
-_NUMPY_DTYPES = {np.dtype(name): name for name in ("float32", "float64", "float16", "int32", "int64")}
 
 
 def rejection(exc_type: type[Exception], code: _C.ArgumentError, message: str) -> Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _C
-from ._buffers import check_output, describe, rejection
+from ._buffers import DTYPES, check_output, describe, rejection
 from ._options import communicator_options, mpi_max_message_bytes
 
 OPS = ("sum", "avg", "min", "max", "prod")
@@ -13,7 +13,7 @@ ALGORITHMS = ("auto", "ring", "halving_doubling", "recursive_doubling")
 
 _OP_CODES = {name: getattr(_C.ReduceOp, name) for name in OPS}
 _ALGORITHM_CODES = {name: getattr(_C.Algorithm, name) for name in ALGORITHMS}
-_DTYPE_CODES = {name: getattr(_C.DType, name) for name in ("float32", "float64", "float16", "bfloat16", "int32", "int64")}
+_DTYPE_CODES = {name: getattr(_C.DType, name) for name in DTYPES}
 
 
 class Communicator:
