@@ -1,5 +1,6 @@
 #include "communicator.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -41,31 +42,85 @@ void Communicator::set_ring_segment_bytes(size_t bytes) {
 
 void Communicator::free() { transport_.reset(); }
 
-AlgorithmChoice Communicator::choose_algorithm(Algorithm requested, size_t bytes) const {
-  return selector_.choose(requested, bytes, size());
+Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
+  return selector_.choose(requested, bytes, size(), reason);
 }
 
-// Every rank contributes its signature and error; a max-allreduce of
-// [values, -values] gives each field's maximum and (negated) minimum on every
-// rank, so all ranks see the same disagreement and raise together. The error
-// field is (rank + 1) * 8 + code, so the maximum names the highest failing rank
-// and its reason.
-std::string Communicator::agree(const Signature& mine, ArgumentError error) {
+namespace {
+
+// The argument check's message. Every rank contributes its signature and its
+// error code as fields; a max-reduction of [fields, -fields] gives each
+// field's maximum and (negated) minimum on every rank, so all ranks see the
+// same disagreement and raise together. The error field is
+// (rank + 1) * 8 + code, so the maximum names the highest failing rank and
+// its reason.
+//
+// Calls of at most kCarriedPayloadBytes that run recursive doubling carry their
+// data in the same frame: the check and the reduction then share each step's
+// message instead of taking two rounds, which is most of a small call's time.
+// The frame has the same size on every rank whatever it carries, so ranks that
+// disagree still exchange well-formed messages before they raise.
+constexpr int kFields = 5;
+constexpr size_t kCarriedPayloadBytes = 1024;
+
+struct CheckFrame {
+  int64_t fields[2 * kFields];
+  alignas(16) unsigned char payload[kCarriedPayloadBytes];
+};
+
+// Combines check frames: fields by maximum, and the payload by `payload`'s
+// reduction over `payload_count` elements when the call is carried.
+class CheckFrameCombiner final : public Combiner {
+ public:
+  CheckFrameCombiner(const Reduction* payload, size_t payload_count)
+      : payload_(payload), payload_count_(payload_count) {}
+
+  void combine(const void* left, const void* right, void* out, size_t count) const override {
+    const auto* l = static_cast<const CheckFrame*>(left);
+    const auto* r = static_cast<const CheckFrame*>(right);
+    auto* o = static_cast<CheckFrame*>(out);
+    for (size_t i = 0; i < count; ++i) {
+      for (int f = 0; f < 2 * kFields; ++f) o[i].fields[f] = std::max(l[i].fields[f], r[i].fields[f]);
+      if (payload_ != nullptr) payload_->combine(l[i].payload, r[i].payload, o[i].payload, payload_count_);
+    }
+  }
+
+  void finalize(void* data, size_t count, int world_size) const override {
+    if (payload_ == nullptr) return;
+    auto* frames = static_cast<CheckFrame*>(data);
+    for (size_t i = 0; i < count; ++i) payload_->finalize(frames[i].payload, payload_count_, world_size);
+  }
+
+ private:
+  const Reduction* payload_;
+  size_t payload_count_;
+};
+
+}  // namespace
+
+bool Communicator::carries_payload(Algorithm algorithm, size_t bytes) const {
+  return options_.check_arguments && algorithm == Algorithm::kRecursiveDoubling &&
+         bytes <= kCarriedPayloadBytes;
+}
+
+std::string Communicator::agree(const Signature& mine, ArgumentError error, const CarriedCall* call) {
   Transport& t = transport();
-  constexpr int kFields = 5;
+  CheckFrame frame{};
   const int64_t mine_fields[kFields] = {
       mine.count, mine.dtype, mine.op, mine.algorithm,
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
-  int64_t both[2 * kFields];
   for (int i = 0; i < kFields; ++i) {
-    both[i] = mine_fields[i];
-    both[kFields + i] = -mine_fields[i];
+    frame.fields[i] = mine_fields[i];
+    frame.fields[kFields + i] = -mine_fields[i];
   }
-  const Reduction max_int64(DType::kInt64, ReduceOp::kMax);
-  recursive_doubling_allreduce(AllreduceContext{t, max_int64, workspace_, options_.ring_segment_bytes},
-                               Vector{both, 2 * kFields, sizeof(int64_t)});
-  auto max_of = [&](int i) { return both[i]; };
-  auto min_of = [&](int i) { return -both[kFields + i]; };
+  const size_t payload_bytes = call != nullptr ? call->count * call->reduction.element_size() : 0;
+  if (payload_bytes > 0) std::memcpy(frame.payload, call->input, payload_bytes);
+  const CheckFrameCombiner combiner(call != nullptr ? &call->reduction : nullptr,
+                                    call != nullptr ? call->count : 0);
+  recursive_doubling_allreduce(AllreduceContext{t, combiner, workspace_, options_.ring_segment_bytes},
+                               Vector{&frame, 1, sizeof(CheckFrame)});
+  auto max_of = [&](int i) { return frame.fields[i]; };
+  auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
   if (max_of(4) != 0) {
     const int64_t failing_rank = max_of(4) / 8 - 1;
@@ -93,6 +148,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error) {
            algorithm_name(static_cast<Algorithm>(max_of(3))) +
            "): pass the same algorithm= and set PYALLREDUCE_ALGO alike on every rank";
   }
+  if (payload_bytes > 0) std::memcpy(call->output, frame.payload, payload_bytes);
   return "";
 }
 
@@ -102,13 +158,15 @@ void Communicator::report_invalid_arguments(ArgumentError error) {
   if (options_.check_arguments) agree(Signature{0, 0, 0, 0}, error);
 }
 
-void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, const AlgorithmChoice& choice) {
-  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op),
-                                   static_cast<int>(choice.algorithm));
+void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
+  std::string reason;
+  const Algorithm chosen = selector_.choose(requested, count * element_size(dtype), size(), &reason);
+  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(chosen));
   if (!logged_.insert(key).second) return;
-  std::fprintf(stderr, "pyallreduce INFO rank %d/%d: allreduce of %zu x %s (%s) -> %s [%s]\n",
-               rank(), size(), count, dtype_name(dtype), op_name(op),
-               algorithm_name(choice.algorithm), choice.reason.c_str());
+  std::fprintf(stderr, "pyallreduce INFO rank %d/%d: allreduce of %zu x %s (%s) -> %s%s [%s]\n", rank(),
+               size(), count, dtype_name(dtype), op_name(op), algorithm_name(chosen),
+               carries_payload(chosen, count * element_size(dtype)) ? " inside the argument check" : "",
+               reason.c_str());
 }
 
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
@@ -122,20 +180,23 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
   Transport& t = transport();
   const Reduction reduction(dtype, op);
   const size_t bytes = count * reduction.element_size();
-  const AlgorithmChoice choice = selector_.choose(algorithm, bytes, t.size());
+  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size());
+  if (options_.log_selection) log_choice(count, dtype, op, algorithm);
   if (options_.check_arguments) {
+    const bool carried = carries_payload(chosen, bytes);
+    const CarriedCall call{input, output, count, reduction};
     const std::string disagreement =
-        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype),
-                        static_cast<int64_t>(op), static_cast<int64_t>(choice.algorithm)},
-              ArgumentError::kNone);
+        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
+                        static_cast<int64_t>(chosen)},
+              ArgumentError::kNone, carried ? &call : nullptr);
     if (!disagreement.empty()) throw InvalidArgument(disagreement);
+    if (carried) return;
   }
-  if (options_.log_selection) log_choice(count, dtype, op, choice);
 
   if (output != input && bytes > 0) std::memcpy(output, input, bytes);
   const AllreduceContext ctx{t, reduction, workspace_, options_.ring_segment_bytes};
   const Vector vec{output, count, reduction.element_size()};
-  switch (choice.algorithm) {
+  switch (chosen) {
     case Algorithm::kRing: ring_allreduce(ctx, vec); break;
     case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;
     case Algorithm::kRecursiveDoubling: recursive_doubling_allreduce(ctx, vec); break;

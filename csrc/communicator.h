@@ -54,7 +54,8 @@ class Communicator {
   // a message naming this rank and `error`. Does nothing if checks are off.
   void report_invalid_arguments(ArgumentError error);
 
-  AlgorithmChoice choose_algorithm(Algorithm requested, size_t bytes) const;
+  // The algorithm a call of `bytes` would run, and why in `reason` if given.
+  Algorithm choose_algorithm(Algorithm requested, size_t bytes, std::string* reason = nullptr) const;
 
   const CommunicatorOptions& options() const { return options_; }
   void set_ring_segment_bytes(size_t bytes);
@@ -68,11 +69,22 @@ class Communicator {
   struct Signature {
     int64_t count, dtype, op, algorithm;
   };
+  // A small call whose data travels inside the argument check.
+  struct CarriedCall {
+    const void* input;
+    void* output;
+    size_t count;
+    const Reduction& reduction;
+  };
   // Compares every rank's signature and local error; returns a description of
-  // the first disagreement, or an empty string when all ranks agree.
-  std::string agree(const Signature& mine, ArgumentError error);
+  // the first disagreement, or an empty string when all ranks agree. With
+  // `call`, its data is reduced in the same messages and, when all agree,
+  // the result is in call->output.
+  std::string agree(const Signature& mine, ArgumentError error, const CarriedCall* call = nullptr);
+  // Whether a call of `bytes` running `algorithm` is carried by the check.
+  bool carries_payload(Algorithm algorithm, size_t bytes) const;
   Transport& transport() const;
-  void log_choice(size_t count, DType dtype, ReduceOp op, const AlgorithmChoice& choice);
+  void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
 
   std::unique_ptr<Transport> transport_;
   CommunicatorOptions options_;

@@ -7,7 +7,6 @@ See README.md for the algorithms, the environment variables and launching.
 """
 
 from ._build_info import build_info
-from ._buffers import DTYPES
-from ._communicator import ALGORITHMS, OPS, Communicator, init
+from ._communicator import ALGORITHMS, DTYPES, OPS, Communicator, init
 
 __all__ = ["ALGORITHMS", "DTYPES", "OPS", "Communicator", "build_info", "init"]

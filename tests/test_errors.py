@@ -30,6 +30,14 @@ def test_different_counts(world_size):
         assert "different element counts" in str(e) and "smallest 10, largest 11" in str(e)
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "recursive_doubling"])
+def test_different_counts_across_the_carried_size(algorithm):
+    """Calls up to 1 KiB travel inside the argument check; a rank whose call
+    does not (257 floats) must still meet the others' check and raise with them."""
+    errors = errors_on_every_rank(3, lambda c: c.allreduce(torch.zeros(256 + (c.rank == 2)), algorithm=algorithm))
+    assert all("smallest 256, largest 257" in str(e) for e in errors)
+
+
 def test_different_dtypes():
     errors = errors_on_every_rank(3, lambda c: c.allreduce(torch.zeros(4, dtype=torch.float64 if c.rank == 2 else torch.float32)))
     assert all("different dtypes" in str(e) and "(float32 and float64)" in str(e) for e in errors)

@@ -80,7 +80,7 @@ def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd):
     spawn_local(2, each_rank)
     lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
     assert len(lines) == 2  # one per rank
-    assert "allreduce of 100 x float32 (sum) -> recursive_doubling [cost model:" in lines[0]
+    assert "allreduce of 100 x float32 (sum) -> recursive_doubling inside the argument check [cost model:" in lines[0]
 
 
 @pytest.mark.parametrize("name, value", [("PYALLREDUCE_CHECK", "maybe"), ("PYALLREDUCE_RING_SEGMENT_BYTES", "-4"), ("PYALLREDUCE_DEBUG", "LOUD")])

@@ -1,5 +1,5 @@
 // What every allreduce algorithm is given, and the algorithms themselves.
-// Algorithms see only the Transport interface and a Reduction: they never know
+// Algorithms see only the Transport interface and a Combiner: they never know
 // which transport carries their messages or what the elements are.
 #pragma once
 
@@ -25,7 +25,7 @@ class Workspace {
   size_t capacity_ = 0;
 };
 
-// The vector being reduced, in place: `count` elements of reduction.dtype().
+// The vector being reduced, in place: `count` elements of `element_size` bytes.
 struct Vector {
   void* data;
   size_t count;
@@ -36,7 +36,7 @@ struct Vector {
 
 struct AllreduceContext {
   Transport& transport;
-  const Reduction& reduction;
+  const Combiner& reduction;
   Workspace& workspace;
   size_t ring_segment_bytes;  // ring: pipelining granularity
 };

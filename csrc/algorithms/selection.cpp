@@ -98,27 +98,35 @@ std::vector<SizeRule> parse_size_rules(const std::string& text) {
   return rules;
 }
 
-AlgorithmChoice AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world_size) const {
-  if (requested != Algorithm::kAuto) return {requested, "requested by the caller"};
+Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world_size,
+                                     std::string* reason) const {
+  if (requested != Algorithm::kAuto) {
+    if (reason != nullptr) *reason = "requested by the caller";
+    return requested;
+  }
   for (const SizeRule& rule : rules_) {
     if (bytes >= rule.min_bytes && bytes <= rule.max_bytes) {
-      return {rule.algorithm, "PYALLREDUCE_ALGO rule " + std::to_string(rule.min_bytes) + "-" +
-                                  (rule.max_bytes == std::numeric_limits<size_t>::max()
-                                       ? std::string("max")
-                                       : std::to_string(rule.max_bytes))};
+      if (reason != nullptr) {
+        *reason = "PYALLREDUCE_ALGO rule " + std::to_string(rule.min_bytes) + "-" +
+                  (rule.max_bytes == std::numeric_limits<size_t>::max() ? std::string("max")
+                                                                        : std::to_string(rule.max_bytes));
+      }
+      return rule.algorithm;
     }
   }
   Algorithm best = Algorithm::kRing;
   double best_time = std::numeric_limits<double>::infinity();
-  std::string reason = "cost model:";
+  if (reason != nullptr) *reason = "cost model:";
   for (Algorithm a : {Algorithm::kRecursiveDoubling, Algorithm::kHalvingDoubling, Algorithm::kRing}) {
     const double t = model_.predict(a, bytes, world_size);
-    char item[96];
-    std::snprintf(item, sizeof item, " %s %.1f us", algorithm_name(a), t * 1e6);
-    reason += item;
+    if (reason != nullptr) {
+      char item[96];
+      std::snprintf(item, sizeof item, " %s %.1f us", algorithm_name(a), t * 1e6);
+      *reason += item;
+    }
     if (t < best_time) { best = a; best_time = t; }  // ties keep the earlier (fewer messages)
   }
-  return {best, reason};
+  return best;
 }
 
 }  // namespace pyallreduce

@@ -37,17 +37,13 @@ struct SizeRule {
 // which applies to every size. Empty text gives no rules. Throws InvalidArgument.
 std::vector<SizeRule> parse_size_rules(const std::string& text);
 
-struct AlgorithmChoice {
-  Algorithm algorithm;
-  std::string reason;
-};
-
 class AlgorithmSelector {
  public:
   AlgorithmSelector(std::vector<SizeRule> rules, CostModel model)
       : rules_(std::move(rules)), model_(model) {}
-  // Resolves `requested` (kAuto or a concrete algorithm) for one call.
-  AlgorithmChoice choose(Algorithm requested, size_t bytes, int world_size) const;
+  // Resolves `requested` (kAuto or a concrete algorithm) for one call, and
+  // says why in `reason` when given one (the per-call path passes none).
+  Algorithm choose(Algorithm requested, size_t bytes, int world_size, std::string* reason = nullptr) const;
 
  private:
   std::vector<SizeRule> rules_;

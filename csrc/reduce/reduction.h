@@ -8,7 +8,24 @@
 
 namespace pyallreduce {
 
-class Reduction {
+// What an algorithm is told about the elements it moves: how to combine two
+// runs of them and how to finish a fully reduced one. Algorithms see only
+// this, so the same algorithm reduces tensors or the communicator's check
+// frames (see communicator.cpp).
+class Combiner {
+ public:
+  virtual ~Combiner() = default;
+  // out[i] = left[i] (op) right[i] for i < count. `out` may be the same pointer
+  // as `left` or `right`; partial overlaps are not allowed. Algorithms pass the
+  // lower-ranked contribution as `left`, so that even a non-commutative corner
+  // (two NaN payloads under min/max) gives every rank the same bits.
+  virtual void combine(const void* left, const void* right, void* out, size_t count) const = 0;
+  // Applied exactly once to every fully reduced element.
+  virtual void finalize(void* data, size_t count, int world_size) const = 0;
+};
+
+// An elementwise reduction of one dtype under one operator.
+class Reduction final : public Combiner {
  public:
   Reduction(DType dtype, ReduceOp op);
 
@@ -16,17 +33,12 @@ class Reduction {
   ReduceOp op() const { return op_; }
   size_t element_size() const { return element_size_; }
 
-  // out[i] = left[i] (op) right[i] for i < count. `out` may be the same pointer
-  // as `left` or `right`; partial overlaps are not allowed. Algorithms pass the
-  // lower-ranked contribution as `left`, so that even a non-commutative corner
-  // (two NaN payloads under min/max) gives every rank the same bits.
   // float16/bfloat16 are widened to float32, combined, and rounded back once.
-  void combine(const void* left, const void* right, void* out, size_t count) const;
+  void combine(const void* left, const void* right, void* out, size_t count) const override;
 
-  // Applied exactly once to every fully reduced element: "avg" divides by
-  // world_size (integers round toward zero, as in C and NCCL); other ops leave
-  // the data alone.
-  void finalize(void* data, size_t count, int world_size) const;
+  // "avg" divides by world_size (integers round toward zero, as in C and
+  // NCCL); other ops leave the data alone.
+  void finalize(void* data, size_t count, int world_size) const override;
 
  private:
   using CombineFn = void (*)(const void*, const void*, void*, size_t);

@@ -1,6 +1,6 @@
-// The only file that knows pybind11: exposes communicators over MPI (from an
-// mpi4py communicator) and over in-process threads, taking raw addresses so
-// that torch, numpy and any buffer-protocol object share one path.
+// The module pyallreduce._C: communicators over MPI (from an mpi4py
+// communicator) and over in-process threads. With buffers.cpp, the only code
+// that knows Python.
 #include <mpi.h>
 #include <mpi4py/mpi4py.h>
 #include <pybind11/pybind11.h>
@@ -8,10 +8,12 @@
 
 #include <climits>
 #include <cstdint>
+#include <optional>
 
-#include "communicator.h"
-#include "transport/local_transport.h"
-#include "transport/mpi_transport.h"
+#include "../communicator.h"
+#include "../transport/local_transport.h"
+#include "../transport/mpi_transport.h"
+#include "buffers.h"
 
 namespace py = pybind11;
 using namespace pyallreduce;
@@ -39,6 +41,43 @@ std::string mpi_built_against() {
 #else
   return "MPI " + std::to_string(MPI_VERSION) + "." + std::to_string(MPI_SUBVERSION);
 #endif
+}
+
+// The whole per-call path: read and check the arguments, then reduce with the
+// GIL released. A rank that rejects its arguments still takes part in the
+// argument check, so that every other rank raises instead of waiting for it.
+py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out) {
+  try {
+    const PythonBuffer source(x, "x");
+    std::optional<PythonBuffer> target;
+    if (!out.is_none()) {
+      target.emplace(out, "out");
+      check_output(source, *target);
+    } else if (!source.writable()) {
+      throw Rejection{PyExc_ValueError, ArgumentError::kBadBuffer, "x is read-only; pass a writable array or out="};
+    }
+    const ReduceOp op_code = parse_op(op);
+    const Algorithm algorithm_code = parse_algorithm(algorithm);
+    void* output = target ? target->data() : source.data();
+    py::gil_scoped_release release;
+    comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code);
+  } catch (const Rejection& rejection) {
+    if (!comm.freed()) {
+      py::gil_scoped_release release;
+      comm.report_invalid_arguments(rejection.code);
+    }
+    PyErr_SetString(rejection.exception_type, rejection.message.c_str());
+    throw py::error_already_set();
+  } catch (py::error_already_set&) {
+    // Reading an argument raised in Python (an odd tensor subclass, say):
+    // still a rejected argument as far as the other ranks are concerned.
+    if (!comm.freed()) {
+      py::gil_scoped_release release;
+      comm.report_invalid_arguments(ArgumentError::kBadBuffer);
+    }
+    throw;
+  }
+  return py::reinterpret_borrow<py::object>(out.is_none() ? x : out);
 }
 
 }  // namespace
@@ -121,24 +160,15 @@ PYBIND11_MODULE(_C, m) {
       .def_property("ring_segment_bytes",
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
-      .def(
-          "allreduce",
-          [](Communicator& c, uintptr_t input, uintptr_t output, size_t count, DType dtype, ReduceOp op,
-             Algorithm algorithm) {
-            c.allreduce(reinterpret_cast<const void*>(input), reinterpret_cast<void*>(output), count, dtype,
-                        op, algorithm);
-          },
-          py::arg("input"), py::arg("output"), py::arg("count"), py::arg("dtype"), py::arg("op"),
-          py::arg("algorithm"), py::call_guard<py::gil_scoped_release>(),
-          "Allreduce `count` elements from address `input` into address `output` (may be equal).")
-      .def("report_invalid_arguments", &Communicator::report_invalid_arguments, py::arg("error"),
-           py::call_guard<py::gil_scoped_release>(),
-           "The collective half of a call this rank rejected: the other ranks' allreduce raises.")
+      .def("allreduce", &allreduce, py::arg("x"), py::arg("op"), py::arg("algorithm"), py::arg("out"),
+           "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "
+           "object. See pyallreduce.Communicator.allreduce.")
       .def(
           "choose_algorithm",
           [](const Communicator& c, Algorithm requested, size_t bytes) {
-            const AlgorithmChoice choice = c.choose_algorithm(requested, bytes);
-            return py::make_tuple(choice.algorithm, choice.reason);
+            std::string reason;
+            const Algorithm chosen = c.choose_algorithm(requested, bytes, &reason);
+            return py::make_tuple(chosen, reason);
           },
           py::arg("requested"), py::arg("bytes"), "The algorithm a call of `bytes` would use, and why.")
       .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.");

@@ -1,0 +1,231 @@
+#include "buffers.h"
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace pyallreduce {
+namespace {
+
+const char* const kSupported = "float32, float64, float16, bfloat16, int32, int64";
+
+[[noreturn]] void reject(PyObject* type, ArgumentError code, std::string message) {
+  throw Rejection{type, code, std::move(message)};
+}
+
+std::string type_name(py::handle obj) { return Py_TYPE(obj.ptr())->tp_name; }
+
+// What pyallreduce needs from torch, looked up once torch has been imported
+// (by the caller: pyallreduce never imports it). Never freed: it must outlive
+// every call, and Python objects must not be released after the interpreter.
+struct TorchApi {
+  py::object tensor_type;
+  py::object strided;
+  std::vector<std::pair<py::object, DType>> dtypes;
+};
+
+const TorchApi* torch_api() {
+  static TorchApi* api = nullptr;  // guarded by the GIL
+  if (api != nullptr) return api;
+  PyObject* torch = PyDict_GetItemString(PyImport_GetModuleDict(), "torch");  // borrowed
+  if (torch == nullptr) return nullptr;
+  py::handle module(torch);
+  api = new TorchApi{module.attr("Tensor"), module.attr("strided"), {}};
+  for (DType d : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16, DType::kInt32,
+                  DType::kInt64}) {
+    api->dtypes.emplace_back(module.attr(dtype_name(d)), d);
+  }
+  return api;
+}
+
+// The dtype of a buffer-protocol format string (struct module syntax) with
+// `itemsize`, or false. Integers go by size, since 'l' is 4 or 8 bytes
+// depending on the platform. A byte-order prefix other than native ('@', '=',
+// or the machine's own '<'/'>') is refused.
+bool dtype_from_format(const char* format, size_t itemsize, DType* dtype, bool* native) {
+  const bool little_endian = [] {
+    const uint16_t one = 1;
+    unsigned char first;
+    std::memcpy(&first, &one, 1);
+    return first == 1;
+  }();
+  *native = true;
+  if (format == nullptr) format = "B";  // the buffer protocol's default: unsigned bytes
+  if (*format == '@' || *format == '=') {
+    ++format;
+  } else if (*format == '<' || *format == '>' || *format == '!') {
+    *native = (*format == '<') == little_endian;
+    ++format;
+  }
+  if (format[0] == '\0' || format[1] != '\0') return false;  // not a single element type
+  switch (format[0]) {
+    case 'e': *dtype = DType::kFloat16; return itemsize == 2;
+    case 'f': *dtype = DType::kFloat32; return itemsize == 4;
+    case 'd': *dtype = DType::kFloat64; return itemsize == 8;
+    case 'b': case 'h': case 'i': case 'l': case 'q': case 'n':
+      if (itemsize == 4) { *dtype = DType::kInt32; return true; }
+      if (itemsize == 8) { *dtype = DType::kInt64; return true; }
+      return false;
+    default: return false;
+  }
+}
+
+// How an unsupported buffer's elements are described in an error: numpy's
+// dtype where the object has one, else the buffer format.
+std::string element_description(py::handle obj, const Py_buffer& view) {
+  if (py::hasattr(obj, "dtype")) return "dtype " + py::str(obj.attr("dtype")).cast<std::string>();
+  return std::string("buffer format '") + (view.format != nullptr ? view.format : "B") + "'";
+}
+
+}  // namespace
+
+PythonBuffer::PythonBuffer(py::handle obj, const char* role) {
+  const TorchApi* torch = torch_api();
+  if (torch != nullptr && PyObject_IsInstance(obj.ptr(), torch->tensor_type.ptr()) == 1) {
+    read_torch(obj, role);
+    return;
+  }
+  if (PyObject_CheckBuffer(obj.ptr())) {
+    read_buffer_protocol(obj, role);
+    return;
+  }
+  if (py::hasattr(obj, "__dlpack__")) {
+    try {
+      keep_alive_ = py::module_::import("numpy").attr("from_dlpack")(obj);
+    } catch (py::error_already_set& e) {
+      reject(PyExc_TypeError, ArgumentError::kBadBuffer,
+             std::string(role) + " could not be read through DLPack: " + e.what());
+    }
+    read_buffer_protocol(keep_alive_, role);
+    return;
+  }
+  reject(PyExc_TypeError, ArgumentError::kBadBuffer,
+         std::string(role) + " must be a torch tensor, a numpy array or a buffer-protocol object, not " +
+             type_name(obj));
+}
+
+PythonBuffer::~PythonBuffer() {
+  if (holds_view_) PyBuffer_Release(&view_);
+}
+
+void PythonBuffer::read_torch(py::handle tensor, const char* role) {
+  const std::string who(role);
+  py::object layout = tensor.attr("layout");
+  if (!layout.is(torch_api()->strided)) {
+    reject(PyExc_TypeError, ArgumentError::kBadBuffer,
+           who + " is a " + py::str(layout).cast<std::string>() +
+               " tensor; only dense (strided) tensors can be reduced");
+  }
+  if (!tensor.attr("is_cpu").cast<bool>()) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer,
+           who + " is on " + py::str(tensor.attr("device")).cast<std::string>() +
+               "; this pyallreduce build reduces CPU tensors only");
+  }
+  if (!tensor.attr("is_contiguous")().cast<bool>()) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " is not contiguous; pass tensor.contiguous()");
+  }
+  py::object dtype = tensor.attr("dtype");
+  bool known = false;
+  for (const auto& [torch_dtype, ours] : torch_api()->dtypes) {
+    if (dtype.is(torch_dtype)) {
+      dtype_ = ours;
+      known = true;
+      break;
+    }
+  }
+  if (!known) {
+    reject(PyExc_TypeError, ArgumentError::kBadDtype,
+           who + " has dtype " + py::str(dtype).cast<std::string>() + "; supported: " + kSupported);
+  }
+  // A lazy negation (e.g. the imaginary part of a conjugated view) is stored
+  // un-negated: the bytes are not the values.
+  if (tensor.attr("is_neg")().cast<bool>()) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer,
+           who + " has a lazy negative bit; call resolve_neg() first");
+  }
+  data_ = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
+  count_ = tensor.attr("numel")().cast<size_t>();
+  writable_ = true;
+}
+
+void PythonBuffer::read_buffer_protocol(py::handle obj, const char* role) {
+  const std::string who(role);
+  if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_RECORDS_RO) != 0) {
+    py::error_already_set error;
+    reject(PyExc_TypeError, ArgumentError::kBadBuffer,
+           who + " (" + type_name(obj) + ") does not export a readable buffer: " + error.what());
+  }
+  holds_view_ = true;
+  bool native = true;
+  if (!dtype_from_format(view_.format, static_cast<size_t>(view_.itemsize), &dtype_, &native)) {
+    reject(PyExc_TypeError, ArgumentError::kBadDtype,
+           who + " has " + element_description(obj, view_) + "; supported: " + kSupported);
+  }
+  if (!native) reject(PyExc_TypeError, ArgumentError::kBadDtype, who + " is not in native byte order");
+  if (!PyBuffer_IsContiguous(&view_, 'C')) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer,
+           who + " is not C-contiguous; pass np.ascontiguousarray(...)");
+  }
+  data_ = view_.buf;
+  count_ = static_cast<size_t>(view_.len / view_.itemsize);
+  writable_ = !view_.readonly;
+}
+
+void check_output(const PythonBuffer& source, const PythonBuffer& out) {
+  if (!out.writable()) reject(PyExc_ValueError, ArgumentError::kBadOutput, "out is read-only");
+  if (out.dtype() != source.dtype()) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput,
+           std::string("out has dtype ") + dtype_name(out.dtype()) + " but the input has " +
+               dtype_name(source.dtype()));
+  }
+  if (out.count() != source.count()) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput,
+           "out has " + std::to_string(out.count()) + " elements but the input has " +
+               std::to_string(source.count()));
+  }
+  const auto* in_begin = static_cast<const char*>(source.data());
+  const auto* out_begin = static_cast<const char*>(out.data());
+  const bool overlaps = out_begin < in_begin + source.bytes() && in_begin < out_begin + out.bytes();
+  if (overlaps && out_begin != in_begin) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput, "out partially overlaps the input");
+  }
+}
+
+namespace {
+
+template <class Enum>
+Enum parse_name(py::handle name, const char* what, ArgumentError code, std::initializer_list<Enum> values,
+                const char* (*name_of)(Enum)) {
+  if (PyUnicode_Check(name.ptr())) {
+    for (Enum v : values) {
+      if (PyUnicode_CompareWithASCIIString(name.ptr(), name_of(v)) == 0) return v;
+    }
+  }
+  std::string expected;
+  for (Enum v : values) expected += std::string(expected.empty() ? "" : ", ") + name_of(v);
+  if (!PyUnicode_Check(name.ptr())) {
+    reject(PyExc_TypeError, code,
+           std::string(what) + " must be a string (one of " + expected + "), not " + type_name(name));
+  }
+  reject(PyExc_ValueError, code,
+         "unknown " + std::string(what) + " " + py::repr(name).cast<std::string>() + "; expected one of " +
+             expected);
+}
+
+}  // namespace
+
+ReduceOp parse_op(py::handle op) {
+  return parse_name(op, "op", ArgumentError::kBadOp,
+                    {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProd}, op_name);
+}
+
+Algorithm parse_algorithm(py::handle algorithm) {
+  return parse_name(algorithm, "algorithm", ArgumentError::kBadAlgorithm,
+                    {Algorithm::kAuto, Algorithm::kRing, Algorithm::kHalvingDoubling,
+                     Algorithm::kRecursiveDoubling},
+                    algorithm_name);
+}
+
+}  // namespace pyallreduce

@@ -1,0 +1,67 @@
+// Reading the caller's Python arguments into what the core takes: addresses,
+// element counts, dtypes, ops and algorithm names. With bindings.cpp, the
+// only code that knows Python. It runs on every call, so it reads objects
+// through the C API (the buffer protocol, a few torch attributes) instead of
+// through Python code; a small call costs about as much as MPI's own.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <optional>
+#include <string>
+
+#include "../communicator.h"
+#include "../types.h"
+
+namespace pyallreduce {
+
+// A bad argument: the Python exception this rank raises, and the code the
+// other ranks are told (so that they raise too instead of waiting).
+struct Rejection {
+  PyObject* exception_type;  // PyExc_TypeError or PyExc_ValueError
+  ArgumentError code;
+  std::string message;
+};
+
+// The memory behind one tensor or array argument, held for the length of a
+// call: a buffer-protocol export stays open (so the exporter cannot resize or
+// free it) until this is destroyed. Throws Rejection.
+//
+// Accepted: contiguous CPU torch tensors (read through their attributes, no
+// libtorch), objects with the buffer protocol (numpy arrays, array.array,
+// bytearray, memoryview), and DLPack objects (through numpy.from_dlpack).
+class PythonBuffer {
+ public:
+  PythonBuffer(pybind11::handle obj, const char* role);
+  ~PythonBuffer();
+  PythonBuffer(const PythonBuffer&) = delete;
+  PythonBuffer& operator=(const PythonBuffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t count() const { return count_; }
+  DType dtype() const { return dtype_; }
+  bool writable() const { return writable_; }
+  size_t bytes() const { return count_ * element_size(dtype_); }
+
+ private:
+  void read_torch(pybind11::handle tensor, const char* role);
+  void read_buffer_protocol(pybind11::handle obj, const char* role);
+
+  void* data_ = nullptr;
+  size_t count_ = 0;
+  DType dtype_ = DType::kFloat32;
+  bool writable_ = false;
+  Py_buffer view_{};
+  bool holds_view_ = false;
+  pybind11::object keep_alive_;  // the numpy array made from a DLPack object
+};
+
+// out= must be writable, hold as many elements of the same dtype, and either
+// be the input itself or not overlap it. Throws Rejection.
+void check_output(const PythonBuffer& source, const PythonBuffer& out);
+
+// "sum", "avg", ... and "auto", "ring", ...; anything else throws Rejection.
+ReduceOp parse_op(pybind11::handle op);
+Algorithm parse_algorithm(pybind11::handle algorithm);
+
+}  // namespace pyallreduce
