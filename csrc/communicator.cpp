@@ -118,7 +118,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   const CheckFrameCombiner combiner(call != nullptr ? &call->reduction : nullptr,
                                     call != nullptr ? call->count : 0);
   recursive_doubling_allreduce(AllreduceContext{t, combiner, workspace_, options_.ring_segment_bytes},
-                               Vector{&frame, 1, sizeof(CheckFrame)});
+                               Vector{&frame, &frame, 1, sizeof(CheckFrame)});
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
@@ -193,9 +193,8 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
     if (carried) return;
   }
 
-  if (output != input && bytes > 0) std::memcpy(output, input, bytes);
   const AllreduceContext ctx{t, reduction, workspace_, options_.ring_segment_bytes};
-  const Vector vec{output, count, reduction.element_size()};
+  const Vector vec{input, output, count, reduction.element_size()};
   switch (chosen) {
     case Algorithm::kRing: ring_allreduce(ctx, vec); break;
     case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;

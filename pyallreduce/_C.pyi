@@ -23,13 +23,6 @@ class Algorithm(enum.Enum):
     halving_doubling = 2
     recursive_doubling = 3
 
-class ArgumentError(enum.Enum):
-    bad_buffer = 1
-    bad_dtype = 2
-    bad_op = 3
-    bad_algorithm = 4
-    bad_output = 5
-
 class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
@@ -60,10 +53,8 @@ class Communicator:
     @property
     def check_arguments(self) -> bool: ...
     ring_segment_bytes: int
-    def allreduce(self, input: int, output: int, count: int, dtype: DType, op: ReduceOp, algorithm: Algorithm) -> None:
-        """Allreduce `count` elements from address `input` into address `output` (may be equal)."""
-    def report_invalid_arguments(self, error: ArgumentError) -> None:
-        """The collective half of a call this rank rejected: the other ranks' allreduce raises."""
+    def allreduce(self, x: object, op: object, algorithm: object, out: object) -> object:
+        """Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's object. See pyallreduce.Communicator.allreduce."""
     def choose_algorithm(self, requested: Algorithm, bytes: int) -> tuple[Algorithm, str]:
         """The algorithm a call of `bytes` would use, and why."""
     def free(self) -> None:
@@ -71,4 +62,18 @@ class Communicator:
 
 def mpi_library_version() -> str: ...
 def mpi_built_against() -> str: ...
-def predict_seconds(algorithm: Algorithm, bytes: int, world_size: int) -> float: ...
+
+class CostModel:
+    """The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md)."""
+    def __init__(self, alpha_s: float, beta_s_per_byte: float, gamma_s_per_byte: float) -> None: ...
+    @staticmethod
+    def default() -> CostModel:
+        """The constants that algorithm="auto" uses."""
+    @property
+    def alpha_s(self) -> float: ...
+    @property
+    def beta_s_per_byte(self) -> float: ...
+    @property
+    def gamma_s_per_byte(self) -> float: ...
+    def predict(self, algorithm: Algorithm, bytes: int, world_size: int) -> float:
+        """Predicted seconds for one allreduce of `bytes` over `world_size` ranks."""

@@ -31,11 +31,16 @@ def check_all_algorithms(comm: pyallreduce.Communicator, counts) -> int:
     digests = []
     for dtype in DTYPES:
         for op in OPS:
-            for count in counts:
+            for count_index, count in enumerate(counts):
                 inputs = rank_inputs(comm.size, dtype, op, count)
                 for index, algorithm in enumerate(ALGORITHMS):
                     x = as_buffer(inputs[comm.rank], use_numpy=index % 2 == 1)
-                    result = comm.allreduce(x, op=op, algorithm=algorithm)
+                    if count_index % 2 == 1:  # out of place, on alternate counts
+                        out = as_buffer(torch.zeros_like(inputs[comm.rank]), use_numpy=index % 2 == 1)
+                        result = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
+                        assert result_bytes(torch.as_tensor(x)) == result_bytes(inputs[comm.rank]), "input written"
+                    else:
+                        result = comm.allreduce(x, op=op, algorithm=algorithm)
                     result = torch.from_numpy(result) if isinstance(result, np.ndarray) else result
                     check_result(result, inputs, op)
                     digests.append(zlib.crc32(result_bytes(result)))

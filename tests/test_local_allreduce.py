@@ -18,19 +18,26 @@ SEGMENT_BYTES = 512
 
 
 def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES):
-    """Runs each (algorithm, op, inputs) case on every rank of one in-process
-    world; checks each against the reference and bitwise identity."""
+    """Runs each (algorithm, op, inputs, out_of_place) case on every rank of one
+    in-process world; checks each against the reference and bitwise identity,
+    and that an out-of-place call leaves its input alone."""
 
     def each_rank(comm):
         results = []
-        for algorithm, op, inputs in cases:
+        for algorithm, op, inputs, out_of_place in cases:
             x = inputs[comm.rank].clone()
-            assert comm.allreduce(x, op=op, algorithm=algorithm) is x
-            results.append(x)
+            if out_of_place:
+                out = torch.full_like(x, 7)  # stale contents must not leak into the result
+                assert comm.allreduce(x, op=op, algorithm=algorithm, out=out) is out
+                assert result_bytes(x) == result_bytes(inputs[comm.rank]), f"{algorithm} wrote to its input"
+                results.append(out)
+            else:
+                assert comm.allreduce(x, op=op, algorithm=algorithm) is x
+                results.append(x)
         return results
 
     per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes)
-    for index, (algorithm, op, inputs) in enumerate(cases):
+    for index, (algorithm, op, inputs, _) in enumerate(cases):
         rank0 = per_rank[0][index]
         try:
             check_result(rank0, inputs, op)
@@ -47,9 +54,11 @@ def test_every_algorithm_op_dtype_and_count(world_size):
     cases = []
     for dtype in DTYPES:
         for op in OPS:
-            for count in counts_for(world_size):
+            # Every algorithm x op x dtype runs both in place and out of place,
+            # on alternate counts.
+            for index, count in enumerate(counts_for(world_size)):
                 inputs = rank_inputs(world_size, dtype, op, count)
-                cases += [(algorithm, op, inputs) for algorithm in ALGORITHMS]
+                cases += [(algorithm, op, inputs, index % 2 == 1) for algorithm in ALGORITHMS]
     run_cases(world_size, cases)
 
 
@@ -62,26 +71,11 @@ def test_every_algorithm_op_dtype_and_count(world_size):
     dtype=st.sampled_from(DTYPES),
     segment_bytes=st.sampled_from([2, 64, 4096, 1 << 18]),
     seed=st.integers(0, 2**16),
+    out_of_place=st.booleans(),
 )
-def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed):
+def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed, out_of_place):
     inputs = rank_inputs(world_size, dtype, op, count, seed=seed)
-    run_cases(world_size, [(algorithm, op, inputs)], ring_segment_bytes=segment_bytes)
-
-
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_out_of_place_leaves_input_alone(algorithm):
-    inputs = rank_inputs(5, "float32", "sum", 1001)
-
-    def each_rank(comm):
-        x = inputs[comm.rank].clone()
-        out = torch.empty_like(x)
-        assert comm.allreduce(x, algorithm=algorithm, out=out) is out
-        assert torch.equal(x, inputs[comm.rank])
-        return out
-
-    results = spawn_local(5, each_rank)
-    check_result(results[0], inputs, "sum")
-    assert all(result_bytes(r) == result_bytes(results[0]) for r in results)
+    run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes)
 
 
 def test_numpy_and_buffer_protocol_objects():

@@ -38,7 +38,8 @@ def test_cost_model_prefers_few_messages_small_and_the_ring_large():
     assert small[0] == "recursive_doubling"
     assert large[0] in ("ring", "halving_doubling")
     for algorithm in (_C.Algorithm.ring, _C.Algorithm.halving_doubling, _C.Algorithm.recursive_doubling):
-        assert _C.predict_seconds(algorithm, 1 << 20, 4) > _C.predict_seconds(algorithm, 1 << 10, 4)
+        model = _C.CostModel.default()
+        assert model.predict(algorithm, 1 << 20, 4) > model.predict(algorithm, 1 << 10, 4)
 
 
 def test_an_explicit_algorithm_wins(monkeypatch):

@@ -25,13 +25,27 @@ class Workspace {
   size_t capacity_ = 0;
 };
 
-// The vector being reduced, in place: `count` elements of `element_size` bytes.
+// The vector being reduced: this rank's contribution is read from `input`
+// and the result written to `data`, `count` elements of `element_size` bytes.
+// In place, input == data; otherwise they do not overlap, and an algorithm
+// reads each input element before writing that element of `data`, so no
+// separate copy of the input is ever made.
 struct Vector {
+  const void* input;
   void* data;
   size_t count;
   size_t element_size;
   char* at(size_t element) const { return static_cast<char*>(data) + element * element_size; }
+  const char* input_at(size_t element) const {
+    return static_cast<const char*>(input) + element * element_size;
+  }
   size_t bytes(size_t elements) const { return elements * element_size; }
+  // The same vector once its input has been consumed: from then on the
+  // algorithm works on `data` alone.
+  Vector in_place() const { return Vector{data, data, count, element_size}; }
+  // Copies the input into `data` where they differ (for steps that have
+  // nothing to combine it with).
+  void take_input() const;
 };
 
 struct AllreduceContext {

@@ -25,9 +25,11 @@ struct PowerOfTwoFold {
   int real_rank(int v) const { return v < extra ? 2 * v + 1 : v + extra; }
 };
 
-// Folds the vector in, runs `core(virtual_rank, fold)` on the participants
-// (which must leave every participant with the finalized result), and folds the
-// result out to the ranks that sat out.
+// Folds the vector in, runs `core(virtual_rank, fold, folded)` on the
+// participants (which must leave every participant with the finalized result
+// in folded.data), and folds the result out to the ranks that sat out.
+// `folded` is `vec`, or for a rank that combined its partner's data, `vec` in
+// place (its input already consumed).
 template <class Core>
 void run_folded(const AllreduceContext& ctx, Vector vec, Core core) {
   Transport& t = ctx.transport;
@@ -36,17 +38,18 @@ void run_folded(const AllreduceContext& ctx, Vector vec, Core core) {
   const size_t bytes = vec.bytes(vec.count);
   const bool paired = rank < 2 * fold.extra;
   if (paired && rank % 2 == 0) {
-    // Sits out: hand the vector to the odd partner, then receive the result.
-    t.isend(rank + 1, vec.data, bytes)->wait();
+    // Sits out: hand the input to the odd partner, then receive the result.
+    t.isend(rank + 1, vec.input, bytes)->wait();
     t.irecv(rank + 1, vec.data, bytes)->wait();
     return;
   }
   if (paired) {
     void* partner = ctx.workspace.reserve(bytes);
     t.irecv(rank - 1, partner, bytes)->wait();
-    ctx.reduction.combine(partner, vec.data, vec.data, vec.count);  // lower rank on the left
+    ctx.reduction.combine(partner, vec.input, vec.data, vec.count);  // lower rank on the left
+    vec = vec.in_place();
   }
-  core(fold.virtual_rank(rank), fold);
+  core(fold.virtual_rank(rank), fold, vec);
   if (paired) t.isend(rank - 1, vec.data, bytes)->wait();
 }
 

@@ -22,11 +22,11 @@
 namespace pyallreduce {
 
 void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
-  run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold) {
+  run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold, Vector current) {
     Transport& t = ctx.transport;
     // The largest half received is the upper half of the whole vector.
-    void* incoming = ctx.workspace.reserve(vec.bytes(vec.count - vec.count / 2));
-    size_t lo = 0, hi = vec.count;
+    void* incoming = ctx.workspace.reserve(current.bytes(current.count - current.count / 2));
+    size_t lo = 0, hi = current.count;
     std::vector<std::pair<size_t, size_t>> levels;  // the range split at each halving step
 
     for (int mask = fold.p2 / 2; mask >= 1; mask >>= 1) {
@@ -34,20 +34,25 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       const bool keep_lower = (v & mask) == 0;
       const size_t keep_lo = keep_lower ? lo : mid, keep_hi = keep_lower ? mid : hi;
       const size_t give_lo = keep_lower ? mid : lo, give_hi = keep_lower ? hi : mid;
-      exchange(t, fold.real_rank(v ^ mask), vec.at(give_lo), vec.bytes(give_hi - give_lo), incoming,
-               vec.bytes(keep_hi - keep_lo));
-      char* kept = vec.at(keep_lo);
+      exchange(t, fold.real_rank(v ^ mask), current.input_at(give_lo), current.bytes(give_hi - give_lo), incoming,
+               current.bytes(keep_hi - keep_lo));
+      const char* mine = current.input_at(keep_lo);
+      char* kept = current.at(keep_lo);
       if (keep_lower) {  // this rank is the lower one of the pair: its data goes on the left
-        ctx.reduction.combine(kept, incoming, kept, keep_hi - keep_lo);
+        ctx.reduction.combine(mine, incoming, kept, keep_hi - keep_lo);
       } else {
-        ctx.reduction.combine(incoming, kept, kept, keep_hi - keep_lo);
+        ctx.reduction.combine(incoming, mine, kept, keep_hi - keep_lo);
       }
+      // The half given away is never read from the input again; it arrives
+      // final in the allgather.
+      current = current.in_place();
       levels.emplace_back(lo, hi);
       lo = keep_lo;
       hi = keep_hi;
     }
 
-    ctx.reduction.finalize(vec.at(lo), hi - lo, t.size());
+    current.take_input();  // only when there was no step: one participant
+    ctx.reduction.finalize(current.at(lo), hi - lo, t.size());
 
     for (int mask = 1; mask < fold.p2; mask <<= 1) {
       const auto [level_lo, level_hi] = levels.back();
@@ -57,8 +62,8 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       const bool holds_lower = (v & mask) == 0;
       const size_t other_lo = holds_lower ? hi : level_lo;
       const size_t other_hi = holds_lower ? level_hi : lo;
-      exchange(t, fold.real_rank(v ^ mask), vec.at(lo), vec.bytes(hi - lo), vec.at(other_lo),
-               vec.bytes(other_hi - other_lo));
+      exchange(t, fold.real_rank(v ^ mask), current.at(lo), current.bytes(hi - lo), current.at(other_lo),
+               current.bytes(other_hi - other_lo));
       lo = level_lo;
       hi = level_hi;
     }

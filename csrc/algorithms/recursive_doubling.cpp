@@ -13,19 +13,21 @@
 namespace pyallreduce {
 
 void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
-  run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold) {
-    const size_t bytes = vec.bytes(vec.count);
+  run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold, Vector current) {
+    const size_t bytes = current.bytes(current.count);
     void* incoming = ctx.workspace.reserve(bytes);
     for (int mask = 1; mask < fold.p2; mask <<= 1) {
       const int partner = v ^ mask;
-      exchange(ctx.transport, fold.real_rank(partner), vec.data, bytes, incoming, bytes);
+      exchange(ctx.transport, fold.real_rank(partner), current.input, bytes, incoming, bytes);
       if (partner < v) {
-        ctx.reduction.combine(incoming, vec.data, vec.data, vec.count);
+        ctx.reduction.combine(incoming, current.input, current.data, current.count);
       } else {
-        ctx.reduction.combine(vec.data, incoming, vec.data, vec.count);
+        ctx.reduction.combine(current.input, incoming, current.data, current.count);
       }
+      current = current.in_place();
     }
-    ctx.reduction.finalize(vec.data, vec.count, ctx.transport.size());
+    current.take_input();  // only when there was no step: one participant
+    ctx.reduction.finalize(current.data, current.count, ctx.transport.size());
   });
 }
 

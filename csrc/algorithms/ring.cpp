@@ -16,6 +16,11 @@
 // streams: what arrives from the left is landed (combined or stored) and, until
 // the last step, forwarded to the right.
 //
+// Out of place, the input is read where it lies: chunk r is sent from it at
+// step 0, and every other chunk is combined from it into the output when its
+// partial sum arrives. Every chunk of the output is written once, by a combine
+// or by the allgather, so there is no copy of the input.
+//
 // Pipelining: chunks are cut into segments of ring_segment_bytes, and up to
 // kReceiveWindow segment receives are posted ahead, so while one segment is
 // being combined the next ones are already arriving, and a combined segment is
@@ -55,12 +60,12 @@ void append_chunk(std::vector<Segment>& plan, size_t n, int p, int chunk, size_t
   }
 }
 
-// One phase: sends `first` to the right, then receives `incoming` from the
-// left in order. Segment j is received into receive_buffer(j) and handed to
+// One phase: sends `first` (from `first_source`) to the right, then receives
+// `incoming` from the left in order. Segment j is received into receive_buffer(j) and handed to
 // land(j) before being forwarded. A receive buffer is reused once its segment
 // has been landed: receive_buffer(j + kReceiveWindow) may equal receive_buffer(j).
 template <class ReceiveBuffer, class Land>
-void ring_phase(Transport& t, const Vector& vec, const std::vector<Segment>& first,
+void ring_phase(Transport& t, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
                 const std::vector<Segment>& incoming, ReceiveBuffer receive_buffer, Land land) {
   const int right = mod(t.rank() + 1, t.size());
   const int left = mod(t.rank() - 1, t.size());
@@ -70,7 +75,9 @@ void ring_phase(Transport& t, const Vector& vec, const std::vector<Segment>& fir
     receives[j] = t.irecv(left, receive_buffer(j), vec.bytes(incoming[j].count));
   };
   for (size_t j = 0; j < std::min(kReceiveWindow, incoming.size()); ++j) post_receive(j);
-  for (const Segment& s : first) sends.push_back(t.isend(right, vec.at(s.offset), vec.bytes(s.count)));
+  for (const Segment& s : first) {
+    sends.push_back(t.isend(right, static_cast<const char*>(first_source) + vec.bytes(s.offset), vec.bytes(s.count)));
+  }
   for (size_t j = 0; j < incoming.size(); ++j) {
     receives[j]->wait();
     receives[j].reset();
@@ -90,21 +97,22 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   const int r = t.rank();
   const size_t n = vec.count;
   if (p == 1) {
+    vec.take_input();
     ctx.reduction.finalize(vec.data, n, p);
     return;
   }
   const size_t segment_elems = std::max<size_t>(1, ctx.ring_segment_bytes / vec.element_size);
 
-  // Reduce-scatter: combine what arrives into the vector (the partial sum from
-  // the left on the left), then forward it.
+  // Reduce-scatter: combine what arrives with this rank's input into the
+  // output (the partial sum from the left on the left), then forward it.
   std::vector<Segment> first, incoming;
   append_chunk(first, n, p, r, segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s - 1, p), segment_elems, s < p - 2);
   char* slots = static_cast<char*>(ctx.workspace.reserve(vec.bytes(segment_elems) * kReceiveWindow));
   auto slot = [&](size_t j) { return slots + (j % kReceiveWindow) * vec.bytes(segment_elems); };
-  ring_phase(t, vec, first, incoming, slot, [&](size_t j) {
-    char* target = vec.at(incoming[j].offset);
-    ctx.reduction.combine(slot(j), target, target, incoming[j].count);
+  ring_phase(t, vec, vec.input, first, incoming, slot, [&](size_t j) {
+    const size_t offset = incoming[j].offset;
+    ctx.reduction.combine(slot(j), vec.input_at(offset), vec.at(offset), incoming[j].count);
   });
 
   const int owned = mod(r + 1, p);
@@ -116,7 +124,7 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   incoming.clear();
   append_chunk(first, n, p, owned, segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s, p), segment_elems, s < p - 2);
-  ring_phase(t, vec, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
+  ring_phase(t, vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
              [](size_t) {});
 }
 

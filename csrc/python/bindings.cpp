@@ -113,12 +113,6 @@ PYBIND11_MODULE(_C, m) {
       .value("ring", Algorithm::kRing)
       .value("halving_doubling", Algorithm::kHalvingDoubling)
       .value("recursive_doubling", Algorithm::kRecursiveDoubling);
-  py::enum_<ArgumentError>(m, "ArgumentError")
-      .value("bad_buffer", ArgumentError::kBadBuffer)
-      .value("bad_dtype", ArgumentError::kBadDtype)
-      .value("bad_op", ArgumentError::kBadOp)
-      .value("bad_algorithm", ArgumentError::kBadAlgorithm)
-      .value("bad_output", ArgumentError::kBadOutput);
 
   py::class_<CommunicatorOptions>(m, "CommunicatorOptions")
       .def(py::init<>())
@@ -176,11 +170,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("mpi_library_version", &MpiTransport::library_version,
         "The MPI library's version string (callable before MPI is initialized).");
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");
-  m.def(
-      "predict_seconds",
-      [](Algorithm algorithm, size_t bytes, int world_size) {
-        return default_cost_model().predict(algorithm, bytes, world_size);
-      },
-      py::arg("algorithm"), py::arg("bytes"), py::arg("world_size"),
-      "The default cost model's time for one allreduce, in seconds.");
+  py::class_<CostModel>(m, "CostModel",
+                        "The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md).")
+      .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte) {
+             if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && gamma_s_per_byte >= 0)) {
+               throw InvalidArgument("cost model constants must be non-negative");
+             }
+             return CostModel{alpha_s, beta_s_per_byte, gamma_s_per_byte};
+           }),
+           py::arg("alpha_s"), py::arg("beta_s_per_byte"), py::arg("gamma_s_per_byte"))
+      .def_static("default", &default_cost_model, "The constants that algorithm=\"auto\" uses.")
+      .def_readonly("alpha_s", &CostModel::alpha_s, "seconds per message")
+      .def_readonly("beta_s_per_byte", &CostModel::beta_s_per_byte, "seconds per byte sent")
+      .def_readonly("gamma_s_per_byte", &CostModel::gamma_s_per_byte, "seconds per byte combined")
+      .def("predict", &CostModel::predict, py::arg("algorithm"), py::arg("bytes"), py::arg("world_size"),
+           "Predicted seconds for one allreduce of `bytes` over `world_size` ranks.");
 }

@@ -1,5 +1,6 @@
 #include "algorithm.h"
 
+#include <cstring>
 #include <new>
 
 namespace pyallreduce {
@@ -16,6 +17,10 @@ void* Workspace::reserve(size_t bytes) {
     capacity_ = rounded;
   }
   return memory_.get();
+}
+
+void Vector::take_input() const {
+  if (input != data && count > 0) std::memcpy(data, input, bytes(count));
 }
 
 }  // namespace pyallreduce

@@ -1,0 +1,1 @@
+"""pyallreduce's allreduce microbenchmark: ``mpiexec -n N python -m pyallreduce.bench --help``."""

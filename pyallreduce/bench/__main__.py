@@ -1,0 +1,223 @@
+"""Allreduce microbenchmark: pyallreduce's algorithms and their peers, side by side in one run.
+
+    mpiexec -n 2 python -m pyallreduce.bench -b 8 -e 256M -f 4 -n 20 --runs 3 --json out.json --plot out.png
+
+Columns follow nccl-tests: size, count, type, redop, then for out-of-place and
+in-place calls the time (median over iterations of the slowest rank), its 99th
+percentile, algbw = size/time and busbw = algbw * 2(p-1)/p in GB/s (1e9), and
+#wrong, the elements that differ from a float64 reference. Beside them, the
+cost model's prediction (from alpha, beta and gamma measured at the start) and
+mem%: the time a memory-bandwidth bound allows (4x the message bytes at the
+a += b rate, measured at the start on all ranks at once) as a share of the
+measured time. With --runs R the whole sweep is repeated R times, interleaved,
+and the table shows medians over runs; the closing summary gives ratios with
+their range across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+import traceback
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import DTYPES, OPS, build_info, init
+from . import calibration, data, implementations, report
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes, as nccl-tests writes them: 8, 64K, 256M, 1G (powers of 1024; "KiB"/"MiB"/"GiB" too)."""
+    match = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes or a K/M/G suffix")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def sweep(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
+    sizes, size = [], min_bytes
+    while size <= max_bytes:
+        sizes.append(size)
+        size *= factor
+    return sizes
+
+
+def time_iterations(world: MPI.Comm, call, iterations: int, warmup: int, prepare=None) -> np.ndarray:
+    """Per iteration, the slowest rank's time for call() in microseconds.
+    prepare() (untimed) runs before each call: the in-place runs restore their input."""
+    samples = np.empty(iterations)
+    for i in range(warmup + iterations):
+        if prepare is not None:
+            prepare()
+        world.Barrier()
+        start = time.perf_counter()
+        call()
+        if i >= warmup:
+            samples[i - warmup] = (time.perf_counter() - start) * 1e6
+    world.Allreduce(MPI.IN_PLACE, samples, op=MPI.MAX)
+    return samples
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m pyallreduce.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-b", "--minbytes", type=parse_size, default=parse_size("8"), help="smallest message (default 8)")
+    parser.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("64M"), help="largest message (default 64M)")
+    parser.add_argument("-f", "--stepfactor", type=int, default=4, help="size multiplier between steps (default 4)")
+    parser.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per size (default 20)")
+    parser.add_argument("-w", "--warmup_iters", type=int, default=3, help="untimed iterations first (default 3)")
+    parser.add_argument("-c", "--check", type=int, default=1, help="iterations checked against the reference (default 1)")
+    parser.add_argument("-d", "--datatype", default="float32", choices=DTYPES)
+    parser.add_argument("-o", "--op", default="sum", choices=OPS)
+    parser.add_argument("--impl", default=",".join(implementations.ALL),
+                        help=f"comma-separated, from {', '.join(implementations.ALL)} (default: all)")
+    parser.add_argument("-R", "--runs", type=int, default=1, help="repeat the sweep, interleaved (default 1)")
+    parser.add_argument("--json", metavar="FILE", help="write every sample and the set-up to FILE")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw busbw and time against size per implementation")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    if args.stepfactor < 2 or args.iters < 1 or args.warmup_iters < 0 or args.check < 0 or args.runs < 1:
+        parser.error("need -f >= 2, -n >= 1, -w >= 0, -c >= 0 and -R >= 1")
+    if not 0 < args.minbytes <= args.maxbytes:
+        parser.error("need 0 < -b <= -e")
+    return args
+
+
+def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibration) -> dict:
+    info = build_info()
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    return {
+        "date": datetime.date.today().isoformat(),
+        "host": platform.node(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "world_size": world.size,
+        "type": args.datatype,
+        "redop": args.op,
+        "pyallreduce": info["version"],
+        "mpi": info["mpi_library_version"].splitlines()[0],
+        "mpi4py": info["mpi4py_version"],
+        "torch": torch_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "calibration": cal.as_dict(),
+        "args": vars(args),
+    }
+
+
+def measure(world, impl, buffers, args, run, cal, model) -> report.Measurement:
+    """Times and checks one implementation at one size, both placements."""
+    p, nbytes = world.size, buffers.array("send").nbytes
+    send, recv = buffers.array("send"), buffers.array("recv")
+    restore = (lambda: np.copyto(recv, send)) if isinstance(recv, np.ndarray) else (lambda: recv.copy_(send))
+    measurements = []
+    for placement, call, prepare in (
+        ("out", lambda: impl.out_of_place(buffers, args.op), None),
+        ("in", lambda: impl.in_place(buffers, args.op), restore),
+    ):
+        samples = time_iterations(world, call, args.iters, args.warmup_iters, prepare)
+        wrong = 0
+        for _ in range(args.check):
+            if prepare is not None:
+                prepare()
+            call()
+            wrong += data.count_wrong(recv, args.op, args.datatype, p)
+        wrong = world.allreduce(wrong, op=MPI.SUM)
+        median = float(np.median(samples))
+        algbw = nbytes / median / 1e3 if median > 0 else 0.0
+        algorithm = impl.model_algorithm(nbytes)
+        measurements.append(report.Measurement(
+            impl=impl.name, bytes=nbytes, count=len(send), type=args.datatype, redop=args.op,
+            placement=placement, run=run, samples_us=samples.round(3).tolist(), time_us=median,
+            p99_us=float(np.percentile(samples, 99)), algbw=algbw, busbw=algbw * report.bus_factor(p), wrong=wrong,
+            model_us=model.predict(algorithm, nbytes, p) * 1e6 if algorithm is not None else None,
+            memory_limit_pct=100 * cal.memory_limit_s(nbytes) * 1e6 / median if median > 0 else 0.0,
+        ))
+    return measurements
+
+
+def main() -> None:
+    args = parse_args()
+    world = MPI.COMM_WORLD
+    rank0 = world.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)
+    comm = init()
+    itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
+    sizes = [s for s in sweep(args.minbytes, args.maxbytes, args.stepfactor) if s >= itemsize]
+
+    cal = calibration.calibrate(world)
+    model = cal.model()
+    impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world)
+    results = report.Results(header(args, world, cal))
+    h = results.header
+    say(f"# pyallreduce {h['pyallreduce']} bench: {world.size} ranks on {h['host']} ({h['machine']}), {h['date']}")
+    say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
+    say(f"# calibration: alpha {cal.alpha_s * 1e6:.2f} us, beta 1/({1e-9 / cal.beta_s_per_byte if cal.beta_s_per_byte else 0:.1f} GB/s), "
+        f"gamma 1/({1e-9 / cal.gamma_s_per_byte:.1f} GB/s); memory (a += b, all ranks at once) {cal.memory_bytes_per_s / 1e9:.1f} GB/s per rank")
+    for note in notes:
+        say(f"# {note}")
+    runnable = []
+    for impl in impls:
+        reason = impl.unsupported(args.datatype, args.op)
+        if reason:
+            results.skips.append(report.Skip(impl.name, reason))
+            say(f"# {impl.name} skipped: {reason}")
+        else:
+            runnable.append(impl)
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(sizes) * len(runnable) * args.runs, disable=not rank0 or args.no_progress,
+                    unit="run", leave=False, dynamic_ncols=True)
+    say(report.table_header())
+    for nbytes in sizes:
+        buffers = implementations.Buffers(nbytes // itemsize, args.datatype)
+        data.fill(buffers.array("send"), world.rank, args.op)
+        for run in range(args.runs):
+            for impl in runnable:
+                progress.set_description(f"{nbytes} B {impl.name}")
+                results.measurements.extend(measure(world, impl, buffers, args, run, cal, model))
+                progress.update()
+        if rank0:
+            progress.clear()
+            for impl in runnable:
+                print(report.table_row(results, impl.name, nbytes), flush=True)
+    progress.close()
+
+    names = [impl.name for impl in runnable]
+    ours = [n for n in names if n in implementations.OURS]
+    peers = [n for n in names if n in implementations.PEERS]
+    say(report.summary(results, names, ours, peers))
+    total_wrong = sum(m.wrong for m in results.measurements)
+    if rank0:
+        if args.json:
+            results.write_json(args.json)
+        if args.plot:
+            report.plot(results, names, args.plot)
+    say(f"# result check: {'all correct' if total_wrong == 0 else f'{total_wrong} elements WRONG'}")
+    for impl in impls:
+        impl.close()
+    comm.free()
+    if total_wrong:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:
+        # One rank failing must not leave the others waiting in a collective.
+        traceback.print_exc()
+        MPI.COMM_WORLD.Abort(1)

@@ -1,0 +1,98 @@
+"""torch.distributed set up from the ranks of an MPI launch.
+
+    mpiexec -n 4 python train.py      # (or mpirun, srun) and in train.py:
+
+    import pyallreduce.distributed
+    pyallreduce.distributed.init_process_group("gloo")   # or "nccl"
+
+Rank and world size come from MPI; rank 0 opens the rendezvous store on a
+port the operating system picks and tells the others its address over MPI,
+so no MASTER_ADDR/MASTER_PORT is needed. The local rank (the process's index
+among the ranks on its node) comes from MPI's shared-memory split, which
+every launcher supports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from typing import Any
+
+# Variables torchrun sets; under it there is no MPI world to build from.
+_TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+def _rendezvous_host() -> str:
+    """The address the other ranks use to reach rank 0's store."""
+    explicit = os.environ.get("MASTER_ADDR")
+    if explicit:
+        return explicit
+    hostname = socket.gethostname()
+    try:
+        return socket.gethostbyname(hostname)
+    except OSError:
+        return "127.0.0.1"
+
+
+def init_process_group(
+    backend: str = "gloo", *, mpi_comm: Any = None, timeout: datetime.timedelta | None = None
+) -> int:
+    """Initialize torch.distributed's default process group over the ranks of
+    ``mpi_comm`` (default ``MPI.COMM_WORLD``). Collective over ``mpi_comm``.
+
+    Sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` in
+    the environment, and for ``backend="nccl"`` selects the GPU
+    ``LOCAL_RANK`` (mod the devices visible).
+
+    Returns:
+        The local rank.
+
+    Raises:
+        RuntimeError: started by torchrun rather than an MPI launcher, or
+            torch.distributed is already initialized.
+    """
+    import torch
+    import torch.distributed as dist
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+    torchrun_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if any(v in os.environ for v in _TORCHRUN_VARIABLES) and comm.size == 1 and torchrun_world > 1:
+        raise RuntimeError(
+            "pyallreduce needs an MPI launch (mpirun, mpiexec or srun): under torchrun every process is "
+            f"rank 0 of an MPI world of 1, not one of {torchrun_world} ranks"
+        )
+    if dist.is_initialized():
+        raise RuntimeError("torch.distributed is already initialized")
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank, local_size = node.rank, node.size
+    node.Free()
+
+    store = None
+    address = None
+    if comm.rank == 0:
+        try:
+            host = _rendezvous_host()
+            store = dist.TCPStore(host, 0, comm.size, is_master=True, wait_for_workers=False)
+            address = (host, store.port)
+        except Exception as exc:  # noqa: BLE001 - every rank must hear about it
+            address = exc
+    address = comm.bcast(address, root=0)
+    if isinstance(address, Exception):
+        raise RuntimeError(f"rank 0 could not open the rendezvous store: {address}")
+    host, port = address
+    if store is None:
+        store = dist.TCPStore(host, port, comm.size, is_master=False)
+
+    os.environ.update(
+        RANK=str(comm.rank), WORLD_SIZE=str(comm.size), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_size)
+    )
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("backend='nccl' needs a CUDA device, and torch sees none")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    kwargs = {} if timeout is None else {"timeout": timeout}
+    dist.init_process_group(backend, store=store, rank=comm.rank, world_size=comm.size, **kwargs)
+    return local_rank
