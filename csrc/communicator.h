@@ -18,7 +18,7 @@ namespace pyallreduce {
 
 struct CommunicatorOptions {
   bool check_arguments = true;          // PYALLREDUCE_CHECK
-  size_t ring_segment_bytes = 1 << 18;  // PYALLREDUCE_RING_SEGMENT_BYTES
+  size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
   std::string algorithm_rules;          // PYALLREDUCE_ALGO
   bool log_selection = false;           // PYALLREDUCE_DEBUG=INFO
 };

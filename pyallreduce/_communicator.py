@@ -30,7 +30,7 @@ class Communicator:
             small recursive-doubling exchange per call. Default: on, unless
             ``PYALLREDUCE_CHECK=0``.
         ring_segment_bytes: pipelining granularity of the ring algorithm.
-            Default: ``PYALLREDUCE_RING_SEGMENT_BYTES`` or 256 KiB.
+            Default: ``PYALLREDUCE_RING_SEGMENT_BYTES`` or 1 MiB.
     """
 
     def __init__(self, mpi_comm: Any = None, *, check: bool | None = None, ring_segment_bytes: int | None = None):

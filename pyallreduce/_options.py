@@ -11,7 +11,7 @@ from . import _C
 #                                   "recursive_doubling:0-4096;ring:4097-max", or one name
 #   PYALLREDUCE_CHECK               "0" turns off the cross-rank argument check
 #   PYALLREDUCE_DEBUG               "INFO" logs each distinct call's algorithm and why
-#   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 262144)
+#   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 1048576)
 #   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
 
 

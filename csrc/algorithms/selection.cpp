@@ -1,5 +1,6 @@
 #include "selection.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -51,8 +52,11 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, int p) const {
       return 2 * lg * a + 2 * share * n * b + share * n * g + fold_cost(*this, n, p, p2);
     }
     case Algorithm::kRing: {
+      // DESIGN.md's row charges sending and combining one after the other,
+      // but the segmented ring combines segment k while segment k+1 arrives:
+      // its reduce-scatter costs the slower of the two per byte, not the sum.
       const double share = static_cast<double>(p - 1) / p;
-      return 2 * (p - 1) * a + 2 * share * n * b + share * n * g;
+      return 2 * (p - 1) * a + share * n * b + share * n * std::max(b, g);
     }
     case Algorithm::kAuto: break;
   }

@@ -1,0 +1,35 @@
+"""The benchmark at 2 ranks on a tiny sweep: every implementation runs and
+every result matches the reference (correctness only: no timing asserts)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_mpi import mpiexec
+
+
+@pytest.mark.parametrize("dtype, op", [("float32", "sum"), ("float16", "max"), ("bfloat16", "avg")])
+def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
+    record, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "8", "-e", "64K", "-f", "32",
+         "-n", "3", "-w", "1", "-c", "2", "-d", dtype, "-o", op, "--json", str(record), "--plot", str(plot),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "# result check: all correct" in result.stdout, output[-6000:]
+    data = json.loads(record.read_text())
+    measured = {m["impl"] for m in data["measurements"]}
+    skipped = {s["impl"] for s in data["skipped"]}
+    assert measured | skipped == {"ring", "halving_doubling", "recursive_doubling", "auto", "mpi", "gloo", "naive_ring"}
+    assert {"ring", "halving_doubling", "recursive_doubling", "auto"} <= measured
+    assert {m["bytes"] for m in data["measurements"]} == {8, 256, 8192}
+    assert all(m["wrong"] == 0 and len(m["samples_us"]) == 3 for m in data["measurements"])
+    assert plot.stat().st_size > 0
+    # The nccl-tests table: one row per size and implementation that ran.
+    rows = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(rows) >= 3 * len(measured)
