@@ -65,6 +65,8 @@ def init_process_group(
         )
     if dist.is_initialized():
         raise RuntimeError("torch.distributed is already initialized")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise RuntimeError("backend='nccl' needs a CUDA device, and torch sees none; use backend='gloo'")
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.rank, node.size
@@ -90,8 +92,6 @@ def init_process_group(
         RANK=str(comm.rank), WORLD_SIZE=str(comm.size), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_size)
     )
     if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise RuntimeError("backend='nccl' needs a CUDA device, and torch sees none")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     kwargs = {} if timeout is None else {"timeout": timeout}
     dist.init_process_group(backend, store=store, rank=comm.rank, world_size=comm.size, **kwargs)
