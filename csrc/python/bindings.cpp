@@ -47,6 +47,11 @@ std::string mpi_built_against() {
 // GIL released. A rank that rejects its arguments still takes part in the
 // argument check, so that every other rank raises instead of waiting for it.
 py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out) {
+  auto tell_the_other_ranks = [&](ArgumentError code) {
+    if (comm.freed()) return;
+    py::gil_scoped_release release;
+    comm.report_invalid_arguments(code);
+  };
   try {
     const PythonBuffer source(x, "x");
     std::optional<PythonBuffer> target;
@@ -62,19 +67,13 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
     py::gil_scoped_release release;
     comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code);
   } catch (const Rejection& rejection) {
-    if (!comm.freed()) {
-      py::gil_scoped_release release;
-      comm.report_invalid_arguments(rejection.code);
-    }
+    tell_the_other_ranks(rejection.code);
     PyErr_SetString(rejection.exception_type, rejection.message.c_str());
     throw py::error_already_set();
   } catch (py::error_already_set&) {
     // Reading an argument raised in Python (an odd tensor subclass, say):
     // still a rejected argument as far as the other ranks are concerned.
-    if (!comm.freed()) {
-      py::gil_scoped_release release;
-      comm.report_invalid_arguments(ArgumentError::kBadBuffer);
-    }
+    tell_the_other_ranks(ArgumentError::kBadBuffer);
     throw;
   }
   return py::reinterpret_borrow<py::object>(out.is_none() ? x : out);

@@ -21,7 +21,6 @@ import datetime
 import os
 import platform
 import re
-import statistics
 import time
 import traceback
 
@@ -117,7 +116,7 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
     }
 
 
-def measure(world, impl, buffers, args, run, cal, model) -> report.Measurement:
+def measure(world, impl, buffers, args, run, cal, model) -> list[report.Measurement]:
     """Times and checks one implementation at one size, both placements."""
     p, nbytes = world.size, buffers.array("send").nbytes
     send, recv = buffers.array("send"), buffers.array("recv")
@@ -205,7 +204,7 @@ def main() -> None:
         if args.json:
             results.write_json(args.json)
         if args.plot:
-            report.plot(results, names, args.plot)
+            report.plot(results, names, ours, args.plot)
     say(f"# result check: {'all correct' if total_wrong == 0 else f'{total_wrong} elements WRONG'}")
     for impl in impls:
         impl.close()

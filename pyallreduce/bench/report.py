@@ -149,7 +149,8 @@ def summary(results: Results, impls: list[str], ours: list[str], peers: list[str
 
 
 # ---- the plot ------------------------------------------------------------------
-def plot(results: Results, impls: list[str], path: str) -> None:
+def plot(results: Results, impls: list[str], ours: list[str], path: str) -> None:
+    """Ours drawn solid, peers dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +163,7 @@ def plot(results: Results, impls: list[str], path: str) -> None:
         points = [pt for pt in points if pt[1] is not None]
         if not points:
             continue
-        style = "-" if impl in ("ring", "halving_doubling", "recursive_doubling", "auto") else "--"
+        style = "-" if impl in ours else "--"
         bw_axis.plot([pt[0] for pt in points], [pt[1] for pt in points], style, marker="o", label=impl)
         time_axis.plot([pt[0] for pt in points], [pt[2] for pt in points], style, marker="o", label=impl)
     header = results.header
