@@ -43,7 +43,7 @@ void Communicator::set_ring_segment_bytes(size_t bytes) {
 void Communicator::free() { transport_.reset(); }
 
 Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
-  return selector_.choose(requested, bytes, size(), reason);
+  return selector_.choose(requested, bytes, size(), options_.ring_segment_bytes, reason);
 }
 
 namespace {
@@ -160,7 +160,7 @@ void Communicator::report_invalid_arguments(ArgumentError error) {
 
 void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
   std::string reason;
-  const Algorithm chosen = selector_.choose(requested, count * element_size(dtype), size(), &reason);
+  const Algorithm chosen = selector_.choose(requested, count * element_size(dtype), size(), options_.ring_segment_bytes, &reason);
   const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(chosen));
   if (!logged_.insert(key).second) return;
   std::fprintf(stderr, "pyallreduce INFO rank %d/%d: allreduce of %zu x %s (%s) -> %s%s [%s]\n", rank(),
@@ -178,9 +178,9 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
         "must not overlap (use one communicator per thread)");
   }
   Transport& t = transport();
-  const Reduction reduction(dtype, op);
-  const size_t bytes = count * reduction.element_size();
-  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size());
+  const size_t bytes = count * element_size(dtype);
+  const Reduction reduction(dtype, op, bytes);
+  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size(), options_.ring_segment_bytes);
   if (options_.log_selection) log_choice(count, dtype, op, algorithm);
   if (options_.check_arguments) {
     const bool carried = carries_payload(chosen, bytes);

@@ -62,10 +62,19 @@ class Communicator:
 
 def mpi_library_version() -> str: ...
 def mpi_built_against() -> str: ...
+def streaming_vector_bytes() -> int:
+    """The vector size from which out-of-place combines write around the cache."""
 
 class CostModel:
     """The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md)."""
-    def __init__(self, alpha_s: float, beta_s_per_byte: float, gamma_s_per_byte: float) -> None: ...
+    def __init__(
+        self,
+        alpha_s: float,
+        beta_s_per_byte: float,
+        gamma_s_per_byte: float,
+        rendezvous_bytes: int = ...,
+        rendezvous_s: float = 0.0,
+    ) -> None: ...
     @staticmethod
     def default() -> CostModel:
         """The constants that algorithm="auto" uses."""
@@ -75,5 +84,12 @@ class CostModel:
     def beta_s_per_byte(self) -> float: ...
     @property
     def gamma_s_per_byte(self) -> float: ...
-    def predict(self, algorithm: Algorithm, bytes: int, world_size: int) -> float:
-        """Predicted seconds for one allreduce of `bytes` over `world_size` ranks."""
+    @property
+    def rendezvous_bytes(self) -> int:
+        """messages of at least this many bytes go by rendezvous"""
+    @property
+    def rendezvous_s(self) -> float:
+        """extra seconds per rendezvous message"""
+    def predict(self, algorithm: Algorithm, bytes: int, world_size: int, ring_segment_bytes: int = 1048576) -> float:
+        """Predicted seconds for one allreduce of `bytes` over `world_size` ranks, the ring cut into
+        segments of `ring_segment_bytes`."""

@@ -59,6 +59,11 @@ class Communicator:
         return self._core.size
 
     @property
+    def ring_segment_bytes(self) -> int:
+        """The ring's pipelining granularity (see the class docs)."""
+        return self._core.ring_segment_bytes
+
+    @property
     def check(self) -> bool:
         """Whether calls are checked across ranks first (see the class docs)."""
         return self._core.check_arguments

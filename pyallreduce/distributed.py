@@ -14,6 +14,7 @@ every launcher supports.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import socket
@@ -95,4 +96,16 @@ def init_process_group(
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     kwargs = {} if timeout is None else {"timeout": timeout}
     dist.init_process_group(backend, store=store, rank=comm.rank, world_size=comm.size, **kwargs)
+    atexit.register(_destroy_at_exit)
     return local_rank
+
+
+def _destroy_at_exit() -> None:
+    """Tears the process group down before the interpreter does. Left to
+    interpreter shutdown, gloo's threads can outlive the objects they use and
+    abort the process ("terminate called without an active exception"): 4 runs
+    of 25 of a two-rank script did so here."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pyallreduce import _C
 from pyallreduce.testing import spawn_local
 from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes
 
@@ -76,6 +77,33 @@ def test_every_algorithm_op_dtype_and_count(world_size):
 def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed, out_of_place):
     inputs = rank_inputs(world_size, dtype, op, count, seed=seed)
     run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
+def test_large_out_of_place_calls_write_around_the_cache(dtype):
+    """From _C.streaming_vector_bytes() on, out-of-place combines use
+    streaming stores. The output here starts one element past a 16-byte
+    boundary and the count is odd, so the plain head and tail run too."""
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    count = _C.streaming_vector_bytes() // itemsize + 5
+    if count * itemsize > 64 << 20:
+        pytest.skip("this machine's last-level cache makes the streamed vector too large for a test")
+    world_size = 3
+    inputs = rank_inputs(world_size, dtype, "sum", count)
+
+    def each_rank(comm):
+        results = []
+        for algorithm in ALGORITHMS:
+            storage = torch.full((count + 1,), 7, dtype=inputs.dtype)
+            comm.allreduce(inputs[comm.rank], algorithm=algorithm, out=storage[1:])
+            results.append(storage[1:])
+        return results
+
+    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=1 << 20)
+    for index, algorithm in enumerate(ALGORITHMS):
+        check_result(per_rank[0][index], inputs, "sum")
+        for rank in range(1, world_size):
+            assert result_bytes(per_rank[rank][index]) == result_bytes(per_rank[0][index]), f"{algorithm}: rank {rank}"
 
 
 def test_numpy_and_buffer_protocol_objects():

@@ -45,6 +45,21 @@ def test_cost_model_prefers_few_messages_small_and_the_ring_large():
         assert model.predict(algorithm, 1 << 20, 4) > model.predict(algorithm, 1 << 10, 4)
 
 
+def test_a_rendezvous_message_pays_the_step():
+    eager_only = _C.CostModel(2e-6, 1e-10, 1e-10)
+    stepped = _C.CostModel(2e-6, 1e-10, 1e-10, rendezvous_bytes=8192, rendezvous_s=3e-6)
+    rd, ring = _C.Algorithm.recursive_doubling, _C.Algorithm.ring
+    assert stepped.predict(rd, 8191, 2) == eager_only.predict(rd, 8191, 2)
+    assert stepped.predict(rd, 8192, 2) == pytest.approx(eager_only.predict(rd, 8192, 2) + 3e-6)
+    # The ring at 2 ranks sends halves: two exchanges of 8 KiB, two steps.
+    assert stepped.predict(ring, 16384, 2) == pytest.approx(eager_only.predict(ring, 16384, 2) + 2 * 3e-6)
+    # With the default model, 8 KiB at 2 ranks goes as two eager halves rather
+    # than one rendezvous message; from 16 KiB one message is cheaper again.
+    picked = [name for name, _ in choices(2, [4096, 8192, 16384])]
+    assert picked[0] == picked[2] == "recursive_doubling"
+    assert picked[1] != "recursive_doubling"
+
+
 def test_an_explicit_algorithm_wins(monkeypatch):
     monkeypatch.setenv("PYALLREDUCE_ALGO", "ring")
     name, reason = spawn_local(2, lambda comm: comm.choose_algorithm(8, "recursive_doubling"))[0]

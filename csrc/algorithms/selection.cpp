@@ -8,10 +8,11 @@
 namespace pyallreduce {
 namespace {
 
-// The rows of DESIGN.md's cost table. A world size that is not a power of two
-// adds the fold: one message each way with the whole vector, and one combine.
+// The rows of DESIGN.md's cost table, with each message's latency taken from
+// its size. A world size that is not a power of two adds the fold: one message
+// each way with the whole vector, and one combine.
 double fold_cost(const CostModel& m, double n, int p, int p2) {
-  return p == p2 ? 0.0 : 2 * m.alpha_s + 2 * n * m.beta_s_per_byte + n * m.gamma_s_per_byte;
+  return p == p2 ? 0.0 : 2 * m.message_s(n) + 2 * n * m.beta_s_per_byte + n * m.gamma_s_per_byte;
 }
 
 std::string trim(const std::string& s) {
@@ -38,25 +39,38 @@ size_t parse_bytes(const std::string& text, const std::string& rule) {
 
 }  // namespace
 
-double CostModel::predict(Algorithm algorithm, size_t bytes, int p) const {
+double CostModel::message_s(double bytes) const {
+  return alpha_s + (bytes >= static_cast<double>(rendezvous_bytes) ? rendezvous_s : 0.0);
+}
+
+double CostModel::predict(Algorithm algorithm, size_t bytes, int p, size_t ring_segment_bytes) const {
   if (p <= 1) return 0.0;
   int p2 = 1, lg = 0;
   while (p2 * 2 <= p) { p2 *= 2; ++lg; }
   const double n = static_cast<double>(bytes);
-  const double a = alpha_s, b = beta_s_per_byte, g = gamma_s_per_byte;
+  const double b = beta_s_per_byte, g = gamma_s_per_byte;
   switch (algorithm) {
     case Algorithm::kRecursiveDoubling:
-      return lg * a + n * lg * (b + g) + fold_cost(*this, n, p, p2);
+      return lg * message_s(n) + n * lg * (b + g) + fold_cost(*this, n, p, p2);
     case Algorithm::kHalvingDoubling: {
+      // Step k of each half sends n / 2^k: for n = 64 KiB over 4 ranks,
+      // 32 KiB then 16 KiB in the reduce-scatter and again in the allgather.
+      double latency = 0;
+      for (int k = 1; k <= lg; ++k) latency += 2 * message_s(n / (1 << k));
       const double share = static_cast<double>(p2 - 1) / p2;
-      return 2 * lg * a + 2 * share * n * b + share * n * g + fold_cost(*this, n, p, p2);
+      return latency + 2 * share * n * b + share * n * g + fold_cost(*this, n, p, p2);
     }
     case Algorithm::kRing: {
-      // DESIGN.md's row charges sending and combining one after the other,
-      // but the segmented ring combines segment k while segment k+1 arrives:
-      // its reduce-scatter costs the slower of the two per byte, not the sum.
+      // DESIGN.md's row charges sending and combining one after the other.
+      // The segmented ring combines segment k while segment k+1 arrives, so
+      // once the first segment is in, its reduce-scatter costs the slower of
+      // the two per byte, not the sum. Example at 2 ranks: 64 MiB is 32 one-MiB
+      // segments, and all but the first overlap; 128 KiB is one 64 KiB
+      // segment, and nothing does.
       const double share = static_cast<double>(p - 1) / p;
-      return 2 * (p - 1) * a + share * n * b + share * n * std::max(b, g);
+      const double first_segment = std::min(share * n, static_cast<double>(ring_segment_bytes));
+      return 2 * (p - 1) * message_s(n / p) + share * n * b + share * n * std::max(b, g) +
+             first_segment * std::min(b, g);
     }
     case Algorithm::kAuto: break;
   }
@@ -65,7 +79,8 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, int p) const {
 
 CostModel default_cost_model() {
   return CostModel{/*alpha_s=*/2.0e-6, /*beta_s_per_byte=*/1.0 / 16.0e9,
-                   /*gamma_s_per_byte=*/1.0 / 21.0e9};
+                   /*gamma_s_per_byte=*/1.0 / 21.0e9, /*rendezvous_bytes=*/8192,
+                   /*rendezvous_s=*/2.7e-6};
 }
 
 std::vector<SizeRule> parse_size_rules(const std::string& text) {
@@ -103,7 +118,7 @@ std::vector<SizeRule> parse_size_rules(const std::string& text) {
 }
 
 Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world_size,
-                                     std::string* reason) const {
+                                     size_t ring_segment_bytes, std::string* reason) const {
   if (requested != Algorithm::kAuto) {
     if (reason != nullptr) *reason = "requested by the caller";
     return requested;
@@ -122,7 +137,7 @@ Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world
   double best_time = std::numeric_limits<double>::infinity();
   if (reason != nullptr) *reason = "cost model:";
   for (Algorithm a : {Algorithm::kRecursiveDoubling, Algorithm::kHalvingDoubling, Algorithm::kRing}) {
-    const double t = model_.predict(a, bytes, world_size);
+    const double t = model_.predict(a, bytes, world_size, ring_segment_bytes);
     if (reason != nullptr) {
       char item[96];
       std::snprintf(item, sizeof item, " %s %.1f us", algorithm_name(a), t * 1e6);

@@ -8,9 +8,11 @@
 
 #include <climits>
 #include <cstdint>
+#include <limits>
 #include <optional>
 
 #include "../communicator.h"
+#include "../reduce/reduction.h"
 #include "../transport/local_transport.h"
 #include "../transport/mpi_transport.h"
 #include "buffers.h"
@@ -169,19 +171,28 @@ PYBIND11_MODULE(_C, m) {
   m.def("mpi_library_version", &MpiTransport::library_version,
         "The MPI library's version string (callable before MPI is initialized).");
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");
+  m.def("streaming_vector_bytes", &streaming_vector_bytes,
+        "The vector size from which out-of-place combines write around the cache.");
   py::class_<CostModel>(m, "CostModel",
                         "The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md).")
-      .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte) {
-             if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && gamma_s_per_byte >= 0)) {
+      .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte, size_t rendezvous_bytes,
+                       double rendezvous_s) {
+             if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && gamma_s_per_byte >= 0 && rendezvous_s >= 0)) {
                throw InvalidArgument("cost model constants must be non-negative");
              }
-             return CostModel{alpha_s, beta_s_per_byte, gamma_s_per_byte};
+             return CostModel{alpha_s, beta_s_per_byte, gamma_s_per_byte, rendezvous_bytes, rendezvous_s};
            }),
-           py::arg("alpha_s"), py::arg("beta_s_per_byte"), py::arg("gamma_s_per_byte"))
+           py::arg("alpha_s"), py::arg("beta_s_per_byte"), py::arg("gamma_s_per_byte"),
+           py::arg("rendezvous_bytes") = std::numeric_limits<size_t>::max(), py::arg("rendezvous_s") = 0.0)
       .def_static("default", &default_cost_model, "The constants that algorithm=\"auto\" uses.")
       .def_readonly("alpha_s", &CostModel::alpha_s, "seconds per message")
       .def_readonly("beta_s_per_byte", &CostModel::beta_s_per_byte, "seconds per byte sent")
       .def_readonly("gamma_s_per_byte", &CostModel::gamma_s_per_byte, "seconds per byte combined")
+      .def_readonly("rendezvous_bytes", &CostModel::rendezvous_bytes,
+                    "messages of at least this many bytes go by rendezvous")
+      .def_readonly("rendezvous_s", &CostModel::rendezvous_s, "extra seconds per rendezvous message")
       .def("predict", &CostModel::predict, py::arg("algorithm"), py::arg("bytes"), py::arg("world_size"),
-           "Predicted seconds for one allreduce of `bytes` over `world_size` ranks.");
+           py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
+           "Predicted seconds for one allreduce of `bytes` over `world_size` ranks, the ring cut into\n"
+           "segments of `ring_segment_bytes`.");
 }

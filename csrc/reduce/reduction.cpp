@@ -3,7 +3,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <type_traits>
+
+#include <unistd.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace pyallreduce {
 namespace {
@@ -102,14 +110,35 @@ struct ProdOp { template <class T> static T apply(T a, T b) { return wrapping_mu
 struct MinOp { template <class T> static T apply(T a, T b) { return (a < b || a != a) ? a : b; } };
 struct MaxOp { template <class T> static T apply(T a, T b) { return (a > b || a != a) ? a : b; } };
 
-template <class S, class Op>
+// With kStream, out-of-place combines write `out` with non-temporal stores.
+// An ordinary store first reads the output line into the cache, so
+// out = a + b moves four streams through memory; streaming stores skip that
+// read and move three. That pays only when the output would leave the cache
+// before it is read again (see streams_outputs below).
+template <class S, class Op, bool kStream>
 void combine_kernel(const void* left, const void* right, void* out, size_t count) {
   const S* a = static_cast<const S*>(left);
   const S* b = static_cast<const S*>(right);
   S* o = static_cast<S*>(out);
-  for (size_t i = 0; i < count; ++i) {
-    o[i] = Codec<S>::store(Op::apply(Codec<S>::load(a[i]), Codec<S>::load(b[i])));
+  auto combined = [&](size_t i) { return Codec<S>::store(Op::apply(Codec<S>::load(a[i]), Codec<S>::load(b[i]))); };
+  size_t i = 0;
+#if defined(__SSE2__)
+  if (kStream && o != a && o != b) {
+    // Ordinary stores up to the first 16-byte boundary of `out`, then 16 bytes
+    // (16 / sizeof(S) elements) per streaming store; the loop below finishes
+    // the tail. Example, float32 with `out` 8 bytes past a boundary: elements
+    // 0 and 1 are stored plainly, then 2-5, 6-9, ... stream.
+    constexpr size_t kLane = 16 / sizeof(S);
+    for (; i < count && reinterpret_cast<uintptr_t>(o + i) % 16 != 0; ++i) o[i] = combined(i);
+    for (; i + kLane <= count; i += kLane) {
+      alignas(16) S lane[kLane];
+      for (size_t j = 0; j < kLane; ++j) lane[j] = combined(i + j);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(o + i), _mm_load_si128(reinterpret_cast<const __m128i*>(lane)));
+    }
+    _mm_sfence();  // the streamed lines are visible before anything is sent
   }
+#endif
+  for (; i < count; ++i) o[i] = combined(i);
 }
 
 template <class S>
@@ -120,31 +149,73 @@ void divide_kernel(void* data, size_t count, int divisor) {
   for (size_t i = 0; i < count; ++i) d[i] = Codec<S>::store(Codec<S>::load(d[i]) / p);
 }
 
-template <class S>
+template <class S, bool kStream>
 void select_kernels(ReduceOp op, void (*&combine)(const void*, const void*, void*, size_t),
                     void (*&divide)(void*, size_t, int)) {
   divide = nullptr;
   switch (op) {
     case ReduceOp::kAvg: divide = divide_kernel<S>; [[fallthrough]];
-    case ReduceOp::kSum: combine = combine_kernel<S, SumOp>; return;
-    case ReduceOp::kMin: combine = combine_kernel<S, MinOp>; return;
-    case ReduceOp::kMax: combine = combine_kernel<S, MaxOp>; return;
-    case ReduceOp::kProd: combine = combine_kernel<S, ProdOp>; return;
+    case ReduceOp::kSum: combine = combine_kernel<S, SumOp, kStream>; return;
+    case ReduceOp::kMin: combine = combine_kernel<S, MinOp, kStream>; return;
+    case ReduceOp::kMax: combine = combine_kernel<S, MaxOp, kStream>; return;
+    case ReduceOp::kProd: combine = combine_kernel<S, ProdOp, kStream>; return;
   }
   throw InvalidArgument("unknown reduction op code " + std::to_string(static_cast<int>(op)));
 }
 
+template <class S>
+void select_kernels(ReduceOp op, bool stream, void (*&combine)(const void*, const void*, void*, size_t),
+                    void (*&divide)(void*, size_t, int)) {
+  if (stream) {
+    select_kernels<S, true>(op, combine, divide);
+  } else {
+    select_kernels<S, false>(op, combine, divide);
+  }
+}
+
+// The last-level cache's size as Linux describes cpu0's caches in sysfs (the
+// highest index, e.g. index3/size = "32768K"), else as the C library reports
+// it, else 32 MiB. sysfs comes first because glibc's figure can be the whole
+// package's: on this VM it says 384 MiB where sysfs and lscpu say 32 MiB.
+size_t last_level_cache_bytes() {
+  size_t bytes = 0;
+  for (int index = 0; index < 8; ++index) {
+    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+    size_t value = 0;
+    char unit = 0;
+    if (!(file >> value)) continue;
+    file >> unit;
+    bytes = value << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+  }
+  if (bytes > 0) return bytes;
+  const long reported = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  return reported > 0 ? static_cast<size_t>(reported) : size_t{32} << 20;
+}
+
 }  // namespace
 
-Reduction::Reduction(DType dtype, ReduceOp op)
+// Two ranks on a node, each with an input and an output, hold 4x the vector;
+// once that exceeds the last-level cache, an output line is evicted before the
+// ring's allgather reads it, so storing it through the cache only costs the
+// extra read. Below that, the allgather finds it in the cache. Measured on
+// this 2-core VM (32 MiB L3), ring at 2 ranks out of place, medians of 3
+// interleaved runs: 4 MiB 0.42 ms plain against 0.57 ms streaming; 8 MiB 1.49
+// against 1.32 ms; 64 MiB 9.0 against 8.5 ms.
+size_t streaming_vector_bytes() {
+  static const size_t threshold = last_level_cache_bytes() / 4;
+  return threshold;
+}
+
+Reduction::Reduction(DType dtype, ReduceOp op, size_t vector_bytes)
     : dtype_(dtype), op_(op), element_size_(pyallreduce::element_size(dtype)) {
+  const bool stream = vector_bytes >= streaming_vector_bytes();
   switch (dtype) {
-    case DType::kFloat32: select_kernels<float>(op, combine_, divide_); break;
-    case DType::kFloat64: select_kernels<double>(op, combine_, divide_); break;
-    case DType::kFloat16: select_kernels<Half>(op, combine_, divide_); break;
-    case DType::kBFloat16: select_kernels<BFloat16>(op, combine_, divide_); break;
-    case DType::kInt32: select_kernels<int32_t>(op, combine_, divide_); break;
-    case DType::kInt64: select_kernels<int64_t>(op, combine_, divide_); break;
+    case DType::kFloat32: select_kernels<float>(op, stream, combine_, divide_); break;
+    case DType::kFloat64: select_kernels<double>(op, stream, combine_, divide_); break;
+    case DType::kFloat16: select_kernels<Half>(op, stream, combine_, divide_); break;
+    case DType::kBFloat16: select_kernels<BFloat16>(op, stream, combine_, divide_); break;
+    case DType::kInt32: select_kernels<int32_t>(op, stream, combine_, divide_); break;
+    case DType::kInt64: select_kernels<int64_t>(op, stream, combine_, divide_); break;
   }
 }
 

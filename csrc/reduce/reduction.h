@@ -24,10 +24,17 @@ class Combiner {
   virtual void finalize(void* data, size_t count, int world_size) const = 0;
 };
 
+// The vector size from which out-of-place combines write around the cache
+// (a quarter of the last-level cache).
+size_t streaming_vector_bytes();
+
 // An elementwise reduction of one dtype under one operator.
 class Reduction final : public Combiner {
  public:
-  Reduction(DType dtype, ReduceOp op);
+  // `vector_bytes` is the size of the whole vector being reduced (not of one
+  // combine): when it is large against the last-level cache, out-of-place
+  // combines write their outputs around the cache.
+  Reduction(DType dtype, ReduceOp op, size_t vector_bytes = 0);
 
   DType dtype() const { return dtype_; }
   ReduceOp op() const { return op_; }

@@ -6,7 +6,8 @@ Columns follow nccl-tests: size, count, type, redop, then for out-of-place and
 in-place calls the time (median over iterations of the slowest rank), its 99th
 percentile, algbw = size/time and busbw = algbw * 2(p-1)/p in GB/s (1e9), and
 #wrong, the elements that differ from a float64 reference. Beside them, the
-cost model's prediction (from alpha, beta and gamma measured at the start) and
+cost model's prediction (from alpha, beta, gamma and the rendezvous step
+measured at the start) and
 mem%: the time a memory-bandwidth bound allows (4x the message bytes at the
 a += b rate, measured at the start on all ranks at once) as a share of the
 measured time. With --runs R the whole sweep is repeated R times, interleaved,
@@ -116,7 +117,7 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
     }
 
 
-def measure(world, impl, buffers, args, run, cal, model) -> list[report.Measurement]:
+def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Measurement]:
     """Times and checks one implementation at one size, both placements."""
     p, nbytes = world.size, buffers.array("send").nbytes
     send, recv = buffers.array("send"), buffers.array("recv")
@@ -141,7 +142,7 @@ def measure(world, impl, buffers, args, run, cal, model) -> list[report.Measurem
             impl=impl.name, bytes=nbytes, count=len(send), type=args.datatype, redop=args.op,
             placement=placement, run=run, samples_us=samples.round(3).tolist(), time_us=median,
             p99_us=float(np.percentile(samples, 99)), algbw=algbw, busbw=algbw * report.bus_factor(p), wrong=wrong,
-            model_us=model.predict(algorithm, nbytes, p) * 1e6 if algorithm is not None else None,
+            model_us=predict_us(algorithm, nbytes) if algorithm is not None else None,
             memory_limit_pct=100 * cal.memory_limit_s(nbytes) * 1e6 / median if median > 0 else 0.0,
         ))
     return measurements
@@ -158,13 +159,22 @@ def main() -> None:
 
     cal = calibration.calibrate(world)
     model = cal.model()
+
+    def predict_us(algorithm, nbytes: int) -> float:
+        return model.predict(algorithm, nbytes, world.size, comm.ring_segment_bytes) * 1e6
+
     impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world)
     results = report.Results(header(args, world, cal))
     h = results.header
     say(f"# pyallreduce {h['pyallreduce']} bench: {world.size} ranks on {h['host']} ({h['machine']}), {h['date']}")
     say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
+    rendezvous = (
+        f"rendezvous +{cal.rendezvous_s * 1e6:.2f} us from {cal.rendezvous_bytes} B"
+        if cal.rendezvous_s
+        else "no rendezvous step"
+    )
     say(f"# calibration: alpha {cal.alpha_s * 1e6:.2f} us, beta 1/({1e-9 / cal.beta_s_per_byte if cal.beta_s_per_byte else 0:.1f} GB/s), "
-        f"gamma 1/({1e-9 / cal.gamma_s_per_byte:.1f} GB/s); memory (a += b, all ranks at once) {cal.memory_bytes_per_s / 1e9:.1f} GB/s per rank")
+        f"gamma 1/({1e-9 / cal.gamma_s_per_byte:.1f} GB/s), {rendezvous}; memory (a += b, all ranks at once) {cal.memory_bytes_per_s / 1e9:.1f} GB/s per rank")
     for note in notes:
         say(f"# {note}")
     runnable = []
@@ -187,7 +197,7 @@ def main() -> None:
         for run in range(args.runs):
             for impl in runnable:
                 progress.set_description(f"{nbytes} B {impl.name}")
-                results.measurements.extend(measure(world, impl, buffers, args, run, cal, model))
+                results.measurements.extend(measure(world, impl, buffers, args, run, cal, predict_us))
                 progress.update()
         if rank0:
             progress.clear()
