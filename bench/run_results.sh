@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Produces the measurements in bench/RESULTS.md: the allreduce sweep at 2 and
-# 4 ranks, float32 sum, three interleaved runs each, into bench/results/
-# (table as .txt, every sample as .json, plot as .png). About 15 minutes on
-# the 2-core development machine; keep the machine otherwise idle.
+# Produces the measurements in bench/RESULTS.md: the allreduce sweep, float32
+# sum, three interleaved runs each, into bench/results/ (table as .txt, every
+# sample as .json, plot as .png). At 2 and 4 ranks every implementation runs;
+# at 3 ranks only ours, to check "auto" against the fixed algorithms. About
+# 35 minutes on the 2-core development machine; keep the machine otherwise
+# idle. RANKS_LIST picks the world sizes (default "2 3 4").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_venv.sh"
 cd "$root"
 mkdir -p bench/results
-for ranks in ${RANKS_LIST:-2 4}; do
+for ranks in ${RANKS_LIST:-2 3 4}; do
   name="bench/results/allreduce_${ranks}ranks"
+  impls=()
+  if [ "$ranks" = 3 ]; then impls=(--impl ring,halving_doubling,recursive_doubling,auto); fi
   .venv/bin/mpiexec -n "$ranks" .venv/bin/python -m pyallreduce.bench \
-    -b 8 -e 256M -f 2 -n 10 -w 2 -R 3 --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
+    -b 8 -e 256M -f 2 -n 10 -w 2 -R 3 "${impls[@]}" --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
 done

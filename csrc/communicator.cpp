@@ -60,8 +60,15 @@ namespace {
 // message instead of taking two rounds, which is most of a small call's time.
 // The frame has the same size on every rank whatever it carries, so ranks that
 // disagree still exchange well-formed messages before they raise.
-constexpr int kFields = 5;
+constexpr int kFields = 6;
 constexpr size_t kCarriedPayloadBytes = 1024;
+
+// allreduce_coalesced reduces spans of at least this size in place rather than
+// packing them. Measured on ResNet-50's 161 gradients at 2 ranks here: packing
+// everything into 25 MiB buckets took 31-43 ms, as long as one MPI_Allreduce
+// per tensor (21-23 ms) plus the copies, because the copies move 4x the bytes
+// through memory; reducing the large tensors in place removes most of them.
+constexpr size_t kDirectReduceBytes = 1 << 20;
 
 struct CheckFrame {
   int64_t fields[2 * kFields];
@@ -107,7 +114,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   Transport& t = transport();
   CheckFrame frame{};
   const int64_t mine_fields[kFields] = {
-      mine.count, mine.dtype, mine.op, mine.algorithm,
+      mine.count, mine.dtype, mine.op, mine.algorithm, mine.layout,
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
@@ -122,9 +129,9 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
-  if (max_of(4) != 0) {
-    const int64_t failing_rank = max_of(4) / 8 - 1;
-    const auto reason = static_cast<ArgumentError>(max_of(4) % 8);
+  if (max_of(5) != 0) {
+    const int64_t failing_rank = max_of(5) / 8 - 1;
+    const auto reason = static_cast<ArgumentError>(max_of(5) % 8);
     return "allreduce rejected on rank " + std::to_string(failing_rank) + ": " +
            argument_error_text(reason) + " (see that rank's error for details)";
   }
@@ -148,6 +155,10 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
            algorithm_name(static_cast<Algorithm>(max_of(3))) +
            "): pass the same algorithm= and set PYALLREDUCE_ALGO alike on every rank";
   }
+  if (max_of(4) != min_of(4)) {
+    return "ranks passed tensor lists of different sizes, or different bucket_bytes, to the same "
+           "allreduce_coalesced";
+  }
   if (payload_bytes > 0) std::memcpy(call->output, frame.payload, payload_bytes);
   return "";
 }
@@ -155,7 +166,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
 void Communicator::report_invalid_arguments(ArgumentError error) {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) return;  // the rank's own error is what it raises anyway
-  if (options_.check_arguments) agree(Signature{0, 0, 0, 0}, error);
+  if (options_.check_arguments) agree(Signature{0, 0, 0, 0, 0}, error);
 }
 
 void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
@@ -187,19 +198,111 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
     const CarriedCall call{input, output, count, reduction};
     const std::string disagreement =
         agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                        static_cast<int64_t>(chosen)},
+                        static_cast<int64_t>(chosen), 0},
               ArgumentError::kNone, carried ? &call : nullptr);
     if (!disagreement.empty()) throw InvalidArgument(disagreement);
     if (carried) return;
   }
 
-  const AllreduceContext ctx{t, reduction, workspace_, options_.ring_segment_bytes};
+  run(input, output, count, reduction, chosen);
+}
+
+void Communicator::run(const void* input, void* output, size_t count, const Reduction& reduction,
+                       Algorithm chosen) {
+  const AllreduceContext ctx{transport(), reduction, workspace_, options_.ring_segment_bytes};
   const Vector vec{input, output, count, reduction.element_size()};
   switch (chosen) {
     case Algorithm::kRing: ring_allreduce(ctx, vec); break;
     case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;
     case Algorithm::kRecursiveDoubling: recursive_doubling_allreduce(ctx, vec); break;
     case Algorithm::kAuto: throw InvalidArgument("algorithm selection returned auto");
+  }
+}
+
+namespace {
+
+// What must match across ranks for a coalesced call to pair up: every span's
+// count and the bucket size, hashed (64-bit FNV-1a) into 62 bits so that the
+// check can negate it.
+int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_bytes) {
+  uint64_t hash = 1469598103934665603ull;
+  auto mix = [&](uint64_t value) {
+    for (int byte = 0; byte < 8; ++byte) {
+      hash ^= (value >> (8 * byte)) & 0xFF;
+      hash *= 1099511628211ull;
+    }
+  };
+  mix(bucket_bytes);
+  for (const auto& span : spans) mix(span.count);
+  return static_cast<int64_t>(hash >> 2) + 1;  // never 0, the plain calls' value
+}
+
+}  // namespace
+
+void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op,
+                                       Algorithm algorithm, size_t bucket_bytes) {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw InvalidArgument(
+        "another allreduce is already running on this communicator; calls on one communicator "
+        "must not overlap (use one communicator per thread)");
+  }
+  if (bucket_bytes == 0) throw InvalidArgument("bucket_bytes must be positive");
+  const size_t element_bytes = element_size(dtype);
+  size_t total = 0;
+  for (const Span& span : spans) total += span.count;
+  if (options_.check_arguments) {
+    const std::string disagreement =
+        agree(Signature{static_cast<int64_t>(total), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
+                        static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes)},
+              ArgumentError::kNone);
+    if (!disagreement.empty()) throw InvalidArgument(disagreement);
+  }
+  const int p = size();
+  auto reduce = [&](void* data, size_t count) {
+    const size_t bytes = count * element_bytes;
+    const Reduction reduction(dtype, op, bytes);
+    run(data, data, count, reduction, selector_.choose(algorithm, bytes, p, options_.ring_segment_bytes));
+  };
+  // A span of at least direct_bytes is reduced where it lies: packing it would
+  // move it through memory twice more (copy in, copy out), which costs more
+  // than the per-call latency that fusing saves. Buckets are runs of the
+  // consecutive smaller spans whose bytes add up to at most bucket_bytes.
+  // Example, bucket_bytes = 100 (so direct_bytes = 100) and spans of 40, 50,
+  // 30, 120 and 10 bytes: [40, 50] packed; [30] alone, so in place; [120] in
+  // place; [10] alone.
+  const size_t direct_bytes = std::min(bucket_bytes, kDirectReduceBytes);
+  auto span_bytes = [&](size_t i) { return spans[i].count * element_bytes; };
+  for (size_t first = 0; first < spans.size();) {
+    size_t end = first;
+    size_t packed_bytes = 0;
+    while (end < spans.size() && span_bytes(end) < direct_bytes && packed_bytes + span_bytes(end) <= bucket_bytes) {
+      packed_bytes += span_bytes(end);
+      ++end;
+    }
+    if (end - first <= 1) {
+      end = first + 1;  // alone or large: reduced where it lies
+      reduce(spans[first].data, spans[first].count);
+      first = end;
+      continue;
+    }
+    if (packed_bytes == 0) {  // only empty spans: nothing to reduce
+      first = end;
+      continue;
+    }
+    char* bucket = static_cast<char*>(fusion_.reserve(packed_bytes));
+    char* cursor = bucket;
+    for (size_t i = first; i < end; ++i) {
+      std::memcpy(cursor, spans[i].data, spans[i].count * element_bytes);
+      cursor += spans[i].count * element_bytes;
+    }
+    reduce(bucket, packed_bytes / element_bytes);
+    cursor = bucket;
+    for (size_t i = first; i < end; ++i) {
+      std::memcpy(spans[i].data, cursor, spans[i].count * element_bytes);
+      cursor += spans[i].count * element_bytes;
+    }
+    first = end;
   }
 }
 

@@ -8,6 +8,7 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "algorithms/algorithm.h"
 #include "algorithms/selection.h"
@@ -49,6 +50,19 @@ class Communicator {
   void allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                  Algorithm algorithm);
 
+  // One tensor of a coalesced call, reduced in place.
+  struct Span {
+    void* data;
+    size_t count;
+  };
+  // Reduces every span in place, all of one dtype, like one allreduce each,
+  // but fused: consecutive spans are packed into a buffer of at most
+  // `bucket_bytes` and reduced together; a span of bucket_bytes or more, or one
+  // alone in its bucket, is reduced where it lies. One argument check covers
+  // the call, including the spans' sizes. `algorithm` is resolved per bucket.
+  void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
+                           size_t bucket_bytes);
+
   // Collective counterpart of allreduce() for a rank whose arguments were
   // rejected before reaching C++: the other ranks' allreduce() then fails with
   // a message naming this rank and `error`. Does nothing if checks are off.
@@ -68,6 +82,7 @@ class Communicator {
  private:
   struct Signature {
     int64_t count, dtype, op, algorithm;
+    int64_t layout;  // a coalesced call's spans and buckets (see layout_hash); 0 otherwise
   };
   // A small call whose data travels inside the argument check.
   struct CarriedCall {
@@ -84,12 +99,15 @@ class Communicator {
   // Whether a call of `bytes` running `algorithm` is carried by the check.
   bool carries_payload(Algorithm algorithm, size_t bytes) const;
   Transport& transport() const;
+  // Runs the algorithm `chosen` on one vector, unchecked.
+  void run(const void* input, void* output, size_t count, const Reduction& reduction, Algorithm chosen);
   void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
 
   std::unique_ptr<Transport> transport_;
   CommunicatorOptions options_;
   AlgorithmSelector selector_;
-  Workspace workspace_;
+  Workspace workspace_;  // the algorithms'
+  Workspace fusion_;     // allreduce_coalesced's packed buckets
   std::mutex busy_;  // one collective at a time per communicator
   std::set<std::tuple<size_t, int, int, int>> logged_;
 };

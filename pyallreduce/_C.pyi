@@ -53,6 +53,8 @@ class Communicator:
     @property
     def check_arguments(self) -> bool: ...
     ring_segment_bytes: int
+    def allreduce_coalesced(self, tensors: list, op: object, algorithm: object, bucket_bytes: int) -> list:
+        """Reduce every tensor of the list in place, packed into buckets of at most `bucket_bytes`; returns the list. See pyallreduce.Communicator.allreduce_coalesced."""
     def allreduce(self, x: object, op: object, algorithm: object, out: object) -> object:
         """Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's object. See pyallreduce.Communicator.allreduce."""
     def choose_algorithm(self, requested: Algorithm, bytes: int) -> tuple[Algorithm, str]:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from . import _C
 from ._options import communicator_options, mpi_max_message_bytes
+from ._progress import ProgressThread
 
 DTYPES = tuple(_C.DType.__members__)
 OPS = tuple(_C.ReduceOp.__members__)
 ALGORITHMS = tuple(_C.Algorithm.__members__)
 
 _ALGORITHM_CODES = dict(_C.Algorithm.__members__)
+
+# allreduce_coalesced's default bucket: DDP's default bucket_cap_mb.
+BUCKET_BYTES = 25 << 20
 
 
 class Communicator:
@@ -41,11 +47,13 @@ class Communicator:
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
         self._core = _C.Communicator.from_mpi(comm, options, mpi_max_message_bytes())
+        self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
 
     @classmethod
     def _wrap(cls, core: _C.Communicator) -> Communicator:
         comm = cls.__new__(cls)
         comm._core = core
+        comm._progress = ProgressThread(f"pyallreduce progress, rank {core.rank}")
         return comm
 
     @property
@@ -96,7 +104,48 @@ class Communicator:
         """
         # Arguments are read and checked in C++ (csrc/python/buffers.cpp): the
         # whole call costs about what MPI_Allreduce does at small sizes.
-        return self._core.allreduce(x, op, algorithm, out)
+        return self._progress.run_in_order(lambda: self._core.allreduce(x, op, algorithm, out))
+
+    def allreduce_async(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Future:
+        """:meth:`allreduce` on the communicator's progress thread.
+
+        Returns at once with a ``concurrent.futures.Future`` whose result is
+        what :meth:`allreduce` returns, or whose exception is what it raises.
+        Calls (synchronous or not) run in the order they are made; ``x`` and
+        ``out`` must stay untouched until the future is done.
+        """
+        return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out))
+
+    def allreduce_coalesced(
+        self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
+    ) -> list:
+        """Reduce each tensor of ``tensors`` in place, as one allreduce each,
+        but fused into few: consecutive tensors are copied (in C++) into a
+        buffer of at most ``bucket_bytes``, reduced together and copied back.
+        A tensor of ``bucket_bytes`` or more, or one alone in its bucket, is
+        reduced where it lies.
+
+        Collective: every rank passes tensors of the same sizes in the same
+        order, all of one dtype, and the same ``bucket_bytes`` (default 25 MiB,
+        DDP's bucket size). One argument check covers the whole call.
+
+        Returns:
+            ``tensors`` as a list.
+
+        Raises:
+            TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
+        """
+        tensors = list(tensors)
+        return self._progress.run_in_order(
+            lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes)
+        )
+
+    def allreduce_coalesced_async(
+        self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
+    ) -> Future:
+        """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
+        tensors = list(tensors)
+        return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes))
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
         """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
@@ -106,7 +155,9 @@ class Communicator:
         return chosen.name, reason
 
     def free(self) -> None:
-        """Release the communicator (for MPI, its duplicate). Later calls raise ValueError."""
+        """Release the communicator (for MPI, its duplicate) once its queued
+        asynchronous calls are done. Later calls raise ValueError."""
+        self._progress.stop()
         self._core.free()
 
     def __enter__(self) -> Communicator:
@@ -119,6 +170,17 @@ class Communicator:
         if self._core.freed:
             return "<pyallreduce.Communicator (freed)>"
         return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
+
+
+def _require_mpi_thread_multiple() -> None:
+    from mpi4py import MPI
+
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        raise RuntimeError(
+            "asynchronous calls run MPI on pyallreduce's progress thread while the caller's thread may use MPI "
+            "too, which needs MPI_THREAD_MULTIPLE; initialize MPI with it (mpi4py's default: leave "
+            "mpi4py.rc.thread_level at 'multiple')"
+        )
 
 
 def init(**options: Any) -> Communicator:

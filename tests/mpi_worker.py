@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import abort_on_error  # noqa: E402
 import pyallreduce  # noqa: E402
 from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes  # noqa: E402
 
@@ -90,11 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        sys.stdout.flush()
-        world.Abort(1)
+    abort_on_error.run(main)

@@ -9,7 +9,10 @@
 #include <climits>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "../communicator.h"
 #include "../reduce/reduction.h"
@@ -45,16 +48,33 @@ std::string mpi_built_against() {
 #endif
 }
 
-// The whole per-call path: read and check the arguments, then reduce with the
-// GIL released. A rank that rejects its arguments still takes part in the
-// argument check, so that every other rank raises instead of waiting for it.
-py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out) {
+// Runs `call` (which reads the Python arguments, then reduces with the GIL
+// released) so that a rank rejecting its arguments still takes part in the
+// argument check: every other rank then raises instead of waiting for it.
+template <class Call>
+void telling_every_rank_of_rejections(Communicator& comm, Call call) {
   auto tell_the_other_ranks = [&](ArgumentError code) {
     if (comm.freed()) return;
     py::gil_scoped_release release;
     comm.report_invalid_arguments(code);
   };
   try {
+    call();
+  } catch (const Rejection& rejection) {
+    tell_the_other_ranks(rejection.code);
+    PyErr_SetString(rejection.exception_type, rejection.message.c_str());
+    throw py::error_already_set();
+  } catch (py::error_already_set&) {
+    // Reading an argument raised in Python (an odd tensor subclass, say):
+    // still a rejected argument as far as the other ranks are concerned.
+    tell_the_other_ranks(ArgumentError::kBadBuffer);
+    throw;
+  }
+}
+
+// The whole per-call path of pyallreduce.Communicator.allreduce.
+py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out) {
+  telling_every_rank_of_rejections(comm, [&] {
     const PythonBuffer source(x, "x");
     std::optional<PythonBuffer> target;
     if (!out.is_none()) {
@@ -68,17 +88,38 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
     void* output = target ? target->data() : source.data();
     py::gil_scoped_release release;
     comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code);
-  } catch (const Rejection& rejection) {
-    tell_the_other_ranks(rejection.code);
-    PyErr_SetString(rejection.exception_type, rejection.message.c_str());
-    throw py::error_already_set();
-  } catch (py::error_already_set&) {
-    // Reading an argument raised in Python (an odd tensor subclass, say):
-    // still a rejected argument as far as the other ranks are concerned.
-    tell_the_other_ranks(ArgumentError::kBadBuffer);
-    throw;
-  }
+  });
   return py::reinterpret_borrow<py::object>(out.is_none() ? x : out);
+}
+
+// The per-call path of pyallreduce.Communicator.allreduce_coalesced: every
+// tensor is read and checked (writable, one dtype) before anything is sent.
+py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::handle op, py::handle algorithm,
+                             size_t bucket_bytes) {
+  telling_every_rank_of_rejections(comm, [&] {
+    std::vector<std::unique_ptr<PythonBuffer>> buffers;
+    std::vector<Communicator::Span> spans;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      const std::string role = "tensors[" + std::to_string(i) + "]";
+      buffers.push_back(std::make_unique<PythonBuffer>(tensors[i], role.c_str()));
+      const PythonBuffer& buffer = *buffers.back();
+      if (!buffer.writable()) {
+        throw Rejection{PyExc_ValueError, ArgumentError::kBadBuffer, role + " is read-only"};
+      }
+      if (buffer.dtype() != buffers.front()->dtype()) {
+        throw Rejection{PyExc_TypeError, ArgumentError::kBadDtype,
+                        role + " is " + dtype_name(buffer.dtype()) + " but tensors[0] is " +
+                            dtype_name(buffers.front()->dtype()) + "; coalesce tensors of one dtype per call"};
+      }
+      spans.push_back({buffer.data(), buffer.count()});
+    }
+    const DType dtype = buffers.empty() ? DType::kFloat32 : buffers.front()->dtype();
+    const ReduceOp op_code = parse_op(op);
+    const Algorithm algorithm_code = parse_algorithm(algorithm);
+    py::gil_scoped_release release;
+    comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket_bytes);
+  });
+  return tensors;
 }
 
 }  // namespace
@@ -155,6 +196,10 @@ PYBIND11_MODULE(_C, m) {
       .def_property("ring_segment_bytes",
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
+      .def("allreduce_coalesced", &allreduce_coalesced, py::arg("tensors"), py::arg("op"), py::arg("algorithm"),
+           py::arg("bucket_bytes"),
+           "Reduce every tensor of the list in place, packed into buckets of at most `bucket_bytes`; returns "
+           "the list. See pyallreduce.Communicator.allreduce_coalesced.")
       .def("allreduce", &allreduce, py::arg("x"), py::arg("op"), py::arg("algorithm"), py::arg("out"),
            "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "
            "object. See pyallreduce.Communicator.allreduce.")

@@ -1,0 +1,81 @@
+"""The progress thread behind a communicator's asynchronous calls.
+
+Collectives on one communicator must start in the same order on every rank.
+Asynchronous calls are therefore queued in the order they are made and run one
+after another on a single thread per communicator; the C++ calls release the
+GIL, so the caller (for DDP, the backward pass) goes on meanwhile. A
+synchronous call made while asynchronous ones are still queued joins the queue
+too, so it cannot overtake them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable
+
+
+class ProgressThread:
+    """Runs submitted calls in order on one daemon thread, started on first use."""
+
+    def __init__(self, name: str, before_first_call: Callable[[], None] | None = None):
+        self._name = name
+        self._before_first_call = before_first_call
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._unfinished = 0  # submitted and not yet returned
+
+    def submit(self, call: Callable[[], Any]) -> Future:
+        """Queues ``call``; the future gets its return value or its exception."""
+        future: Future = Future()
+        with self._lock:
+            if self._thread is None:
+                if self._before_first_call is not None:
+                    self._before_first_call()
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._unfinished += 1
+        self._jobs.put((call, future))
+        return future
+
+    def run_in_order(self, call: Callable[[], Any]) -> Any:
+        """Runs ``call`` after everything submitted so far and returns its
+        result: at once when nothing is queued (or when called from the
+        progress thread itself, by a future's callback), else through the
+        queue, waiting for it."""
+        # Unlocked read: a thread that submitted earlier calls has already
+        # counted them, so it cannot see 0 before they have run.
+        if self._unfinished == 0 or threading.current_thread() is self._thread:
+            return call()
+        return self.submit(call).result()
+
+    def stop(self) -> None:
+        """Lets queued calls finish, then ends the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, future = job
+            try:
+                result = call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                self._finished()
+                future.set_exception(exc)
+            else:
+                self._finished()
+                future.set_result(result)
+
+    def _finished(self) -> None:
+        # Counted before the future completes, so that a caller woken by it sees
+        # the thread idle and may call synchronously.
+        with self._lock:
+            self._unfinished -= 1

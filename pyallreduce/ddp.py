@@ -1,0 +1,90 @@
+"""A DDP communication hook that reduces gradient buckets with pyallreduce.
+
+    import pyallreduce, pyallreduce.distributed
+    from pyallreduce.ddp import HookState, allreduce_hook
+
+    pyallreduce.distributed.init_process_group("gloo")     # under mpirun
+    model = torch.nn.parallel.DistributedDataParallel(net)
+    model.register_comm_hook(HookState(pyallreduce.init()), allreduce_hook)
+
+DDP hands the hook each gradient bucket as soon as backward has filled it. The
+hook queues the bucket's allreduce on the communicator's progress thread and
+returns a future at once, so buckets are reduced while backward goes on; they
+complete in the order DDP hands them over. The result is the average over the
+ranks: each rank's loss is the mean over its own micro-batch, so averaging the
+gradients normalizes by the global batch (Goyal et al., remark 3).
+"""
+
+# No `from __future__ import annotations`: DDP compares the hook's annotations
+# with the classes themselves, so they must not be strings.
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ._communicator import ALGORITHMS, Communicator
+
+COMPRESSIONS = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class HookState:
+    """What :func:`allreduce_hook` needs, passed to ``register_comm_hook``.
+
+    Args:
+        comm: the communicator over the same ranks as the DDP process group,
+            in the same order (``pyallreduce.init()`` under an MPI launch).
+        algorithm: as for :meth:`Communicator.allreduce`.
+        compression: None, "fp16" or "bf16": each bucket is divided by the
+            world size, cast to that type, summed, and cast back, halving the
+            bytes sent. Dividing first keeps the sum from overflowing float16.
+    """
+
+    comm: Communicator
+    algorithm: str = "auto"
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.comm, Communicator):
+            raise TypeError(f"comm must be a pyallreduce.Communicator, not {type(self.comm).__name__}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be None, 'fp16' or 'bf16', not {self.compression!r}")
+        if dist.is_initialized() and (dist.get_rank(), dist.get_world_size()) != (self.comm.rank, self.comm.size):
+            raise ValueError(
+                f"the communicator's rank {self.comm.rank} of {self.comm.size} is not this process's rank "
+                f"{dist.get_rank()} of {dist.get_world_size()} in torch.distributed"
+            )
+
+
+def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Averages ``bucket`` over all ranks with pyallreduce; register with
+    ``ddp_model.register_comm_hook(state, allreduce_hook)``.
+
+    Returns at once. An error in the allreduce (which, with the communicator's
+    argument check on, every rank sees) becomes the future's exception, and
+    DDP raises it from ``backward()``.
+    """
+    buffer = bucket.buffer()
+    result: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    wire_dtype = COMPRESSIONS[state.compression]
+    if wire_dtype is None or buffer.dtype == wire_dtype:
+        wire = buffer
+        pending = state.comm.allreduce_async(wire, op="avg", algorithm=state.algorithm)
+    else:
+        wire = buffer.div(state.comm.size).to(wire_dtype)
+        pending = state.comm.allreduce_async(wire, op="sum", algorithm=state.algorithm)
+
+    def complete(done) -> None:  # runs on the progress thread
+        try:
+            done.result()
+            if wire is not buffer:
+                buffer.copy_(wire)
+        except BaseException as exc:  # noqa: BLE001 - handed to DDP through the future
+            result.set_exception(exc)
+        else:
+            result.set_result(buffer)
+
+    pending.add_done_callback(complete)
+    return result
