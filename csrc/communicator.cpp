@@ -42,6 +42,16 @@ void Communicator::set_ring_segment_bytes(size_t bytes) {
 
 void Communicator::free() { transport_.reset(); }
 
+std::unique_lock<std::mutex> Communicator::exclusive_use() {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw InvalidArgument(
+        "another allreduce is already running on this communicator; calls on one communicator "
+        "must not overlap (use one communicator per thread)");
+  }
+  return lock;
+}
+
 Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
   return selector_.choose(requested, bytes, size(), options_.ring_segment_bytes, reason);
 }
@@ -182,12 +192,7 @@ void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm 
 
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    throw InvalidArgument(
-        "another allreduce is already running on this communicator; calls on one communicator "
-        "must not overlap (use one communicator per thread)");
-  }
+  const std::unique_lock<std::mutex> lock = exclusive_use();
   Transport& t = transport();
   const size_t bytes = count * element_size(dtype);
   const Reduction reduction(dtype, op, bytes);
@@ -241,12 +246,7 @@ int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_
 
 void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op,
                                        Algorithm algorithm, size_t bucket_bytes) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    throw InvalidArgument(
-        "another allreduce is already running on this communicator; calls on one communicator "
-        "must not overlap (use one communicator per thread)");
-  }
+  const std::unique_lock<std::mutex> lock = exclusive_use();
   if (bucket_bytes == 0) throw InvalidArgument("bucket_bytes must be positive");
   const size_t element_bytes = element_size(dtype);
   size_t total = 0;

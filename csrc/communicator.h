@@ -56,10 +56,11 @@ class Communicator {
     size_t count;
   };
   // Reduces every span in place, all of one dtype, like one allreduce each,
-  // but fused: consecutive spans are packed into a buffer of at most
-  // `bucket_bytes` and reduced together; a span of bucket_bytes or more, or one
-  // alone in its bucket, is reduced where it lies. One argument check covers
-  // the call, including the spans' sizes. `algorithm` is resolved per bucket.
+  // but fused: consecutive spans smaller than 1 MiB (or than bucket_bytes) are
+  // packed into a buffer of at most `bucket_bytes` and reduced together; a
+  // larger span, or one alone in its bucket, is reduced where it lies. One
+  // argument check covers the call, including the spans' sizes. `algorithm`
+  // is resolved per bucket.
   void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
                            size_t bucket_bytes);
 
@@ -99,6 +100,8 @@ class Communicator {
   // Whether a call of `bytes` running `algorithm` is carried by the check.
   bool carries_payload(Algorithm algorithm, size_t bytes) const;
   Transport& transport() const;
+  // Holds busy_ for one collective, or throws if another call holds it.
+  std::unique_lock<std::mutex> exclusive_use();
   // Runs the algorithm `chosen` on one vector, unchecked.
   void run(const void* input, void* output, size_t count, const Reduction& reduction, Algorithm chosen);
   void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
