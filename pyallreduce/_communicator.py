@@ -104,7 +104,7 @@ class Communicator:
         """
         # Arguments are read and checked in C++ (csrc/python/buffers.cpp): the
         # whole call costs about what MPI_Allreduce does at small sizes.
-        return self._progress.run_in_order(lambda: self._core.allreduce(x, op, algorithm, out))
+        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out)
 
     def allreduce_async(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Future:
         """:meth:`allreduce` on the communicator's progress thread.
@@ -136,9 +136,7 @@ class Communicator:
             TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
         """
         tensors = list(tensors)
-        return self._progress.run_in_order(
-            lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes)
-        )
+        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
 
     def allreduce_coalesced_async(
         self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES

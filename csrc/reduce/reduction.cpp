@@ -114,7 +114,7 @@ struct MaxOp { template <class T> static T apply(T a, T b) { return (a > b || a 
 // An ordinary store first reads the output line into the cache, so
 // out = a + b moves four streams through memory; streaming stores skip that
 // read and move three. That pays only when the output would leave the cache
-// before it is read again (see streams_outputs below).
+// before it is read again (see streaming_vector_bytes below).
 template <class S, class Op, bool kStream>
 void combine_kernel(const void* left, const void* right, void* out, size_t count) {
   const S* a = static_cast<const S*>(left);
