@@ -33,3 +33,21 @@ def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     # The nccl-tests table: one row per size and implementation that ran.
     rows = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
     assert len(rows) >= 3 * len(measured)
+
+
+def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
+    record = tmp_path / "ddp.json"
+    result = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.ddp", "-n", "1", "-w", "0", "-R", "1",
+         "--timeline", "1", "--json", str(record)],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    data = json.loads(record.read_text())
+    assert data["ranks"] == 2 and len(data["overhead_ratio"]) == 1 and len(data["coalesced_speedup"]) == 1
+    assert set(data["runs_ms"]) == {"iteration, pyallreduce hook", "iteration, gloo default hook",
+                                    "iteration, compute only", "allreduce_coalesced", "MPI_Allreduce per tensor"}
+    # DDP's 25 MiB buckets over 102 MB of gradients, each reported once, in order.
+    buckets = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  bucket ")]
+    assert buckets == [f"bucket {i}" for i in range(len(buckets))] and len(buckets) >= 4, output[-6000:]
