@@ -73,7 +73,7 @@ def extension() -> Pybind11Extension:
         include_dirs=[mpi4py.get_include(), *mpi["include_dirs"]],
         library_dirs=mpi["library_dirs"],
         libraries=mpi["libraries"],
-        extra_compile_args=["-O3", "-Wall", "-Wextra", *mpi["extra_compile_args"]],
+        extra_compile_args=["-O3", "-fopenmp-simd", "-Wall", "-Wextra", *mpi["extra_compile_args"]],
         extra_link_args=mpi["extra_link_args"],
     )
 

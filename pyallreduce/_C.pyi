@@ -1,6 +1,7 @@
 """pyallreduce's C++ core: transports, allreduce algorithms and reductions."""
 
 import enum
+from typing import Any
 
 class DType(enum.Enum):
     float32 = 0
@@ -66,6 +67,23 @@ def mpi_library_version() -> str: ...
 def mpi_built_against() -> str: ...
 def streaming_vector_bytes() -> int:
     """The vector size from which out-of-place combines write around the cache."""
+
+def lars_step(
+    params: list[Any],
+    grads: list[Any],
+    momentum_buffers: list[Any] | None,
+    adapt: list[bool],
+    momentum_corrections: list[float],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    nesterov: bool,
+    trust_clip: bool,
+    threads: int,
+) -> None:
+    """One fused LARS step over contiguous CPU float32 or float64 tensors, in place."""
 
 class CostModel:
     """The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md)."""

@@ -19,6 +19,7 @@
 #include "../transport/local_transport.h"
 #include "../transport/mpi_transport.h"
 #include "buffers.h"
+#include "optim_bindings.h"
 
 namespace py = pybind11;
 using namespace pyallreduce;
@@ -218,6 +219,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");
   m.def("streaming_vector_bytes", &streaming_vector_bytes,
         "The vector size from which out-of-place combines write around the cache.");
+  bind_optim(m);
   py::class_<CostModel>(m, "CostModel",
                         "The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md).")
       .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte, size_t rendezvous_bytes,

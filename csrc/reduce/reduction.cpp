@@ -173,26 +173,29 @@ void select_kernels(ReduceOp op, bool stream, void (*&combine)(const void*, cons
   }
 }
 
+}  // namespace
+
 // The last-level cache's size as Linux describes cpu0's caches in sysfs (the
 // highest index, e.g. index3/size = "32768K"), else as the C library reports
 // it, else 32 MiB. sysfs comes first because glibc's figure can be the whole
 // package's: on this VM it says 384 MiB where sysfs and lscpu say 32 MiB.
 size_t last_level_cache_bytes() {
-  size_t bytes = 0;
-  for (int index = 0; index < 8; ++index) {
-    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
-    size_t value = 0;
-    char unit = 0;
-    if (!(file >> value)) continue;
-    file >> unit;
-    bytes = value << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
-  }
-  if (bytes > 0) return bytes;
-  const long reported = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  return reported > 0 ? static_cast<size_t>(reported) : size_t{32} << 20;
+  static const size_t cache_bytes = [] {
+    size_t bytes = 0;
+    for (int index = 0; index < 8; ++index) {
+      std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/size");
+      size_t value = 0;
+      char unit = 0;
+      if (!(file >> value)) continue;
+      file >> unit;
+      bytes = value << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+    }
+    if (bytes > 0) return bytes;
+    const long reported = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    return reported > 0 ? static_cast<size_t>(reported) : size_t{32} << 20;
+  }();
+  return cache_bytes;
 }
-
-}  // namespace
 
 // Two ranks on a node, each with an input and an output, hold 4x the vector;
 // once that exceeds the last-level cache, an output line is evicted before the
@@ -202,8 +205,7 @@ size_t last_level_cache_bytes() {
 // interleaved runs: 4 MiB 0.42 ms plain against 0.57 ms streaming; 8 MiB 1.49
 // against 1.32 ms; 64 MiB 9.0 against 8.5 ms.
 size_t streaming_vector_bytes() {
-  static const size_t threshold = last_level_cache_bytes() / 4;
-  return threshold;
+  return last_level_cache_bytes() / 4;
 }
 
 Reduction::Reduction(DType dtype, ReduceOp op, size_t vector_bytes)

@@ -24,6 +24,9 @@ class Combiner {
   virtual void finalize(void* data, size_t count, int world_size) const = 0;
 };
 
+// The size of the last-level cache, from sysfs (where glibc can be wrong).
+size_t last_level_cache_bytes();
+
 // The vector size from which out-of-place combines write around the cache
 // (a quarter of the last-level cache).
 size_t streaming_vector_bytes();

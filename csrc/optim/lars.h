@@ -1,0 +1,49 @@
+// The fused LARS step on the CPU (You, Gitman and Ginsburg 2017, Algorithm 1):
+// every tensor of a parameter group updated in one call, the per-tensor norms
+// and the update in one pass over memory for tensors that fit in the cache
+// together (two for larger ones), the work split across threads.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+namespace pyallreduce {
+
+// One parameter tensor, its gradient and its momentum buffer (null when
+// momentum is 0), all `count` contiguous elements of T (float or double).
+template <class T>
+struct LarsTensor {
+  T* param;
+  const T* grad;
+  T* momentum_buffer;
+  size_t count;
+  // false: skip the trust ratio and weight decay (biases, BatchNorm).
+  bool adapt;
+  // lr / (the lr the buffer was last updated with): Goyal et al.'s momentum
+  // correction when the learning rate changes; 1 otherwise.
+  double momentum_correction;
+};
+
+struct LarsHyperparameters {
+  double lr;
+  double momentum;
+  double weight_decay;
+  double trust_coefficient;
+  double eps;
+  bool nesterov;
+  bool trust_clip;  // the trust ratio is capped at 1 (LARC's clip mode)
+};
+
+// For each tensor, with w = param, g = grad, v = momentum_buffer:
+//   ratio = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)
+//           (1 where |w| or |g| is 0, or the tensor does not adapt;
+//            min(ratio, 1) with trust_clip)
+//   d = lr * ratio * (g + weight_decay * w)      (d = lr * g without adapt)
+//   v = momentum * momentum_correction * v + d
+//   w -= v   (nesterov: w -= momentum * v + d; without momentum: w -= d)
+// Norms are accumulated in double. `threads` >= 1 split the work; the result
+// depends on the thread count only through the norms' summation order.
+template <class T>
+void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads);
+
+}  // namespace pyallreduce

@@ -1,0 +1,230 @@
+"""LARS: layer-wise adaptive rate scaling (You, Gitman and Ginsburg, 2017), fused.
+
+    opt = pyallreduce.optim.LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=5e-4)
+
+Each step updates every tensor of a parameter group in one call: the fused C++
+step for contiguous CPU float32/float64 tensors, the fused CUDA step for CUDA
+tensors when the CUDA extension is built, and otherwise :func:`lars_step_torch`,
+the same update in plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+
+from .. import _C
+
+_FUSED_CPU_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum whose step for each tensor is scaled by its trust ratio.
+
+    For each parameter tensor w with gradient g and momentum buffer v
+    (Algorithm 1 of the LARS paper, momentum in the "lr inside" form):
+
+        local_lr = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)
+                   (1 where |w| or |g| is 0; min(local_lr, 1) with trust_clip)
+        v = momentum * v + lr * local_lr * (g + weight_decay * w)
+        w = w - v                  (nesterov: w - (momentum * v + lr * local_lr * (g + weight_decay * w)))
+
+    Tensors that skip adaptation (by default those with one dimension:
+    biases and BatchNorm's weights) take a plain momentum step without weight
+    decay: v = momentum * v + lr * g.
+
+    When the learning rate changes between steps (a schedule), v is first
+    scaled by lr_new / lr_old, Goyal et al.'s momentum correction (remark 2),
+    which keeps the update the same as in the "v = m*v + g; w -= lr*v" form.
+
+    float16/bfloat16 parameters are updated through float32 master weights
+    kept in the optimizer state ("master_weight"), and their momentum is
+    float32. The momentum buffer is stored under "momentum_buffer", as
+    torch.optim.SGD does, with the lr it was last updated with under
+    "momentum_lr".
+
+    Args:
+        params: parameters or parameter groups. A group may set any of the
+            keyword arguments below, and ``skip_adaptation``: None (default:
+            tensors with one dimension skip), True (all of the group's tensors
+            skip) or False (none do).
+        lr: the global learning rate, >= 0.
+        momentum: in [0, 1).
+        weight_decay: L2 factor, >= 0; not applied to skipping tensors.
+        trust_coefficient: eta of the paper, > 0.
+        eps: added to the trust ratio's denominator, >= 0.
+        nesterov: Nesterov momentum (needs momentum > 0).
+        trust_clip: cap the trust ratio at 1 (LARC's clip mode: the
+            effective rate is min(lr * local_lr, lr)).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 0.0,
+        nesterov: bool = False,
+        trust_clip: bool = False,
+        skip_adaptation: bool | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        eps=eps, nesterov=nesterov, trust_clip=trust_clip, skip_adaptation=skip_adaptation)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            _check_hyperparameters(group)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            _check_hyperparameters(group)
+            params = [p for p in group["params"] if p.grad is not None]
+            _check_tensors(params)
+            if params:
+                self._step_group(group, params)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        lr, momentum = float(group["lr"]), float(group["momentum"])
+        skip = group["skip_adaptation"]
+        weights, grads, buffers, adapt, corrections = [], [], [], [], []
+        for p in params:
+            state = self.state[p]
+            if p.dtype in _HALF_DTYPES and "master_weight" not in state:
+                state["master_weight"] = p.detach().float()
+            weights.append(state.get("master_weight", p))
+            grads.append(p.grad)
+            adapt.append(p.ndim > 1 if skip is None else not skip)
+            correction = 1.0
+            if momentum != 0:
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(weights[-1], memory_format=torch.contiguous_format)
+                elif state.get("momentum_lr"):
+                    correction = lr / state["momentum_lr"]
+                state["momentum_lr"] = lr
+                buffers.append(state["momentum_buffer"])
+            corrections.append(correction)
+        hyper = dict(lr=lr, momentum=momentum, weight_decay=float(group["weight_decay"]),
+                     trust_coefficient=float(group["trust_coefficient"]), eps=float(group["eps"]),
+                     nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
+        _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper)
+        for p, w in zip(params, weights):
+            if w is not p:
+                p.copy_(w)
+            torch.autograd.graph.increment_version(p)
+
+
+def lars_step_torch(
+    weights: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_buffers: list[torch.Tensor] | None,
+    adapt: list[bool],
+    momentum_corrections: list[float],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    nesterov: bool,
+    trust_clip: bool,
+) -> None:
+    """The LARS update of :class:`LARS`, tensor by tensor in plain PyTorch, in
+    place: the path for tensors no fused step takes. Norms are taken in
+    float64; nothing waits for the device (the trust ratio stays a tensor)."""
+    for i, (w, g) in enumerate(zip(weights, grads)):
+        g = g.to(w.dtype)
+        if adapt[i]:
+            w_norm = torch.linalg.vector_norm(w, dtype=torch.float64)
+            g_norm = torch.linalg.vector_norm(g, dtype=torch.float64)
+            ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+            if trust_clip:
+                ratio = ratio.clamp(max=1.0)
+            ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+            step = g.add(w, alpha=weight_decay).mul_((lr * ratio).to(w.dtype))
+        else:
+            step = g.mul(lr)
+        if momentum_buffers is None:
+            w.sub_(step)
+            continue
+        v = momentum_buffers[i]
+        v.mul_(momentum * momentum_corrections[i]).add_(step)
+        w.sub_(v.mul(momentum).add_(step) if nesterov else v)
+
+
+def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> None:
+    """Sends each tensor to the fused step that can take it: C++ for
+    contiguous CPU float32/float64, CUDA when built, else lars_step_torch."""
+    by_path: dict[tuple[str, torch.dtype], list[int]] = {}
+    for i, (w, g) in enumerate(zip(weights, grads)):
+        contiguous = w.is_contiguous() and g.is_contiguous() and g.dtype == w.dtype
+        if w.device.type == "cpu" and w.dtype in _FUSED_CPU_DTYPES and contiguous:
+            path = "cpu"
+        elif w.device.type == "cuda" and _cuda_step() is not None and w.dtype == torch.float32 and contiguous:
+            path = "cuda"
+        else:
+            path = "torch"
+        by_path.setdefault((path, w.dtype), []).append(i)
+    for (path, _), indices in by_path.items():
+        args = (
+            [weights[i] for i in indices],
+            [grads[i] for i in indices],
+            None if momentum_buffers is None else [momentum_buffers[i] for i in indices],
+            [adapt[i] for i in indices],
+            [corrections[i] for i in indices],
+        )
+        if path == "cpu":
+            _C.lars_step(*args, **hyper, threads=torch.get_num_threads())
+        elif path == "cuda":
+            _cuda_step()(*args, **hyper)
+        else:
+            lars_step_torch(*args, **hyper)
+
+
+def _cuda_step() -> Callable[..., None] | None:
+    """pyallreduce._cuda.lars_step when the CUDA extension is built, else None."""
+    if importlib.util.find_spec("pyallreduce._cuda") is None:
+        return None
+    from .. import _cuda
+
+    return _cuda.lars_step
+
+
+def _check_hyperparameters(group: dict[str, Any]) -> None:
+    checks = [
+        ("lr", group["lr"] >= 0, ">= 0"),
+        ("momentum", 0 <= group["momentum"] < 1, "in [0, 1)"),
+        ("weight_decay", group["weight_decay"] >= 0, ">= 0"),
+        ("trust_coefficient", group["trust_coefficient"] > 0, "> 0"),
+        ("eps", group["eps"] >= 0, ">= 0"),
+    ]
+    for name, ok, wanted in checks:
+        if not ok:
+            raise ValueError(f"LARS: {name} must be {wanted}, got {group[name]}")
+    if group["nesterov"] and group["momentum"] == 0:
+        raise ValueError("LARS: nesterov needs momentum > 0")
+    if group["skip_adaptation"] not in (None, True, False):
+        raise ValueError(f"LARS: skip_adaptation must be None, True or False, got {group['skip_adaptation']!r}")
+
+
+def _check_tensors(params: list[torch.Tensor]) -> None:
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"LARS: a parameter group's tensors must be on one device, found {sorted(map(str, devices))}")
+    for p in params:
+        if p.grad.is_sparse:
+            raise RuntimeError("LARS does not support sparse gradients")
+        if not p.is_floating_point():
+            raise TypeError(f"LARS updates floating-point parameters, not {p.dtype}")
+        if p.grad.shape != p.shape:
+            raise ValueError(f"LARS: a gradient of shape {tuple(p.grad.shape)} for a parameter of {tuple(p.shape)}")
