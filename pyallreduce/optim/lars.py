@@ -3,9 +3,12 @@
     opt = pyallreduce.optim.LARS(model.parameters(), lr=2.0, momentum=0.9, weight_decay=5e-4)
 
 Each step updates every tensor of a parameter group in one call: the fused C++
-step for contiguous CPU float32/float64 tensors, the fused CUDA step for CUDA
-tensors when the CUDA extension is built, and otherwise :func:`lars_step_torch`,
-the same update in plain PyTorch.
+step for contiguous CPU float32/float64 tensors, the fused CUDA step
+(pyallreduce._cuda, where it was built) for float32 CUDA weights (float16 and
+bfloat16 parameters step through float32 master weights, so they qualify) with
+float32/float16/bfloat16 gradients, and otherwise :func:`lars_step_torch`, the
+same update in plain PyTorch. The CUDA step runs on the current stream and
+never waits for the device.
 """
 
 from __future__ import annotations
@@ -164,18 +167,19 @@ def lars_step_torch(
 
 def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> None:
     """Sends each tensor to the fused step that can take it: C++ for
-    contiguous CPU float32/float64, CUDA when built, else lars_step_torch."""
-    by_path: dict[tuple[str, torch.dtype], list[int]] = {}
+    contiguous CPU float32/float64, CUDA (when built) for contiguous float32
+    CUDA weights, and lars_step_torch for the rest."""
+    by_path: dict[tuple[str, torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, (w, g) in enumerate(zip(weights, grads)):
-        contiguous = w.is_contiguous() and g.is_contiguous() and g.dtype == w.dtype
-        if w.device.type == "cpu" and w.dtype in _FUSED_CPU_DTYPES and contiguous:
+        contiguous = w.is_contiguous() and g.is_contiguous()
+        if w.device.type == "cpu" and w.dtype in _FUSED_CPU_DTYPES and g.dtype == w.dtype and contiguous:
             path = "cpu"
-        elif w.device.type == "cuda" and _cuda_step() is not None and w.dtype == torch.float32 and contiguous:
+        elif w.device.type == "cuda" and w.dtype == torch.float32 and contiguous and _cuda_kernels() is not None:
             path = "cuda"
         else:
             path = "torch"
-        by_path.setdefault((path, w.dtype), []).append(i)
-    for (path, _), indices in by_path.items():
+        by_path.setdefault((path, w.device, w.dtype, g.dtype), []).append(i)
+    for (path, device, _, _), indices in by_path.items():
         args = (
             [weights[i] for i in indices],
             [grads[i] for i in indices],
@@ -186,18 +190,23 @@ def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> 
         if path == "cpu":
             _C.lars_step(*args, **hyper, threads=torch.get_num_threads())
         elif path == "cuda":
-            _cuda_step()(*args, **hyper)
+            kernels = _cuda_kernels()
+            workspace = torch.empty(kernels.lars_workspace_elements([w.numel() for w in args[0]]),
+                                    dtype=torch.float64, device=device)
+            with torch.cuda.device(device):
+                kernels.lars_step(*args, **hyper, workspace=workspace,
+                                  stream=torch.cuda.current_stream(device).cuda_stream)
         else:
             lars_step_torch(*args, **hyper)
 
 
-def _cuda_step() -> Callable[..., None] | None:
-    """pyallreduce._cuda.lars_step when the CUDA extension is built, else None."""
+def _cuda_kernels():
+    """The module pyallreduce._cuda when the CUDA kernels were built, else None."""
     if importlib.util.find_spec("pyallreduce._cuda") is None:
         return None
     from .. import _cuda
 
-    return _cuda.lars_step
+    return _cuda
 
 
 def _check_hyperparameters(group: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m pyallreduce.examples.large_batch`` under mpiexec."""
