@@ -42,7 +42,8 @@ class LARS(torch.optim.Optimizer):
 
     When the learning rate changes between steps (a schedule), v is first
     scaled by lr_new / lr_old, Goyal et al.'s momentum correction (remark 2),
-    which keeps the update the same as in the "v = m*v + g; w -= lr*v" form.
+    which keeps the update the same as in the "v = m*v + g; w -= lr*v" form
+    (after a step at lr 0 there is nothing to scale by, and v is kept as is).
 
     float16/bfloat16 parameters are updated through float32 master weights
     kept in the optimizer state ("master_weight"), and their momentum is
@@ -122,9 +123,10 @@ class LARS(torch.optim.Optimizer):
                      nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
         _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper)
         for p, w in zip(params, weights):
-            if w is not p:
+            if w is p:
+                torch.autograd.graph.increment_version(p)  # the fused steps write through raw pointers
+            else:
                 p.copy_(w)
-            torch.autograd.graph.increment_version(p)
 
 
 def lars_step_torch(
