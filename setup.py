@@ -146,8 +146,6 @@ def extension() -> Pybind11Extension:
     )
 
 
-ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
-
 def extensions() -> list[Pybind11Extension]:
     nvcc = find_nvcc()
     if nvcc is None:
@@ -155,5 +153,7 @@ def extensions() -> list[Pybind11Extension]:
         return [extension()]
     return [extension(), cuda_extension(nvcc)]
 
+
+ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
