@@ -109,11 +109,7 @@ __global__ void __launch_bounds__(kThreads) chunk_updates(LaunchTensors t, const
         w_squares += workspace[2 * b];
         g_squares += workspace[2 * b + 1];
       }
-      const double w_norm = sqrt(w_squares), g_norm = sqrt(g_squares);
-      if (w_norm > 0.0 && g_norm > 0.0) {
-        ratio = hyper.trust_coefficient * w_norm / (g_norm + hyper.weight_decay * w_norm + hyper.eps);
-        if (hyper.trust_clip) ratio = min(ratio, 1.0);
-      }
+      ratio = trust_ratio(hyper, w_squares, g_squares);
     }
     scale = static_cast<float>(hyper.lr * ratio);
   }

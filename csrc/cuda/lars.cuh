@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "../optim/lars.h"
+
 namespace pyallreduce::cuda {
 
 enum class GradType { kFloat32, kFloat16, kBFloat16 };
@@ -24,10 +26,7 @@ struct LarsTensor {
   double momentum_correction;
 };
 
-struct LarsHyperparameters {
-  double lr, momentum, weight_decay, trust_coefficient, eps;
-  bool nesterov, trust_clip;
-};
+using pyallreduce::LarsHyperparameters;
 
 // How many float64 values of device workspace lars_step needs for these tensors.
 size_t lars_workspace_elements(const std::vector<LarsTensor>& tensors);

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <thread>
 
 #include "../reduce/reduction.h"
@@ -86,7 +85,8 @@ void for_each_piece(const Tile& tile, const std::vector<size_t>& counts, int thr
 }
 
 template <class T>
-VECTOR_CLONES void accumulate_squares(const T* w, const T* g, size_t begin, size_t end, double& w_squares, double& g_squares) {
+VECTOR_CLONES void accumulate_squares(const T* w, const T* g, size_t begin, size_t end, double& w_squares,
+                                      double& g_squares) {
   double w_sum = 0.0, g_sum = 0.0;
 #pragma omp simd reduction(+ : w_sum, g_sum)
   for (size_t i = begin; i < end; ++i) {
@@ -99,7 +99,8 @@ VECTOR_CLONES void accumulate_squares(const T* w, const T* g, size_t begin, size
 }
 
 template <class T>
-VECTOR_CLONES void update(const LarsTensor<T>& x, const LarsHyperparameters& hyper, double trust_ratio, size_t begin, size_t end) {
+VECTOR_CLONES void update(const LarsTensor<T>& x, const LarsHyperparameters& hyper, double trust_ratio, size_t begin,
+                          size_t end) {
   const T scale = static_cast<T>(hyper.lr * trust_ratio);
   const T decay = x.adapt ? static_cast<T>(hyper.weight_decay) : T(0);
   T* w = x.param;
@@ -128,13 +129,6 @@ VECTOR_CLONES void update(const LarsTensor<T>& x, const LarsHyperparameters& hyp
       w[i] -= vi;
     }
   }
-}
-
-double trust_ratio(const LarsHyperparameters& hyper, double w_squares, double g_squares) {
-  const double w_norm = std::sqrt(w_squares), g_norm = std::sqrt(g_squares);
-  if (w_norm == 0.0 || g_norm == 0.0) return 1.0;
-  const double ratio = hyper.trust_coefficient * w_norm / (g_norm + hyper.weight_decay * w_norm + hyper.eps);
-  return hyper.trust_clip ? std::min(ratio, 1.0) : ratio;
 }
 
 // Below this many elements per thread, more threads cost more than they save.

@@ -4,6 +4,8 @@
 // together (two for larger ones), the work split across threads.
 #pragma once
 
+#include <math.h>
+
 #include <cstddef>
 #include <vector>
 
@@ -33,6 +35,23 @@ struct LarsHyperparameters {
   bool nesterov;
   bool trust_clip;  // the trust ratio is capped at 1 (LARC's clip mode)
 };
+
+// Compiled for the host and, in the CUDA step (csrc/cuda/lars.cu), the device.
+#if defined(__CUDACC__)
+#define PYALLREDUCE_HOST_DEVICE __host__ __device__
+#else
+#define PYALLREDUCE_HOST_DEVICE
+#endif
+
+// trust_coefficient * |w| / (|g| + weight_decay * |w| + eps) from the sums of
+// squares of w and g: 1 where either norm is 0, at most 1 with trust_clip.
+PYALLREDUCE_HOST_DEVICE inline double trust_ratio(const LarsHyperparameters& hyper, double w_squares,
+                                                  double g_squares) {
+  const double w_norm = sqrt(w_squares), g_norm = sqrt(g_squares);
+  if (w_norm == 0.0 || g_norm == 0.0) return 1.0;
+  const double ratio = hyper.trust_coefficient * w_norm / (g_norm + hyper.weight_decay * w_norm + hyper.eps);
+  return hyper.trust_clip && ratio > 1.0 ? 1.0 : ratio;
+}
 
 // For each tensor, with w = param, g = grad, v = momentum_buffer:
 //   ratio = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)

@@ -13,6 +13,7 @@ never waits for the device.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Iterable
 from typing import Any, Callable
@@ -202,8 +203,10 @@ def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> 
             lars_step_torch(*args, **hyper)
 
 
+@functools.cache
 def _cuda_kernels():
-    """The module pyallreduce._cuda when the CUDA kernels were built, else None."""
+    """The module pyallreduce._cuda when the CUDA kernels were built, else None
+    (looked up once: it is asked per CUDA tensor on every step)."""
     if importlib.util.find_spec("pyallreduce._cuda") is None:
         return None
     from .. import _cuda
