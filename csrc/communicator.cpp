@@ -11,11 +11,13 @@ namespace pyallreduce {
 const char* argument_error_text(ArgumentError error) {
   switch (error) {
     case ArgumentError::kNone: return "no error";
-    case ArgumentError::kBadBuffer: return "its buffer is not a contiguous, writable CPU array";
+    case ArgumentError::kBadBuffer: return "its buffer is not a contiguous, writable array it can reduce";
     case ArgumentError::kBadDtype: return "its buffer has an unsupported dtype";
     case ArgumentError::kBadOp: return "it named an unknown reduction op";
     case ArgumentError::kBadAlgorithm: return "it named an unknown algorithm";
     case ArgumentError::kBadOutput: return "its out= buffer does not match the input";
+    case ArgumentError::kBadDevice:
+      return "its buffers are on another GPU than the communicator's earlier CUDA calls";
   }
   return "unknown error";
 }
@@ -40,7 +42,10 @@ void Communicator::set_ring_segment_bytes(size_t bytes) {
   options_.ring_segment_bytes = bytes;
 }
 
-void Communicator::free() { transport_.reset(); }
+void Communicator::free() {
+  device_.reset();  // first: a device transport may run over the host one
+  transport_.reset();
+}
 
 std::unique_lock<std::mutex> Communicator::exclusive_use() {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
@@ -70,7 +75,7 @@ namespace {
 // message instead of taking two rounds, which is most of a small call's time.
 // The frame has the same size on every rank whatever it carries, so ranks that
 // disagree still exchange well-formed messages before they raise.
-constexpr int kFields = 6;
+constexpr int kFields = 7;
 constexpr size_t kCarriedPayloadBytes = 1024;
 
 // allreduce_coalesced reduces spans of at least this size in place rather than
@@ -124,7 +129,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   Transport& t = transport();
   CheckFrame frame{};
   const int64_t mine_fields[kFields] = {
-      mine.count, mine.dtype, mine.op, mine.algorithm, mine.layout,
+      mine.count, mine.dtype, mine.op, mine.algorithm, mine.layout, mine.placement,
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
@@ -139,9 +144,9 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
-  if (max_of(5) != 0) {
-    const int64_t failing_rank = max_of(5) / 8 - 1;
-    const auto reason = static_cast<ArgumentError>(max_of(5) % 8);
+  if (max_of(6) != 0) {
+    const int64_t failing_rank = max_of(6) / 8 - 1;
+    const auto reason = static_cast<ArgumentError>(max_of(6) % 8);
     return "allreduce rejected on rank " + std::to_string(failing_rank) + ": " +
            argument_error_text(reason) + " (see that rank's error for details)";
   }
@@ -169,6 +174,15 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
     return "ranks passed tensor lists of different sizes, or different bucket_bytes, to the same "
            "allreduce_coalesced";
   }
+  if (max_of(5) != min_of(5)) {
+    auto where = [](int64_t code) -> std::string {
+      return code == 0 ? "host memory"
+                       : std::string("CUDA over ") + device_transport_name(static_cast<DeviceTransportKind>(code));
+    };
+    return "ranks passed buffers in different places to the same allreduce (" + where(min_of(5)) + " and " +
+           where(max_of(5)) + "): pass CUDA tensors on every rank or on none, and set "
+           "PYALLREDUCE_CUDA_TRANSPORT alike";
+  }
   if (payload_bytes > 0) std::memcpy(call->output, frame.payload, payload_bytes);
   return "";
 }
@@ -176,7 +190,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
 void Communicator::report_invalid_arguments(ArgumentError error) {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) return;  // the rank's own error is what it raises anyway
-  if (options_.check_arguments) agree(Signature{0, 0, 0, 0, 0}, error);
+  if (options_.check_arguments) agree(Signature{0, 0, 0, 0, 0, 0}, error);
 }
 
 void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
@@ -190,38 +204,81 @@ void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm 
                reason.c_str());
 }
 
-void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
-                             Algorithm algorithm) {
-  const std::unique_lock<std::mutex> lock = exclusive_use();
-  Transport& t = transport();
-  const size_t bytes = count * element_size(dtype);
-  const Reduction reduction(dtype, op, bytes);
-  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size(), options_.ring_segment_bytes);
-  if (options_.log_selection) log_choice(count, dtype, op, algorithm);
-  if (options_.check_arguments) {
-    const bool carried = carries_payload(chosen, bytes);
-    const CarriedCall call{input, output, count, reduction};
-    const std::string disagreement =
-        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                        static_cast<int64_t>(chosen), 0},
-              ArgumentError::kNone, carried ? &call : nullptr);
-    if (!disagreement.empty()) throw InvalidArgument(disagreement);
-    if (carried) return;
-  }
-
-  run(input, output, count, reduction, chosen);
+std::optional<DeviceTransportKind> Communicator::device_transport() const {
+  if (device_ != nullptr) return device_->kind();
+  const DeviceBackend* backend = device_backend();
+  if (backend == nullptr) return std::nullopt;
+  if (options_.device_transport) return options_.device_transport;
+  return backend->available(DeviceTransportKind::kNccl) ? DeviceTransportKind::kNccl : DeviceTransportKind::kMpi;
 }
 
-void Communicator::run(const void* input, void* output, size_t count, const Reduction& reduction,
-                       Algorithm chosen) {
-  const AllreduceContext ctx{transport(), reduction, workspace_, options_.ring_segment_bytes};
-  const Vector vec{input, output, count, reduction.element_size()};
+ArgumentError Communicator::placement_error(const Placement& placement) const {
+  if (!placement.on_device()) return ArgumentError::kNone;
+  if (!device_transport()) return ArgumentError::kBadBuffer;
+  if (device_ != nullptr && device_->device() != placement.device) return ArgumentError::kBadDevice;
+  return ArgumentError::kNone;
+}
+
+int64_t Communicator::placement_code(const Placement& placement) const {
+  const auto kind = device_transport();
+  return placement.on_device() && kind ? static_cast<int64_t>(*kind) : 0;
+}
+
+DeviceContext& Communicator::device_context(const Placement& placement) {
+  if (device_ == nullptr) {
+    device_ = device_backend()->create_context(transport(), placement.device, *device_transport());
+  }
+  device_->use_stream(placement.stream);
+  return *device_;
+}
+
+namespace {
+
+// Runs the algorithm `chosen` on one vector, unchecked.
+void run_algorithm(const AllreduceContext& ctx, const void* input, void* output, size_t count,
+                   size_t element_bytes, Algorithm chosen) {
+  const Vector vec{input, output, count, element_bytes};
   switch (chosen) {
     case Algorithm::kRing: ring_allreduce(ctx, vec); break;
     case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;
     case Algorithm::kRecursiveDoubling: recursive_doubling_allreduce(ctx, vec); break;
     case Algorithm::kAuto: throw InvalidArgument("algorithm selection returned auto");
   }
+}
+
+}  // namespace
+
+void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
+                             Algorithm algorithm, const Placement& placement) {
+  const std::unique_lock<std::mutex> lock = exclusive_use();
+  Transport& t = transport();
+  const size_t bytes = count * element_size(dtype);
+  const Reduction reduction(dtype, op, bytes);
+  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size(), options_.ring_segment_bytes);
+  if (options_.log_selection) log_choice(count, dtype, op, algorithm);
+  const ArgumentError objection = placement_error(placement);
+  if (options_.check_arguments) {
+    const bool carried = !placement.on_device() && carries_payload(chosen, bytes);
+    const CarriedCall call{input, output, count, reduction};
+    const std::string disagreement =
+        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
+                        static_cast<int64_t>(chosen), 0, placement_code(placement)},
+              objection, carried ? &call : nullptr);
+    if (!disagreement.empty()) throw InvalidArgument(disagreement);
+    if (carried) return;
+  } else if (objection != ArgumentError::kNone) {
+    throw InvalidArgument(std::string("allreduce rejected: ") + argument_error_text(objection));
+  }
+
+  if (!placement.on_device()) {
+    run_algorithm(AllreduceContext{t, reduction, workspace_, options_.ring_segment_bytes}, input, output, count,
+                  reduction.element_size(), chosen);
+    return;
+  }
+  DeviceContext& device = device_context(placement);
+  const std::unique_ptr<Combiner> kernels = device.reduction(dtype, op);
+  run_algorithm(AllreduceContext{device.transport(), *kernels, device.workspace(), options_.ring_segment_bytes},
+                input, output, count, reduction.element_size(), chosen);
 }
 
 namespace {
@@ -245,24 +302,34 @@ int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_
 }  // namespace
 
 void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op,
-                                       Algorithm algorithm, size_t bucket_bytes) {
+                                       Algorithm algorithm, size_t bucket_bytes, const Placement& placement) {
   const std::unique_lock<std::mutex> lock = exclusive_use();
   if (bucket_bytes == 0) throw InvalidArgument("bucket_bytes must be positive");
   const size_t element_bytes = element_size(dtype);
   size_t total = 0;
   for (const Span& span : spans) total += span.count;
+  const ArgumentError objection = placement_error(placement);
   if (options_.check_arguments) {
     const std::string disagreement =
         agree(Signature{static_cast<int64_t>(total), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                        static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes)},
-              ArgumentError::kNone);
+                        static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes), placement_code(placement)},
+              objection);
     if (!disagreement.empty()) throw InvalidArgument(disagreement);
+  } else if (objection != ArgumentError::kNone) {
+    throw InvalidArgument(std::string("allreduce_coalesced rejected: ") + argument_error_text(objection));
   }
   const int p = size();
+  DeviceContext* device = placement.on_device() ? &device_context(placement) : nullptr;
+  Transport& t = device != nullptr ? device->transport() : transport();
+  MemorySpace& workspace = device != nullptr ? device->workspace() : workspace_;
+  MemorySpace& fusion = device != nullptr ? device->fusion() : fusion_;
+  const std::unique_ptr<Combiner> kernels = device != nullptr ? device->reduction(dtype, op) : nullptr;
   auto reduce = [&](void* data, size_t count) {
     const size_t bytes = count * element_bytes;
-    const Reduction reduction(dtype, op, bytes);
-    run(data, data, count, reduction, selector_.choose(algorithm, bytes, p, options_.ring_segment_bytes));
+    const Reduction host_reduction(dtype, op, bytes);
+    const Combiner& reduction = kernels != nullptr ? *kernels : static_cast<const Combiner&>(host_reduction);
+    run_algorithm(AllreduceContext{t, reduction, workspace, options_.ring_segment_bytes}, data, data, count,
+                  element_bytes, selector_.choose(algorithm, bytes, p, options_.ring_segment_bytes));
   };
   // A span of at least direct_bytes is reduced where it lies: packing it would
   // move it through memory twice more (copy in, copy out), which costs more
@@ -290,16 +357,16 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
       first = end;
       continue;
     }
-    char* bucket = static_cast<char*>(fusion_.reserve(packed_bytes));
+    char* bucket = static_cast<char*>(fusion.reserve(packed_bytes));
     char* cursor = bucket;
     for (size_t i = first; i < end; ++i) {
-      std::memcpy(cursor, spans[i].data, spans[i].count * element_bytes);
+      fusion.copy(cursor, spans[i].data, spans[i].count * element_bytes);
       cursor += spans[i].count * element_bytes;
     }
     reduce(bucket, packed_bytes / element_bytes);
     cursor = bucket;
     for (size_t i = first; i < end; ++i) {
-      std::memcpy(spans[i].data, cursor, spans[i].count * element_bytes);
+      fusion.copy(spans[i].data, cursor, spans[i].count * element_bytes);
       cursor += spans[i].count * element_bytes;
     }
     first = end;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <tuple>
@@ -12,6 +13,7 @@
 
 #include "algorithms/algorithm.h"
 #include "algorithms/selection.h"
+#include "device/device.h"
 #include "transport/transport.h"
 #include "types.h"
 
@@ -22,6 +24,9 @@ struct CommunicatorOptions {
   size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
   std::string algorithm_rules;          // PYALLREDUCE_ALGO
   bool log_selection = false;           // PYALLREDUCE_DEBUG=INFO
+  // How CUDA buffers travel (PYALLREDUCE_CUDA_TRANSPORT): NCCL or MPI, or
+  // unset for NCCL where libnccl.so.2 loads, else MPI.
+  std::optional<DeviceTransportKind> device_transport;
 };
 
 // Why a rank rejected its own arguments; sent to the other ranks so that they
@@ -33,6 +38,7 @@ enum class ArgumentError : int {
   kBadOp = 3,            // unknown reduction op
   kBadAlgorithm = 4,     // unknown algorithm
   kBadOutput = 5,        // out of the wrong size, dtype or overlap
+  kBadDevice = 6,        // on another GPU than this communicator's CUDA calls so far
 };
 const char* argument_error_text(ArgumentError error);
 
@@ -45,10 +51,13 @@ class Communicator {
 
   // Reduces `count` elements at `input` across all ranks into `output`
   // (which may equal `input`). Collective: every rank calls it with the same
-  // count, dtype, op and resolved algorithm, which is checked first unless
-  // check_arguments is off.
-  void allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
-                 Algorithm algorithm);
+  // count, dtype, op, resolved algorithm and kind of placement (host, or
+  // device with the same transport), which is checked first unless
+  // check_arguments is off. Device buffers are reduced in the order of
+  // `placement.stream`; the first device call sets up the communicator's
+  // device context (collective), and later ones must use the same GPU.
+  void allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op, Algorithm algorithm,
+                 const Placement& placement = {});
 
   // One tensor of a coalesced call, reduced in place.
   struct Span {
@@ -62,7 +71,7 @@ class Communicator {
   // argument check covers the call, including the spans' sizes. `algorithm`
   // is resolved per bucket.
   void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
-                           size_t bucket_bytes);
+                           size_t bucket_bytes, const Placement& placement = {});
 
   // Collective counterpart of allreduce() for a rank whose arguments were
   // rejected before reaching C++: the other ranks' allreduce() then fails with
@@ -73,6 +82,9 @@ class Communicator {
   Algorithm choose_algorithm(Algorithm requested, size_t bytes, std::string* reason = nullptr) const;
 
   const CommunicatorOptions& options() const { return options_; }
+  // The transport device calls would use now, or nullopt if none can (no
+  // CUDA backend registered).
+  std::optional<DeviceTransportKind> device_transport() const;
   void set_ring_segment_bytes(size_t bytes);
 
   // Releases the transport (for MPI, the duplicated communicator). Every later
@@ -84,6 +96,7 @@ class Communicator {
   struct Signature {
     int64_t count, dtype, op, algorithm;
     int64_t layout;  // a coalesced call's spans and buckets (see layout_hash); 0 otherwise
+    int64_t placement;  // 0 for host buffers, else the DeviceTransportKind
   };
   // A small call whose data travels inside the argument check.
   struct CarriedCall {
@@ -102,15 +115,20 @@ class Communicator {
   Transport& transport() const;
   // Holds busy_ for one collective, or throws if another call holds it.
   std::unique_lock<std::mutex> exclusive_use();
-  // Runs the algorithm `chosen` on one vector, unchecked.
-  void run(const void* input, void* output, size_t count, const Reduction& reduction, Algorithm chosen);
+  // This rank's objection to `placement`, before anything is sent.
+  ArgumentError placement_error(const Placement& placement) const;
+  int64_t placement_code(const Placement& placement) const;
+  // The device context for `placement`, set up (collectively) on first use and
+  // switched to its stream.
+  DeviceContext& device_context(const Placement& placement);
   void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
 
   std::unique_ptr<Transport> transport_;
   CommunicatorOptions options_;
   AlgorithmSelector selector_;
-  Workspace workspace_;  // the algorithms'
-  Workspace fusion_;     // allreduce_coalesced's packed buckets
+  HostMemory workspace_;  // the algorithms'
+  HostMemory fusion_;     // allreduce_coalesced's packed buckets
+  std::unique_ptr<DeviceContext> device_;  // after the first device call
   std::mutex busy_;  // one collective at a time per communicator
   std::set<std::tuple<size_t, int, int, int>> logged_;
 };

@@ -37,12 +37,24 @@ class Communicator:
             ``PYALLREDUCE_CHECK=0``.
         ring_segment_bytes: pipelining granularity of the ring algorithm.
             Default: ``PYALLREDUCE_RING_SEGMENT_BYTES`` or 1 MiB.
+        cuda_transport: how CUDA buffers travel between ranks: "nccl"
+            (ncclSend/ncclRecv, one GPU per rank), "mpi" (through pinned host
+            memory, pipelined; ranks may share a GPU) or "auto" (NCCL where
+            libnccl.so.2 loads, else MPI). Default:
+            ``PYALLREDUCE_CUDA_TRANSPORT`` or "auto".
     """
 
-    def __init__(self, mpi_comm: Any = None, *, check: bool | None = None, ring_segment_bytes: int | None = None):
+    def __init__(
+        self,
+        mpi_comm: Any = None,
+        *,
+        check: bool | None = None,
+        ring_segment_bytes: int | None = None,
+        cuda_transport: str | None = None,
+    ):
         from mpi4py import MPI
 
-        options = communicator_options(check, ring_segment_bytes)
+        options = communicator_options(check, ring_segment_bytes, cuda_transport)
         comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
@@ -72,6 +84,12 @@ class Communicator:
         return self._core.ring_segment_bytes
 
     @property
+    def cuda_transport(self) -> str | None:
+        """How CUDA buffers travel ("nccl" or "mpi"); None until the first CUDA
+        buffer has loaded pyallreduce's CUDA module."""
+        return self._core.device_transport
+
+    @property
     def check(self) -> bool:
         """Whether calls are checked across ranks first (see the class docs)."""
         return self._core.check_arguments
@@ -83,9 +101,13 @@ class Communicator:
         and algorithm. In place unless ``out`` is given.
 
         Args:
-            x: a contiguous CPU torch tensor, numpy array, or buffer-protocol /
-                DLPack object of float32, float64, float16, bfloat16, int32 or
-                int64. Written in place when ``out`` is None.
+            x: a contiguous torch tensor (CPU or CUDA), numpy or cupy array, or
+                buffer-protocol / DLPack / ``__cuda_array_interface__`` object
+                of float32, float64, float16, bfloat16, int32 or int64. Written
+                in place when ``out`` is None. A CUDA buffer is reduced in the
+                order of the caller's current stream (torch's, or the one its
+                ``__cuda_array_interface__`` names), and the call returns once
+                the work is enqueued: over NCCL without waiting for the GPU.
             op: "sum", "avg", "min", "max" or "prod". Integer "avg" rounds toward
                 zero; float16/bfloat16 are combined in float32 and rounded once
                 per step; min/max propagate NaN.
@@ -104,7 +126,7 @@ class Communicator:
         """
         # Arguments are read and checked in C++ (csrc/python/buffers.cpp): the
         # whole call costs about what MPI_Allreduce does at small sizes.
-        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out)
+        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out, caller_stream(x))
 
     def allreduce_async(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Future:
         """:meth:`allreduce` on the communicator's progress thread.
@@ -112,9 +134,11 @@ class Communicator:
         Returns at once with a ``concurrent.futures.Future`` whose result is
         what :meth:`allreduce` returns, or whose exception is what it raises.
         Calls (synchronous or not) run in the order they are made; ``x`` and
-        ``out`` must stay untouched until the future is done.
+        ``out`` must stay untouched until the future is done. A CUDA buffer is
+        reduced in the order of the stream that was current here, at the call.
         """
-        return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out))
+        stream = caller_stream(x)
+        return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream))
 
     def allreduce_coalesced(
         self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
@@ -136,14 +160,16 @@ class Communicator:
             TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
         """
         tensors = list(tensors)
-        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
+        stream = caller_stream(tensors[0]) if tensors else None
+        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes, stream)
 
     def allreduce_coalesced_async(
         self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> Future:
         """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
         tensors = list(tensors)
-        return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes))
+        stream = caller_stream(tensors[0]) if tensors else None
+        return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream))
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
         """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
@@ -168,6 +194,25 @@ class Communicator:
         if self._core.freed:
             return "<pyallreduce.Communicator (freed)>"
         return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
+
+
+def caller_stream(x: Any) -> int | None:
+    """The CUDA stream (a cudaStream_t as an integer) that a call on ``x`` is
+    ordered on: torch's current stream on the tensor's device, or the stream a
+    ``__cuda_array_interface__`` names (None there means the legacy default
+    stream, 0). None for host buffers. Read on the caller's thread, since
+    torch's current stream is per thread."""
+    is_cuda = getattr(x, "is_cuda", None)
+    if is_cuda is not None:  # a torch tensor
+        if not is_cuda:
+            return None
+        import torch
+
+        return torch.cuda.current_stream(x.device).cuda_stream
+    interface = getattr(x, "__cuda_array_interface__", None)
+    if interface is None:
+        return None
+    return interface.get("stream") or 0
 
 
 def _require_mpi_thread_multiple() -> None:

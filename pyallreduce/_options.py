@@ -13,6 +13,8 @@ from . import _C
 #   PYALLREDUCE_DEBUG               "INFO" logs each distinct call's algorithm and why
 #   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 1048576)
 #   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
+#   PYALLREDUCE_CUDA_TRANSPORT      how CUDA buffers travel: "nccl", "mpi" (staged through
+#                                   pinned host memory) or "auto" (NCCL where it loads)
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -39,7 +41,12 @@ def _flag(name: str, default: bool) -> bool:
     raise ValueError(f"{name}={text!r}: expected 0 or 1")
 
 
-def communicator_options(check: bool | None, ring_segment_bytes: int | None) -> _C.CommunicatorOptions:
+CUDA_TRANSPORTS = ("auto", "nccl", "mpi")
+
+
+def communicator_options(
+    check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None = None
+) -> _C.CommunicatorOptions:
     options = _C.CommunicatorOptions()
     options.check_arguments = _flag("PYALLREDUCE_CHECK", True) if check is None else bool(check)
     options.ring_segment_bytes = (
@@ -52,6 +59,10 @@ def communicator_options(check: bool | None, ring_segment_bytes: int | None) -> 
     if debug not in ("", "WARN", "INFO"):
         raise ValueError(f"PYALLREDUCE_DEBUG={debug!r}: expected INFO or WARN")
     options.log_selection = debug == "INFO"
+    transport = os.environ.get("PYALLREDUCE_CUDA_TRANSPORT", "auto") if cuda_transport is None else cuda_transport
+    if transport not in CUDA_TRANSPORTS:
+        raise ValueError(f"CUDA transport {transport!r}: expected one of {', '.join(CUDA_TRANSPORTS)}")
+    options.device_transport = None if transport == "auto" else transport
     return options
 
 

@@ -31,6 +31,7 @@ def spawn_local(
     *,
     check: bool | None = None,
     ring_segment_bytes: int | None = None,
+    grouped: bool = False,
     timeout: float = 120.0,
 ) -> list[T]:
     """Run ``fn(comm)`` on ``world_size`` threads, one per rank of an in-process world.
@@ -39,11 +40,17 @@ def spawn_local(
     is aborted (blocked ranks raise RuntimeError) and LocalWorldError is raised
     from the first rank's original exception. Each communicator is freed when
     its rank's ``fn`` returns. Options as for :class:`pyallreduce.Communicator`.
+
+    ``grouped=True`` gives the world NCCL's group semantics: a rank's transfers
+    start only at its next wait, together, and that wait returns only once all
+    of them have met their partners (as a CUDA stream passes an NCCL group).
+    An algorithm that would deadlock over NCCL then deadlocks here too, and
+    the world's timeout reports it.
     """
     if not 1 <= world_size <= 1024:
         raise ValueError(f"world_size must be in 1..1024, got {world_size}")
     options = communicator_options(check, ring_segment_bytes)
-    world = _C.LocalWorld(world_size)
+    world = _C.LocalWorld(world_size, grouped)
     results: list[Any] = [None] * world_size
     errors: list[BaseException | None] = [None] * world_size
     first_failure: list[int] = []

@@ -18,10 +18,11 @@ WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16]
 SEGMENT_BYTES = 512
 
 
-def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES):
+def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False):
     """Runs each (algorithm, op, inputs, out_of_place) case on every rank of one
-    in-process world; checks each against the reference and bitwise identity,
-    and that an out-of-place call leaves its input alone."""
+    in-process world (grouped: with NCCL's group semantics); checks each
+    against the reference and bitwise identity, and that an out-of-place call
+    leaves its input alone."""
 
     def each_rank(comm):
         results = []
@@ -37,7 +38,7 @@ def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES):
                 results.append(x)
         return results
 
-    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes)
+    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes, grouped=grouped, timeout=60)
     for index, (algorithm, op, inputs, _) in enumerate(cases):
         rank0 = per_rank[0][index]
         try:
@@ -61,6 +62,22 @@ def test_every_algorithm_op_dtype_and_count(world_size):
                 inputs = rank_inputs(world_size, dtype, op, count)
                 cases += [(algorithm, op, inputs, index % 2 == 1) for algorithm in ALGORITHMS]
     run_cases(world_size, cases)
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 4, 5, 7, 9])
+def test_every_algorithm_keeps_to_nccl_group_semantics(world_size):
+    """In a grouped world a rank's transfers start only at its next wait and
+    that wait blocks until all of them are matched, as on an NCCL stream. An
+    algorithm posting a receive whose send its partner posts only after a
+    later wait deadlocks here (and the world times out). Counts below the
+    world size give the ring empty chunks; the 8-byte segments give it many
+    segments per chunk."""
+    cases = []
+    for count in (0, 1, world_size - 1, 13, 1000):
+        for dtype in ("float32", "float16"):
+            inputs = rank_inputs(world_size, dtype, "sum", count)
+            cases += [(algorithm, "sum", inputs, count % 2 == 1) for algorithm in ALGORITHMS]
+    run_cases(world_size, cases, ring_segment_bytes=8, grouped=True)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -12,16 +12,29 @@
 
 namespace pyallreduce {
 
-// Scratch memory owned by a communicator and reused across calls, so a call
-// does not allocate (and fault in) fresh temporaries every time.
-class Workspace {
+// Where a call's vectors live (host memory, or a GPU's in stream order), and
+// the scratch region an algorithm may use there. Algorithms reach memory only
+// through this, so the same algorithm runs on host or device buffers. The
+// region is owned by the communicator and reused across calls, so a call does
+// not allocate (and fault in) fresh temporaries every time.
+class MemorySpace {
  public:
-  // A 64-byte aligned region of at least `bytes`, valid until the next call.
-  void* reserve(size_t bytes);
+  virtual ~MemorySpace() = default;
+  // A 64-byte aligned region of at least `bytes`, valid until the next reserve.
+  virtual void* reserve(size_t bytes) = 0;
+  // Copies `bytes` from `source` to `target` (which do not overlap), ordered
+  // after every operation issued on this memory before it.
+  virtual void copy(void* target, const void* source, size_t bytes) = 0;
+};
+
+class HostMemory final : public MemorySpace {
+ public:
+  void* reserve(size_t bytes) override;
+  void copy(void* target, const void* source, size_t bytes) override;
 
  private:
   struct FreeDeleter { void operator()(void* p) const { std::free(p); } };
-  std::unique_ptr<void, FreeDeleter> memory_;
+  std::unique_ptr<void, FreeDeleter> region_;
   size_t capacity_ = 0;
 };
 
@@ -45,13 +58,13 @@ struct Vector {
   Vector in_place() const { return Vector{data, data, count, element_size}; }
   // Copies the input into `data` where they differ (for steps that have
   // nothing to combine it with).
-  void take_input() const;
+  void take_input(MemorySpace& memory) const;
 };
 
 struct AllreduceContext {
   Transport& transport;
   const Combiner& reduction;
-  Workspace& workspace;
+  MemorySpace& memory;        // where the vector lives; scratch comes from here
   size_t ring_segment_bytes;  // ring: pipelining granularity
 };
 

@@ -44,7 +44,7 @@ void run_folded(const AllreduceContext& ctx, Vector vec, Core core) {
     return;
   }
   if (paired) {
-    void* partner = ctx.workspace.reserve(bytes);
+    void* partner = ctx.memory.reserve(bytes);
     t.irecv(rank - 1, partner, bytes)->wait();
     ctx.reduction.combine(partner, vec.input, vec.data, vec.count);  // lower rank on the left
     vec = vec.in_place();

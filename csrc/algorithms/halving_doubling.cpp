@@ -25,7 +25,7 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
   run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold, Vector current) {
     Transport& t = ctx.transport;
     // The largest half received is the upper half of the whole vector.
-    void* incoming = ctx.workspace.reserve(current.bytes(current.count - current.count / 2));
+    void* incoming = ctx.memory.reserve(current.bytes(current.count - current.count / 2));
     size_t lo = 0, hi = current.count;
     std::vector<std::pair<size_t, size_t>> levels;  // the range split at each halving step
 
@@ -51,7 +51,7 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       hi = keep_hi;
     }
 
-    current.take_input();  // only when there was no step: one participant
+    current.take_input(ctx.memory);  // only when there was no step: one participant
     ctx.reduction.finalize(current.at(lo), hi - lo, t.size());
 
     for (int mask = 1; mask < fold.p2; mask <<= 1) {

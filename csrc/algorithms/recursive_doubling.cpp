@@ -15,7 +15,7 @@ namespace pyallreduce {
 void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
   run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold, Vector current) {
     const size_t bytes = current.bytes(current.count);
-    void* incoming = ctx.workspace.reserve(bytes);
+    void* incoming = ctx.memory.reserve(bytes);
     for (int mask = 1; mask < fold.p2; mask <<= 1) {
       const int partner = v ^ mask;
       exchange(ctx.transport, fold.real_rank(partner), current.input, bytes, incoming, bytes);
@@ -26,7 +26,7 @@ void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       }
       current = current.in_place();
     }
-    current.take_input();  // only when there was no step: one participant
+    current.take_input(ctx.memory);  // only when there was no step: one participant
     ctx.reduction.finalize(current.data, current.count, ctx.transport.size());
   });
 }

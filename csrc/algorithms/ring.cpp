@@ -21,19 +21,22 @@
 // partial sum arrives. Every chunk of the output is written once, by a combine
 // or by the allgather, so there is no copy of the input.
 //
-// Pipelining: chunks are cut into segments of ring_segment_bytes, and up to
-// kReceiveWindow segment receives are posted ahead, so while one segment is
-// being combined the next ones are already arriving, and a combined segment is
-// forwarded at once instead of waiting for its whole chunk.
+// Pipelining: chunks are cut into segments of ring_segment_bytes, and a phase
+// runs as steps: at step k a rank sends the k-th segment of its outgoing
+// stream to the right and receives the k-th of its incoming stream from the
+// left. The right neighbour's incoming stream lists the same chunks in the
+// same order as this rank's outgoing one, so step k of every rank pairs with
+// step k of its neighbours. Up to receive_window() steps are posted ahead, so
+// while one segment is being combined the next ones are already arriving; on
+// a grouped transport (NCCL) the window is 1 and each step is one exchange.
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "algorithm.h"
 
 namespace pyallreduce {
 namespace {
-
-constexpr size_t kReceiveWindow = 4;
 
 // Chunk i covers [begin(i), begin(i+1)); the first n % p chunks get one extra
 // element. Example n = 10, p = 4: sizes 3, 3, 2, 2, begins 0, 3, 6, 8, 10.
@@ -50,42 +53,72 @@ struct Segment {
   bool forward;   // send on to the right neighbour once landed
 };
 
-// Appends chunk `chunk`'s segments (of at most `segment_elems` elements; none
-// if the chunk is empty) to `plan`.
+// Appends chunk `chunk`'s segments (of at most `segment_elems` elements) to
+// `plan`. An empty chunk (n < p) still gets one empty segment, so that every
+// chunk is at least one step and a rank's first outgoing segment never waits
+// for an incoming one (which would break the lockstep on a grouped transport).
 void append_chunk(std::vector<Segment>& plan, size_t n, int p, int chunk, size_t segment_elems,
                   bool forward) {
+  const size_t begin = chunk_begin(n, p, chunk);
   const size_t end = chunk_begin(n, p, chunk + 1);
-  for (size_t offset = chunk_begin(n, p, chunk); offset < end; offset += segment_elems) {
+  if (begin == end) plan.push_back({begin, 0, forward});
+  for (size_t offset = begin; offset < end; offset += segment_elems) {
     plan.push_back({offset, std::min(segment_elems, end - offset), forward});
   }
 }
 
-// One phase: sends `first` (from `first_source`) to the right, then receives
-// `incoming` from the left in order. Segment j is received into receive_buffer(j) and handed to
-// land(j) before being forwarded. A receive buffer is reused once its segment
-// has been landed: receive_buffer(j + kReceiveWindow) may equal receive_buffer(j).
+// One phase. The outgoing stream is `first` (read from `first_source`), then
+// every incoming segment marked forward, in order, sent from vec.data once it
+// has been landed; the forwarded segments are a prefix of `incoming`. Segment
+// j is received into receive_buffer(j) and handed to land(j). A receive buffer
+// is reused once its segment has been landed: receive_buffer(j + window) may
+// equal receive_buffer(j).
+//
+// Before waiting for receive k, receives and sends through step
+// k + window - 1 are posted, a send only once its data is there. Outgoing
+// segment i >= first.size() is incoming segment i - first.size(), landed at
+// step i - first.size() < i, so with window 1 step k's send is always there
+// before step k's wait. Example, window 1, first = {a} and incoming = {b, c}
+// with b forwarded: step 0 posts send a and receive b; step 1 send b (landed
+// at step 0) and receive c.
 template <class ReceiveBuffer, class Land>
 void ring_phase(Transport& t, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
                 const std::vector<Segment>& incoming, ReceiveBuffer receive_buffer, Land land) {
   const int right = mod(t.rank() + 1, t.size());
   const int left = mod(t.rank() - 1, t.size());
+  const size_t window = std::max<size_t>(1, t.receive_window());
+  const size_t forwarded = static_cast<size_t>(
+      std::count_if(incoming.begin(), incoming.end(), [](const Segment& s) { return s.forward; }));
+  const size_t outgoing = first.size() + forwarded;
   std::vector<RequestPtr> receives(incoming.size());
   std::vector<RequestPtr> sends;
-  auto post_receive = [&](size_t j) {
-    receives[j] = t.irecv(left, receive_buffer(j), vec.bytes(incoming[j].count));
+  size_t next_receive = 0, next_send = 0, landed = 0;
+  auto post_through = [&](size_t last_step) {
+    for (; next_receive < incoming.size() && next_receive <= last_step; ++next_receive) {
+      receives[next_receive] =
+          t.irecv(left, receive_buffer(next_receive), vec.bytes(incoming[next_receive].count));
+    }
+    for (; next_send < outgoing && next_send <= last_step; ++next_send) {
+      if (next_send < first.size()) {
+        const Segment& s = first[next_send];
+        sends.push_back(t.isend(right, static_cast<const char*>(first_source) + vec.bytes(s.offset),
+                                vec.bytes(s.count)));
+      } else if (next_send - first.size() < landed) {
+        const Segment& s = incoming[next_send - first.size()];
+        sends.push_back(t.isend(right, vec.at(s.offset), vec.bytes(s.count)));
+      } else {
+        break;  // its data has not arrived yet
+      }
+    }
   };
-  for (size_t j = 0; j < std::min(kReceiveWindow, incoming.size()); ++j) post_receive(j);
-  for (const Segment& s : first) {
-    sends.push_back(t.isend(right, static_cast<const char*>(first_source) + vec.bytes(s.offset), vec.bytes(s.count)));
+  for (size_t k = 0; k < incoming.size(); ++k) {
+    post_through(k + window - 1);
+    receives[k]->wait();
+    receives[k].reset();
+    land(k);
+    ++landed;
   }
-  for (size_t j = 0; j < incoming.size(); ++j) {
-    receives[j]->wait();
-    receives[j].reset();
-    land(j);
-    const Segment& s = incoming[j];
-    if (s.forward) sends.push_back(t.isend(right, vec.at(s.offset), vec.bytes(s.count)));
-    if (j + kReceiveWindow < incoming.size()) post_receive(j + kReceiveWindow);
-  }
+  post_through(SIZE_MAX);
   wait_all(sends);
 }
 
@@ -97,7 +130,7 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   const int r = t.rank();
   const size_t n = vec.count;
   if (p == 1) {
-    vec.take_input();
+    vec.take_input(ctx.memory);
     ctx.reduction.finalize(vec.data, n, p);
     return;
   }
@@ -108,8 +141,9 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   std::vector<Segment> first, incoming;
   append_chunk(first, n, p, r, segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s - 1, p), segment_elems, s < p - 2);
-  char* slots = static_cast<char*>(ctx.workspace.reserve(vec.bytes(segment_elems) * kReceiveWindow));
-  auto slot = [&](size_t j) { return slots + (j % kReceiveWindow) * vec.bytes(segment_elems); };
+  const size_t window = std::max<size_t>(1, t.receive_window());
+  char* slots = static_cast<char*>(ctx.memory.reserve(vec.bytes(segment_elems) * window));
+  auto slot = [&](size_t j) { return slots + (j % window) * vec.bytes(segment_elems); };
   ring_phase(t, vec, vec.input, first, incoming, slot, [&](size_t j) {
     const size_t offset = incoming[j].offset;
     ctx.reduction.combine(slot(j), vec.input_at(offset), vec.at(offset), incoming[j].count);

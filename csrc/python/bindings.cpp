@@ -74,7 +74,8 @@ void telling_every_rank_of_rejections(Communicator& comm, Call call) {
 }
 
 // The whole per-call path of pyallreduce.Communicator.allreduce.
-py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out) {
+py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle algorithm, py::handle out,
+                     py::handle stream) {
   telling_every_rank_of_rejections(comm, [&] {
     const PythonBuffer source(x, "x");
     std::optional<PythonBuffer> target;
@@ -86,9 +87,10 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
     }
     const ReduceOp op_code = parse_op(op);
     const Algorithm algorithm_code = parse_algorithm(algorithm);
+    const Placement placement = placement_of(source, stream);
     void* output = target ? target->data() : source.data();
     py::gil_scoped_release release;
-    comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code);
+    comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code, placement);
   });
   return py::reinterpret_borrow<py::object>(out.is_none() ? x : out);
 }
@@ -96,7 +98,7 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
 // The per-call path of pyallreduce.Communicator.allreduce_coalesced: every
 // tensor is read and checked (writable, one dtype) before anything is sent.
 py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::handle op, py::handle algorithm,
-                             size_t bucket_bytes) {
+                             size_t bucket_bytes, py::handle stream) {
   telling_every_rank_of_rejections(comm, [&] {
     std::vector<std::unique_ptr<PythonBuffer>> buffers;
     std::vector<Communicator::Span> spans;
@@ -106,6 +108,10 @@ py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::ha
       const PythonBuffer& buffer = *buffers.back();
       if (!buffer.writable()) {
         throw Rejection{PyExc_ValueError, ArgumentError::kBadBuffer, role + " is read-only"};
+      }
+      if (buffer.device() != buffers.front()->device()) {
+        throw Rejection{PyExc_ValueError, ArgumentError::kBadBuffer,
+                        role + " is on another device than tensors[0]; coalesce tensors of one device per call"};
       }
       if (buffer.dtype() != buffers.front()->dtype()) {
         throw Rejection{PyExc_TypeError, ArgumentError::kBadDtype,
@@ -117,8 +123,9 @@ py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::ha
     const DType dtype = buffers.empty() ? DType::kFloat32 : buffers.front()->dtype();
     const ReduceOp op_code = parse_op(op);
     const Algorithm algorithm_code = parse_algorithm(algorithm);
+    const Placement placement = buffers.empty() ? Placement{} : placement_of(*buffers.front(), stream);
     py::gil_scoped_release release;
-    comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket_bytes);
+    comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket_bytes, placement);
   });
   return tensors;
 }
@@ -162,11 +169,31 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
-      .def_readwrite("log_selection", &CommunicatorOptions::log_selection);
+      .def_readwrite("log_selection", &CommunicatorOptions::log_selection)
+      .def_property(
+          "device_transport",
+          [](const CommunicatorOptions& o) -> py::object {
+            if (!o.device_transport) return py::none();
+            return py::str(device_transport_name(*o.device_transport));
+          },
+          [](CommunicatorOptions& o, py::handle name) {
+            if (name.is_none()) {
+              o.device_transport.reset();
+              return;
+            }
+            const std::string text = py::str(name);
+            if (text == "nccl") o.device_transport = DeviceTransportKind::kNccl;
+            else if (text == "mpi") o.device_transport = DeviceTransportKind::kMpi;
+            else throw InvalidArgument("device transport must be 'nccl', 'mpi' or None, not '" + text + "'");
+          },
+          "How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI.");
 
   py::class_<LocalWorld, std::shared_ptr<LocalWorld>>(m, "LocalWorld")
-      .def(py::init<int>(), py::arg("size"))
+      .def(py::init<int, bool>(), py::arg("size"), py::arg("grouped") = false,
+           "An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics (see\n"
+           "pyallreduce.testing.spawn_local).")
       .def_property_readonly("size", &LocalWorld::size)
+      .def_property_readonly("grouped", &LocalWorld::grouped)
       .def("abort", &LocalWorld::abort, py::arg("reason"),
            "Wake every rank blocked in this world with an error carrying `reason`.");
 
@@ -197,11 +224,20 @@ PYBIND11_MODULE(_C, m) {
       .def_property("ring_segment_bytes",
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
+      .def_property_readonly(
+          "device_transport",
+          [](const Communicator& c) -> py::object {
+            const auto kind = c.device_transport();
+            if (!kind) return py::none();
+            return py::str(device_transport_name(*kind));
+          },
+          "The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded.")
       .def("allreduce_coalesced", &allreduce_coalesced, py::arg("tensors"), py::arg("op"), py::arg("algorithm"),
-           py::arg("bucket_bytes"),
+           py::arg("bucket_bytes"), py::arg("stream") = py::none(),
            "Reduce every tensor of the list in place, packed into buckets of at most `bucket_bytes`; returns "
            "the list. See pyallreduce.Communicator.allreduce_coalesced.")
       .def("allreduce", &allreduce, py::arg("x"), py::arg("op"), py::arg("algorithm"), py::arg("out"),
+           py::arg("stream") = py::none(),
            "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "
            "object. See pyallreduce.Communicator.allreduce.")
       .def(
@@ -214,6 +250,15 @@ PYBIND11_MODULE(_C, m) {
           py::arg("requested"), py::arg("bytes"), "The algorithm a call of `bytes` would use, and why.")
       .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.");
 
+  m.def(
+      "_register_device_backend",
+      [](py::capsule backend) {
+        if (std::string(backend.name() ? backend.name() : "") != "pyallreduce.DeviceBackend") {
+          throw InvalidArgument("not a pyallreduce.DeviceBackend capsule");
+        }
+        set_device_backend(backend.get_pointer<DeviceBackend>());
+      },
+      py::arg("backend"), "Called by pyallreduce._cuda when imported: the backend for CUDA buffers.");
   m.def("mpi_library_version", &MpiTransport::library_version,
         "The MPI library's version string (callable before MPI is initialized).");
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");

@@ -79,6 +79,45 @@ std::string element_description(py::handle obj, const Py_buffer& view) {
   return std::string("buffer format '") + (view.format != nullptr ? view.format : "B") + "'";
 }
 
+// The registered CUDA backend, importing pyallreduce._cuda (which registers
+// it) on first use. Throws Rejection where this build has none.
+DeviceBackend& cuda_backend(const std::string& who) {
+  if (device_backend() == nullptr) {
+    try {
+      py::module_::import("pyallreduce._cuda");
+    } catch (py::error_already_set& e) {
+      reject(PyExc_ValueError, ArgumentError::kBadBuffer,
+             who + " is on a GPU, but this pyallreduce has no CUDA module (" + e.what() +
+                 "); reinstall it where nvcc is found to reduce CUDA buffers");
+    }
+  }
+  if (device_backend() == nullptr) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " is on a GPU, but no CUDA backend registered");
+  }
+  return *device_backend();
+}
+
+// A numpy array-interface type string ("<f4", "|i8", ...) as a dtype.
+bool dtype_from_typestr(const std::string& typestr, DType* dtype) {
+  if (typestr.size() < 3) return false;
+  const char order = typestr[0];
+  const bool little_endian = [] {
+    const uint16_t one = 1;
+    unsigned char first;
+    std::memcpy(&first, &one, 1);
+    return first == 1;
+  }();
+  if (order != '|' && order != '=' && order != (little_endian ? '<' : '>')) return false;
+  const std::string kind = typestr.substr(1);
+  if (kind == "f4") *dtype = DType::kFloat32;
+  else if (kind == "f8") *dtype = DType::kFloat64;
+  else if (kind == "f2") *dtype = DType::kFloat16;
+  else if (kind == "i4") *dtype = DType::kInt32;
+  else if (kind == "i8") *dtype = DType::kInt64;
+  else return false;
+  return true;
+}
+
 }  // namespace
 
 PythonBuffer::PythonBuffer(py::handle obj, const char* role) {
@@ -89,6 +128,10 @@ PythonBuffer::PythonBuffer(py::handle obj, const char* role) {
   }
   if (PyObject_CheckBuffer(obj.ptr())) {
     read_buffer_protocol(obj, role);
+    return;
+  }
+  if (py::hasattr(obj, "__cuda_array_interface__")) {
+    read_cuda_array_interface(obj, role);
     return;
   }
   if (py::hasattr(obj, "__dlpack__")) {
@@ -118,10 +161,13 @@ void PythonBuffer::read_torch(py::handle tensor, const char* role) {
            who + " is a " + py::str(layout).cast<std::string>() +
                " tensor; only dense (strided) tensors can be reduced");
   }
-  if (!tensor.attr("is_cpu").cast<bool>()) {
+  if (tensor.attr("is_cuda").cast<bool>()) {
+    cuda_backend(who);
+    device_ = tensor.attr("get_device")().cast<int>();
+  } else if (!tensor.attr("is_cpu").cast<bool>()) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer,
            who + " is on " + py::str(tensor.attr("device")).cast<std::string>() +
-               "; this pyallreduce build reduces CPU tensors only");
+               "; pyallreduce reduces CPU and CUDA tensors");
   }
   if (!tensor.attr("is_contiguous")().cast<bool>()) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " is not contiguous; pass tensor.contiguous()");
@@ -173,8 +219,54 @@ void PythonBuffer::read_buffer_protocol(py::handle obj, const char* role) {
   writable_ = !view_.readonly;
 }
 
+void PythonBuffer::read_cuda_array_interface(py::handle obj, const char* role) {
+  const std::string who(role);
+  DeviceBackend& backend = cuda_backend(who);
+  const py::dict interface = obj.attr("__cuda_array_interface__");
+  const std::string typestr = py::str(interface["typestr"]);
+  if (!dtype_from_typestr(typestr, &dtype_)) {
+    reject(PyExc_TypeError, ArgumentError::kBadDtype,
+           who + " has type string '" + typestr + "'; supported: " + kSupported);
+  }
+  const py::tuple shape = interface["shape"];
+  count_ = 1;
+  for (py::handle extent : shape) count_ *= extent.cast<size_t>();
+  // Strides, when given, must be those of a C-contiguous array. Example:
+  // shape (2, 3) of 4-byte elements has strides (12, 4).
+  if (interface.contains("strides") && !interface["strides"].is_none()) {
+    const py::tuple strides = interface["strides"];
+    size_t expected = element_size(dtype_);
+    for (size_t i = shape.size(); i-- > 0;) {
+      if (shape[i].cast<size_t>() > 1 && strides[i].cast<size_t>() != expected) {
+        reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " is not C-contiguous");
+      }
+      expected *= shape[i].cast<size_t>();
+    }
+  }
+  const py::tuple data = interface["data"];
+  data_ = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  writable_ = !data[1].cast<bool>();
+  device_ = count_ == 0 ? 0 : backend.device_of(data_);
+  if (py::hasattr(obj, "device") && py::hasattr(obj.attr("device"), "id")) {
+    device_ = obj.attr("device").attr("id").cast<int>();  // cupy names it even for empty arrays
+  }
+}
+
+Placement placement_of(const PythonBuffer& buffer, py::handle stream) {
+  if (buffer.device() < 0) {
+    if (!stream.is_none()) {
+      reject(PyExc_ValueError, ArgumentError::kBadBuffer, "a CUDA stream was given for buffers in host memory");
+    }
+    return Placement{};
+  }
+  return Placement{buffer.device(), stream.is_none() ? uintptr_t{0} : stream.cast<uintptr_t>()};
+}
+
 void check_output(const PythonBuffer& source, const PythonBuffer& out) {
   if (!out.writable()) reject(PyExc_ValueError, ArgumentError::kBadOutput, "out is read-only");
+  if (out.device() != source.device()) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput, "out is on another device than the input");
+  }
   if (out.dtype() != source.dtype()) {
     reject(PyExc_ValueError, ArgumentError::kBadOutput,
            std::string("out has dtype ") + dtype_name(out.dtype()) + " but the input has " +

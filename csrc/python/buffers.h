@@ -27,9 +27,11 @@ struct Rejection {
 // call: a buffer-protocol export stays open (so the exporter cannot resize or
 // free it) until this is destroyed. Throws Rejection.
 //
-// Accepted: contiguous CPU torch tensors (read through their attributes, no
-// libtorch), objects with the buffer protocol (numpy arrays, array.array,
-// bytearray, memoryview), and DLPack objects (through numpy.from_dlpack).
+// Accepted: contiguous torch tensors, on the CPU or a GPU (read through
+// their attributes, no libtorch), objects with the buffer protocol (numpy
+// arrays, array.array, bytearray, memoryview), DLPack objects (through
+// numpy.from_dlpack), and GPU arrays with __cuda_array_interface__ (cupy,
+// numba). GPU buffers need pyallreduce._cuda, which is imported on first use.
 class PythonBuffer {
  public:
   PythonBuffer(pybind11::handle obj, const char* role);
@@ -42,23 +44,31 @@ class PythonBuffer {
   DType dtype() const { return dtype_; }
   bool writable() const { return writable_; }
   size_t bytes() const { return count_ * element_size(dtype_); }
+  int device() const { return device_; }  // CUDA device ordinal, or -1 for host memory
 
  private:
   void read_torch(pybind11::handle tensor, const char* role);
   void read_buffer_protocol(pybind11::handle obj, const char* role);
+  void read_cuda_array_interface(pybind11::handle obj, const char* role);
 
   void* data_ = nullptr;
   size_t count_ = 0;
   DType dtype_ = DType::kFloat32;
   bool writable_ = false;
+  int device_ = -1;
   Py_buffer view_{};
   bool holds_view_ = false;
   pybind11::object keep_alive_;  // the numpy array made from a DLPack object
 };
 
-// out= must be writable, hold as many elements of the same dtype, and either
-// be the input itself or not overlap it. Throws Rejection.
+// out= must be writable, hold as many elements of the same dtype on the same
+// device, and either be the input itself or not overlap it. Throws Rejection.
 void check_output(const PythonBuffer& source, const PythonBuffer& out);
+
+// Where a call on `buffer` runs: its device, and for a device buffer the
+// CUDA stream `stream` (None: the legacy default stream). Throws Rejection
+// for a stream given with host buffers.
+Placement placement_of(const PythonBuffer& buffer, pybind11::handle stream);
 
 // "sum", "avg", ... and "auto", "ring", ...; anything else throws Rejection.
 ReduceOp parse_op(pybind11::handle op);

@@ -19,16 +19,29 @@ void complete(LocalTransfer& send, LocalTransfer& recv) {
   send.done = recv.done = true;
 }
 
+// Waits on `channel` until `transfer` is done or the world aborts; throws
+// unless it completed.
+void wait_for(LocalWorld& world, LocalChannel& channel, const LocalTransfer& transfer) {
+  std::unique_lock<std::mutex> lock(channel.mutex);
+  channel.completed.wait(lock, [&] { return transfer.done || world.aborted(); });
+  if (!transfer.done) throw TransportError("in-process world aborted: " + world.abort_reason());
+  if (!transfer.error.empty()) throw TransportError(transfer.error);
+}
+
 class LocalRequest : public Request {
  public:
-  LocalRequest(std::shared_ptr<LocalWorld> world, LocalChannel& channel,
+  LocalRequest(std::shared_ptr<LocalWorld> world, LocalTransport& transport, LocalChannel& channel,
                std::shared_ptr<LocalTransfer> transfer)
-      : world_(std::move(world)), channel_(channel), transfer_(std::move(transfer)) {}
+      : world_(std::move(world)), transport_(transport), channel_(channel), transfer_(std::move(transfer)) {}
 
   // A request dropped before it completed (its rank is unwinding from an
   // error) withdraws its transfer, so no peer ever copies into or out of a
   // buffer that may be gone.
   ~LocalRequest() override {
+    if (!transfer_->started) {
+      transport_.withdraw_pending(transfer_);
+      return;
+    }
     std::lock_guard<std::mutex> guard(channel_.mutex);
     if (transfer_->done) return;
     for (auto* queue : {&channel_.unmatched_sends, &channel_.unmatched_recvs}) {
@@ -39,21 +52,20 @@ class LocalRequest : public Request {
   }
 
   void wait() override {
-    std::unique_lock<std::mutex> lock(channel_.mutex);
-    channel_.completed.wait(lock, [&] { return transfer_->done || world_->aborted(); });
-    if (!transfer_->done) throw TransportError("in-process world aborted: " + world_->abort_reason());
-    if (!transfer_->error.empty()) throw TransportError(transfer_->error);
+    if (!transfer_->started) transport_.run_pending_group();
+    wait_for(*world_, channel_, *transfer_);
   }
 
  private:
   std::shared_ptr<LocalWorld> world_;
+  LocalTransport& transport_;
   LocalChannel& channel_;
   std::shared_ptr<LocalTransfer> transfer_;
 };
 
 }  // namespace
 
-LocalWorld::LocalWorld(int size) : size_(size) {
+LocalWorld::LocalWorld(int size, bool grouped) : size_(size), grouped_(grouped) {
   if (size < 1) throw InvalidArgument("world size must be at least 1, got " + std::to_string(size));
   channels_.reserve(static_cast<size_t>(size) * size);
   for (int i = 0; i < size * size; ++i) channels_.push_back(std::make_unique<LocalChannel>());
@@ -107,25 +119,49 @@ RequestPtr LocalTransport::irecv(int peer, void* data, size_t bytes) {
   return post(world_->channel(peer, rank_), std::move(transfer), /*is_send=*/false);
 }
 
-// Matches the transfer with the oldest unmatched one of the other kind on the
-// channel, or queues it until its partner is posted.
 RequestPtr LocalTransport::post(LocalChannel& channel, std::shared_ptr<LocalTransfer> transfer,
                                 bool is_send) {
-  {
-    std::lock_guard<std::mutex> guard(channel.mutex);
-    if (world_->aborted()) throw TransportError("in-process world aborted: " + world_->abort_reason());
-    auto& partners = is_send ? channel.unmatched_recvs : channel.unmatched_sends;
-    auto& waiting = is_send ? channel.unmatched_sends : channel.unmatched_recvs;
-    if (partners.empty()) {
-      waiting.push_back(transfer);
-    } else {
-      LocalTransfer& partner = *partners.front();
-      complete(is_send ? *transfer : partner, is_send ? partner : *transfer);
-      partners.pop_front();
-      channel.completed.notify_all();
+  if (world_->aborted()) throw TransportError("in-process world aborted: " + world_->abort_reason());
+  if (world_->grouped()) {
+    transfer->started = false;
+    pending_.push_back({&channel, transfer, is_send});
+  } else {
+    start(channel, transfer, is_send);
+  }
+  return std::make_unique<LocalRequest>(world_, *this, channel, std::move(transfer));
+}
+
+// Matches the transfer with the oldest unmatched one of the other kind on the
+// channel, or queues it until its partner is posted.
+void LocalTransport::start(LocalChannel& channel, const std::shared_ptr<LocalTransfer>& transfer, bool is_send) {
+  std::lock_guard<std::mutex> guard(channel.mutex);
+  transfer->started = true;
+  auto& partners = is_send ? channel.unmatched_recvs : channel.unmatched_sends;
+  auto& waiting = is_send ? channel.unmatched_sends : channel.unmatched_recvs;
+  if (partners.empty()) {
+    waiting.push_back(transfer);
+  } else {
+    LocalTransfer& partner = *partners.front();
+    complete(is_send ? *transfer : partner, is_send ? partner : *transfer);
+    partners.pop_front();
+    channel.completed.notify_all();
+  }
+}
+
+void LocalTransport::run_pending_group() {
+  std::vector<Pending> group;
+  group.swap(pending_);
+  for (const Pending& p : group) start(*p.channel, p.transfer, p.is_send);
+  for (const Pending& p : group) wait_for(*world_, *p.channel, *p.transfer);
+}
+
+void LocalTransport::withdraw_pending(const std::shared_ptr<LocalTransfer>& transfer) {
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    if (it->transfer == transfer) {
+      pending_.erase(it);
+      return;
     }
   }
-  return std::make_unique<LocalRequest>(world_, channel, std::move(transfer));
 }
 
 }  // namespace pyallreduce

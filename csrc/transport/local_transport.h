@@ -1,6 +1,12 @@
 // In-process transport: the ranks are threads of one process and a message is
 // a memcpy from the sender's buffer into the receiver's. It lets tests run any
 // world size in milliseconds, with the same algorithms as the MPI transport.
+//
+// A grouped world keeps NCCL's group semantics instead (see transport.h):
+// what a rank posts starts only at its next wait, as one group, and that wait
+// returns only once the whole group has met its partners, as a CUDA stream
+// moves past a group only then. An algorithm that would deadlock on NCCL
+// deadlocks here, so tests show the algorithms keep to the rules without a GPU.
 #pragma once
 
 #include <atomic>
@@ -21,6 +27,7 @@ struct LocalTransfer {
   void* recv_data = nullptr;        // set for a receive
   size_t bytes = 0;
   bool done = false;
+  bool started = true;  // false while it waits in a grouped rank's pending group
   std::string error;  // set instead of copying when the two sides disagree
 };
 
@@ -35,8 +42,9 @@ struct LocalChannel {
 // The state the threads of one in-process world share.
 class LocalWorld {
  public:
-  explicit LocalWorld(int size);
+  LocalWorld(int size, bool grouped);
   int size() const { return size_; }
+  bool grouped() const { return grouped_; }
   LocalChannel& channel(int from, int to) { return *channels_[static_cast<size_t>(from * size_ + to)]; }
 
   // Wakes every waiting rank with a TransportError carrying `reason`; used
@@ -47,6 +55,7 @@ class LocalWorld {
 
  private:
   int size_;
+  bool grouped_;
   std::vector<std::unique_ptr<LocalChannel>> channels_;
   std::atomic<bool> aborted_{false};
   std::mutex reason_mutex_;
@@ -60,12 +69,27 @@ class LocalTransport : public Transport {
   int size() const override { return world_->size(); }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
+  size_t receive_window() const override { return world_->grouped() ? 1 : Transport::receive_window(); }
+
+  // Grouped worlds: starts the pending group and waits until all of it is
+  // done (or the world aborts).
+  void run_pending_group();
+  // Drops a transfer that was never started from the pending group.
+  void withdraw_pending(const std::shared_ptr<LocalTransfer>& transfer);
 
  private:
+  struct Pending {
+    LocalChannel* channel;
+    std::shared_ptr<LocalTransfer> transfer;
+    bool is_send;
+  };
   void check_peer(int peer) const;
   RequestPtr post(LocalChannel& channel, std::shared_ptr<LocalTransfer> transfer, bool is_send);
+  // Matches the transfer on its channel, or queues it there for its partner.
+  void start(LocalChannel& channel, const std::shared_ptr<LocalTransfer>& transfer, bool is_send);
   std::shared_ptr<LocalWorld> world_;
   int rank_;
+  std::vector<Pending> pending_;  // grouped worlds: posted since the last wait
 };
 
 }  // namespace pyallreduce

@@ -5,6 +5,13 @@
 // Matching: messages between one (sender, receiver) pair are matched in the
 // order they were posted on each side, so a receive posted k-th gets the k-th
 // send; a send and its receive always name the same number of bytes.
+//
+// Groups: a transport may start what was posted since the last wait only at
+// the next wait, as one group that completes when all of it has met its
+// partners (NCCL does, on a CUDA stream). Algorithms therefore post between
+// two waits only transfers whose partners are posted between the partners'
+// own corresponding waits, as a pairwise exchange does; receive_window()
+// says how far a pipeline may post receives ahead of that.
 #pragma once
 
 #include <cstddef>
@@ -30,6 +37,12 @@ class Transport {
   // `data` must stay valid (and, for isend, unchanged) until wait() returns.
   virtual RequestPtr isend(int peer, const void* data, size_t bytes) = 0;
   virtual RequestPtr irecv(int peer, void* data, size_t bytes) = 0;
+  // How many receives a pipelined algorithm may have posted at once, counting
+  // the one it waits for next. Transports that match each message as it
+  // comes (MPI, threads) let receives run ahead, so the next segments arrive
+  // while one is being reduced; a grouped transport allows 1, which makes
+  // every wait close the group {receive k, send k} of a lockstep exchange.
+  virtual size_t receive_window() const { return 4; }
 };
 
 // Waits for every request in the list, then clears it.
