@@ -69,6 +69,9 @@ def mpi_build_args(flags: list[str]) -> dict:
 
 
 CUDA_SOURCES = Path("csrc") / "cuda"
+# The core sources the CUDA module runs too (its transports wait on requests
+# and agree on setup over the host transport).
+CUDA_CORE_SOURCES = ["csrc/transport/transport.cpp", "csrc/types.cpp"]
 CUDA_ARCHITECTURES = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
                       "-gencode=arch=compute_90,code=compute_90"]
 
@@ -96,14 +99,17 @@ def cuda_root(nvcc: str) -> Path:
 
 
 def cuda_extension(nvcc: str) -> Pybind11Extension:
-    """pyallreduce._cuda: the .cu files (compiled by nvcc in BuildExt) and their bindings."""
+    """pyallreduce._cuda: the CUDA backend and kernels (the .cu files, compiled
+    by nvcc in BuildExt) and their bindings. It links no NCCL: libnccl.so.2 is
+    opened at run time."""
     root = cuda_root(nvcc)
     targets = root / "targets" / "x86_64-linux"
     include_dirs = [str(d) for d in (root / "include", targets / "include") if d.exists()]
     library_dirs = [str(d) for d in (root / "lib64", targets / "lib") if d.exists()]
     return Pybind11Extension(
         "pyallreduce._cuda",
-        sorted(str(p) for p in CUDA_SOURCES.glob("*.cpp")) + sorted(str(p) for p in CUDA_SOURCES.glob("*.cu")),
+        [*CUDA_CORE_SOURCES, *sorted(str(p) for p in CUDA_SOURCES.glob("*.cpp")),
+         *sorted(str(p) for p in CUDA_SOURCES.glob("*.cu"))],
         cxx_std=17,
         include_dirs=include_dirs,
         library_dirs=library_dirs,

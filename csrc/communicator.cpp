@@ -224,12 +224,16 @@ int64_t Communicator::placement_code(const Placement& placement) const {
   return placement.on_device() && kind ? static_cast<int64_t>(*kind) : 0;
 }
 
-DeviceContext& Communicator::device_context(const Placement& placement) {
-  if (device_ == nullptr) {
-    device_ = device_backend()->create_context(transport(), placement.device, *device_transport());
+DeviceContext& Communicator::DeviceCall::set_up(Communicator& comm, const Placement& placement) {
+  if (comm.device_ == nullptr) {
+    comm.device_ = device_backend()->create_context(comm.transport(), placement.device, *comm.device_transport());
   }
-  device_->use_stream(placement.stream);
-  return *device_;
+  return *comm.device_;
+}
+
+Communicator::DeviceCall::DeviceCall(Communicator& comm, const Placement& placement)
+    : context_(set_up(comm, placement)) {
+  context_.begin_call(placement.stream);
 }
 
 namespace {
@@ -247,6 +251,16 @@ void run_algorithm(const AllreduceContext& ctx, const void* input, void* output,
 }
 
 }  // namespace
+
+void Communicator::loopback(const void* input, void* output, size_t bytes, const Placement& placement) {
+  const std::unique_lock<std::mutex> lock = exclusive_use();
+  if (!placement.on_device()) {
+    exchange(transport(), rank(), input, bytes, output, bytes);
+    return;
+  }
+  const DeviceCall device(*this, placement);
+  exchange(device->transport(), rank(), input, bytes, output, bytes);
+}
 
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
@@ -275,9 +289,9 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
                   reduction.element_size(), chosen);
     return;
   }
-  DeviceContext& device = device_context(placement);
-  const std::unique_ptr<Combiner> kernels = device.reduction(dtype, op);
-  run_algorithm(AllreduceContext{device.transport(), *kernels, device.workspace(), options_.ring_segment_bytes},
+  const DeviceCall device(*this, placement);
+  const std::unique_ptr<Combiner> kernels = device->reduction(dtype, op);
+  run_algorithm(AllreduceContext{device->transport(), *kernels, device->workspace(), options_.ring_segment_bytes},
                 input, output, count, reduction.element_size(), chosen);
 }
 
@@ -319,7 +333,9 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
     throw InvalidArgument(std::string("allreduce_coalesced rejected: ") + argument_error_text(objection));
   }
   const int p = size();
-  DeviceContext* device = placement.on_device() ? &device_context(placement) : nullptr;
+  std::optional<DeviceCall> device_call;
+  if (placement.on_device()) device_call.emplace(*this, placement);
+  DeviceContext* device = device_call ? device_call->operator->() : nullptr;
   Transport& t = device != nullptr ? device->transport() : transport();
   MemorySpace& workspace = device != nullptr ? device->workspace() : workspace_;
   MemorySpace& fusion = device != nullptr ? device->fusion() : fusion_;

@@ -73,6 +73,13 @@ class Communicator {
   void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
                            size_t bucket_bytes, const Placement& placement = {});
 
+  // Sends `bytes` from `input` to this rank itself and receives them into
+  // `output`, as one exchange over the transport that buffers at `placement`
+  // travel on: a check that the transport runs (e.g. NCCL at world size 1,
+  // where no allreduce sends anything). Not collective, except that the
+  // first device call sets up the device context on every rank.
+  void loopback(const void* input, void* output, size_t bytes, const Placement& placement);
+
   // Collective counterpart of allreduce() for a rank whose arguments were
   // rejected before reaching C++: the other ranks' allreduce() then fails with
   // a message naming this rank and `error`. Does nothing if checks are off.
@@ -118,9 +125,21 @@ class Communicator {
   // This rank's objection to `placement`, before anything is sent.
   ArgumentError placement_error(const Placement& placement) const;
   int64_t placement_code(const Placement& placement) const;
-  // The device context for `placement`, set up (collectively) on first use and
-  // switched to its stream.
-  DeviceContext& device_context(const Placement& placement);
+  // One call on the device context for `placement`, which is set up
+  // (collectively) on first use; the call is begun on the placement's stream
+  // and ended when this goes out of scope.
+  class DeviceCall {
+   public:
+    DeviceCall(Communicator& comm, const Placement& placement);
+    ~DeviceCall() { context_.end_call(); }
+    DeviceCall(const DeviceCall&) = delete;
+    DeviceCall& operator=(const DeviceCall&) = delete;
+    DeviceContext* operator->() const { return &context_; }
+
+   private:
+    static DeviceContext& set_up(Communicator& comm, const Placement& placement);
+    DeviceContext& context_;
+  };
   void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
 
   std::unique_ptr<Transport> transport_;

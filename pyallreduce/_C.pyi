@@ -29,12 +29,18 @@ class CommunicatorOptions:
     ring_segment_bytes: int
     algorithm_rules: str
     log_selection: bool
+    device_transport: str | None
+    """How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI."""
     def __init__(self) -> None: ...
 
 class LocalWorld:
-    def __init__(self, size: int) -> None: ...
+    def __init__(self, size: int, grouped: bool = False) -> None:
+        """An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics (see
+        pyallreduce.testing.spawn_local)."""
     @property
     def size(self) -> int: ...
+    @property
+    def grouped(self) -> bool: ...
     def abort(self, reason: str) -> None:
         """Wake every rank blocked in this world with an error carrying `reason`."""
 
@@ -54,15 +60,25 @@ class Communicator:
     @property
     def check_arguments(self) -> bool: ...
     ring_segment_bytes: int
-    def allreduce_coalesced(self, tensors: list, op: object, algorithm: object, bucket_bytes: int) -> list:
+    @property
+    def device_transport(self) -> str | None:
+        """The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded."""
+    def allreduce_coalesced(
+        self, tensors: list, op: object, algorithm: object, bucket_bytes: int, stream: int | None = None
+    ) -> list:
         """Reduce every tensor of the list in place, packed into buckets of at most `bucket_bytes`; returns the list. See pyallreduce.Communicator.allreduce_coalesced."""
-    def allreduce(self, x: object, op: object, algorithm: object, out: object) -> object:
+    def loopback(self, x: object, out: object, stream: int | None = None) -> None:
+        """Send x's bytes to this rank itself into out over the transport x would use (see
+        pyallreduce.testing.loopback)."""
+    def allreduce(self, x: object, op: object, algorithm: object, out: object, stream: int | None = None) -> object:
         """Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's object. See pyallreduce.Communicator.allreduce."""
     def choose_algorithm(self, requested: Algorithm, bytes: int) -> tuple[Algorithm, str]:
         """The algorithm a call of `bytes` would use, and why."""
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
 
+def _register_device_backend(backend: object) -> None:
+    """Called by pyallreduce._cuda when imported: the backend for CUDA buffers."""
 def mpi_library_version() -> str: ...
 def mpi_built_against() -> str: ...
 def streaming_vector_bytes() -> int:

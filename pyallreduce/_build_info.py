@@ -10,13 +10,17 @@ from pathlib import Path
 from . import _C
 
 
-def _nccl_loadable() -> bool:
-    """Whether libnccl.so.2 loads: from the nvidia-nccl-cu* wheels or the system."""
-    candidates = ["libnccl.so.2"]
+def nccl_library_candidates() -> list[str]:
+    """Where libnccl.so.2 may be besides the loader's search path: the
+    nvidia-nccl-cu12/cu13 wheels (which torch's CUDA builds install)."""
     spec = importlib.util.find_spec("nvidia")
-    for root in spec.submodule_search_locations if spec and spec.submodule_search_locations else []:
-        candidates += [str(p) for p in Path(root).glob("nccl/lib/libnccl.so*")]
-    for candidate in candidates:
+    roots = spec.submodule_search_locations if spec and spec.submodule_search_locations else []
+    return [str(p) for root in roots for p in sorted(Path(root).glob("nccl/lib/libnccl.so*"))]
+
+
+def _nccl_loadable() -> bool:
+    """Whether libnccl.so.2 loads: from the system or the nvidia-nccl-cu* wheels."""
+    for candidate in ["libnccl.so.2", *nccl_library_candidates()]:
         try:
             ctypes.CDLL(candidate)
             return True

@@ -17,6 +17,7 @@ gradients normalizes by the global batch (Goyal et al., remark 3).
 
 # No `from __future__ import annotations`: DDP compares the hook's annotations
 # with the classes themselves, so they must not be strings.
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,10 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """
     buffer = bucket.buffer()
     result: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    # A CUDA bucket is reduced in the order of the stream backward runs on
+    # here; the copy back from a compressed wire must follow it there too,
+    # though it runs on the progress thread (whose current stream is another).
+    stream = torch.cuda.current_stream(buffer.device) if buffer.is_cuda else None
     wire_dtype = COMPRESSIONS[state.compression]
     if wire_dtype is None or buffer.dtype == wire_dtype:
         wire = buffer
@@ -80,7 +85,8 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
         try:
             done.result()
             if wire is not buffer:
-                buffer.copy_(wire)
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    buffer.copy_(wire)
         except BaseException as exc:  # noqa: BLE001 - handed to DDP through the future
             result.set_exception(exc)
         else:

@@ -11,10 +11,21 @@ import threading
 from typing import Any, Callable, TypeVar
 
 from . import _C
-from ._communicator import Communicator
+from ._communicator import Communicator, caller_stream
 from ._options import communicator_options
 
 T = TypeVar("T")
+
+
+def loopback(comm: Communicator, x: Any, out: Any) -> Any:
+    """Sends ``x``'s bytes from this rank to itself into ``out`` (same dtype and
+    size) as one exchange over the transport ``x`` would travel on, and
+    returns ``out``: for CUDA tensors under NCCL, a send and a receive in one
+    group on the current stream. It checks that a transport runs where no
+    allreduce sends anything (NCCL at world size 1). The first CUDA call of a
+    communicator sets up its device context, which is collective."""
+    comm._core.loopback(x, out, caller_stream(x))
+    return out
 
 
 class LocalWorldError(RuntimeError):
@@ -32,6 +43,7 @@ def spawn_local(
     check: bool | None = None,
     ring_segment_bytes: int | None = None,
     grouped: bool = False,
+    cuda_transport: str | None = None,
     timeout: float = 120.0,
 ) -> list[T]:
     """Run ``fn(comm)`` on ``world_size`` threads, one per rank of an in-process world.
@@ -39,7 +51,9 @@ def spawn_local(
     Returns the ranks' return values in rank order. If a rank raises, the world
     is aborted (blocked ranks raise RuntimeError) and LocalWorldError is raised
     from the first rank's original exception. Each communicator is freed when
-    its rank's ``fn`` returns. Options as for :class:`pyallreduce.Communicator`.
+    its rank's ``fn`` returns. Options as for :class:`pyallreduce.Communicator`;
+    ranks that reduce CUDA tensors share the GPU, so use ``cuda_transport="mpi"``
+    (staged through host memory over the in-process transport) beyond one rank.
 
     ``grouped=True`` gives the world NCCL's group semantics: a rank's transfers
     start only at its next wait, together, and that wait returns only once all
@@ -49,7 +63,7 @@ def spawn_local(
     """
     if not 1 <= world_size <= 1024:
         raise ValueError(f"world_size must be in 1..1024, got {world_size}")
-    options = communicator_options(check, ring_segment_bytes)
+    options = communicator_options(check, ring_segment_bytes, cuda_transport)
     world = _C.LocalWorld(world_size, grouped)
     results: list[Any] = [None] * world_size
     errors: list[BaseException | None] = [None] * world_size

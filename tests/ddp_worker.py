@@ -1,7 +1,10 @@
-"""Run by test_ddp.py under mpiexec: DDP with pyallreduce's hook against
-DDP with torch's built-in allreduce hook on gloo, rank 0 reporting."""
+"""Run by test_ddp.py under mpiexec [--device cuda]: DDP with pyallreduce's
+hook against DDP with torch's built-in allreduce hook on gloo, rank 0
+reporting. With --device cuda the models live on GPU 0, shared by the ranks,
+and pyallreduce stages the CUDA buckets through host memory over MPI."""
 
 import hashlib
+import sys
 
 import abort_on_error
 import torch
@@ -15,6 +18,7 @@ import pyallreduce.distributed
 from pyallreduce.ddp import HookState, allreduce_hook
 
 world = MPI.COMM_WORLD
+DEVICE = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
 STEPS = 20
 MICRO_BATCHES = 2  # for the no_sync() runs: gradients accumulated over two backward passes per step
 
@@ -23,14 +27,14 @@ def make_net() -> torch.nn.Module:
     torch.manual_seed(0)  # every rank and every run starts from the same parameters
     return torch.nn.Sequential(
         torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5)
-    )
+    ).to(DEVICE)
 
 
 def batch(step: int, micro: int = 0):
     generator = torch.Generator().manual_seed(1000 * world.rank + 10 * step + micro)
     x = torch.randn(8, 16, generator=generator)
     y = torch.randint(0, 5, (8,), generator=generator)
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def wrap(hook, state, **ddp_options) -> DDP:
@@ -67,7 +71,7 @@ def grads_after_one_backward(model: DDP) -> list[torch.Tensor]:
 def digest(tensors) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.contiguous().numpy().tobytes())
+        h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -85,7 +89,7 @@ def assert_close(ours, theirs, what: str, rtol: float, atol: float) -> None:
 
 def main() -> None:
     pyallreduce.distributed.init_process_group("gloo")
-    comm = pyallreduce.init()
+    comm = pyallreduce.init(cuda_transport="mpi")
     checks = 0
 
     # One backward: our gradients against the built-in hook's, to float32

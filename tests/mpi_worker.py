@@ -1,6 +1,8 @@
-"""Run by tests/test_mpi.py under `mpiexec -n N`: the allreduce checks over the
-real MPI transport, on torch tensors and numpy arrays, plus the mismatch errors.
-Exits non-zero on any failure; prints one line per rank on success."""
+"""Run by tests/test_mpi.py under `mpiexec -n N [--device cuda]`: the allreduce
+checks over the real MPI transport, on torch tensors and numpy arrays (with
+--device cuda: CUDA tensors, all ranks sharing GPU 0 over the staged MPI
+transport), plus the mismatch errors. Exits non-zero on any failure; prints
+one line per rank on success."""
 
 import os
 import sys
@@ -20,14 +22,14 @@ from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_in
 world = MPI.COMM_WORLD
 
 
-def as_buffer(tensor: torch.Tensor, use_numpy: bool):
-    """numpy has no bfloat16: those cases stay torch tensors."""
-    if use_numpy and tensor.dtype != torch.bfloat16:
+def as_buffer(tensor: torch.Tensor, use_numpy: bool, device: str):
+    """numpy has no bfloat16 (and lives on the host): those cases stay torch tensors."""
+    if use_numpy and tensor.dtype != torch.bfloat16 and device == "cpu":
         return tensor.numpy().copy()
-    return tensor.clone()
+    return tensor.clone().to(device)
 
 
-def check_all_algorithms(comm: pyallreduce.Communicator, counts) -> int:
+def check_all_algorithms(comm: pyallreduce.Communicator, counts, device: str = "cpu") -> int:
     checks = 0
     digests = []
     for dtype in DTYPES:
@@ -35,14 +37,14 @@ def check_all_algorithms(comm: pyallreduce.Communicator, counts) -> int:
             for count_index, count in enumerate(counts):
                 inputs = rank_inputs(comm.size, dtype, op, count)
                 for index, algorithm in enumerate(ALGORITHMS):
-                    x = as_buffer(inputs[comm.rank], use_numpy=index % 2 == 1)
+                    x = as_buffer(inputs[comm.rank], use_numpy=index % 2 == 1, device=device)
                     if count_index % 2 == 1:  # out of place, on alternate counts
-                        out = as_buffer(torch.zeros_like(inputs[comm.rank]), use_numpy=index % 2 == 1)
+                        out = as_buffer(torch.zeros_like(inputs[comm.rank]), use_numpy=index % 2 == 1, device=device)
                         result = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
-                        assert result_bytes(torch.as_tensor(x)) == result_bytes(inputs[comm.rank]), "input written"
+                        assert result_bytes(torch.as_tensor(x).cpu()) == result_bytes(inputs[comm.rank]), "input written"
                     else:
                         result = comm.allreduce(x, op=op, algorithm=algorithm)
-                    result = torch.from_numpy(result) if isinstance(result, np.ndarray) else result
+                    result = torch.from_numpy(result) if isinstance(result, np.ndarray) else result.cpu()
                     check_result(result, inputs, op)
                     digests.append(zlib.crc32(result_bytes(result)))
                     checks += 1
@@ -77,6 +79,12 @@ def check_mismatches(comm: pyallreduce.Communicator) -> int:
 
 
 def main() -> None:
+    if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cuda":
+        with pyallreduce.init(ring_segment_bytes=4096, cuda_transport="mpi") as comm:
+            checks = check_all_algorithms(comm, counts_for(comm.size), device="cuda")
+            checks += check_all_algorithms(comm, [(3 << 20) + 1], device="cuda")  # several staging pieces
+        print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
+        return
     comm = pyallreduce.init(ring_segment_bytes=4096)
     checks = check_all_algorithms(comm, counts_for(comm.size))
     checks += check_mismatches(comm)

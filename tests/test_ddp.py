@@ -7,17 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from test_mpi import mpiexec
+from test_mpi import has_gpu, mpiexec
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.mark.parametrize("ranks", [2, 3, 4])
-def test_ddp_hook_matches_the_builtin_hook(ranks):
+@pytest.mark.parametrize(
+    "ranks, device",
+    [(n, "cpu") for n in (2, 3, 4)]
+    + [pytest.param(n, "cuda", marks=pytest.mark.skipif(not has_gpu(), reason="needs a GPU")) for n in (2, 3)],
+)
+def test_ddp_hook_matches_the_builtin_hook(ranks, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("PYALLREDUCE_ALGO", None)
     result = subprocess.run(
-        [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER)], capture_output=True, text=True, timeout=600, env=env
+        [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), "--device", device],
+        capture_output=True, text=True, timeout=600, env=env,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -2,6 +2,7 @@
 transport, against a float64 reference, with bitwise identity across ranks."""
 
 import array
+import contextlib
 
 import numpy as np
 import pytest
@@ -18,27 +19,31 @@ WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16]
 SEGMENT_BYTES = 512
 
 
-def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False):
+def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False, device="cpu", cuda_transport=None):
     """Runs each (algorithm, op, inputs, out_of_place) case on every rank of one
-    in-process world (grouped: with NCCL's group semantics); checks each
-    against the reference and bitwise identity, and that an out-of-place call
-    leaves its input alone."""
+    in-process world (grouped: with NCCL's group semantics; device "cuda":
+    on CUDA tensors, each rank on a stream of its own); checks each against
+    the reference and bitwise identity, and that an out-of-place call leaves
+    its input alone."""
 
     def each_rank(comm):
-        results = []
-        for algorithm, op, inputs, out_of_place in cases:
-            x = inputs[comm.rank].clone()
-            if out_of_place:
-                out = torch.full_like(x, 7)  # stale contents must not leak into the result
-                assert comm.allreduce(x, op=op, algorithm=algorithm, out=out) is out
-                assert result_bytes(x) == result_bytes(inputs[comm.rank]), f"{algorithm} wrote to its input"
-                results.append(out)
-            else:
-                assert comm.allreduce(x, op=op, algorithm=algorithm) is x
-                results.append(x)
-        return results
+        stream = torch.cuda.Stream() if device == "cuda" else None
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            results = []
+            for algorithm, op, inputs, out_of_place in cases:
+                x = inputs[comm.rank].clone().to(device)
+                if out_of_place:
+                    out = torch.full_like(x, 7)  # stale contents must not leak into the result
+                    assert comm.allreduce(x, op=op, algorithm=algorithm, out=out) is out
+                    assert result_bytes(x.cpu()) == result_bytes(inputs[comm.rank]), f"{algorithm} wrote to its input"
+                    results.append(out)
+                else:
+                    assert comm.allreduce(x, op=op, algorithm=algorithm) is x
+                    results.append(x)
+            return [result.cpu() for result in results]
 
-    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes, grouped=grouped, timeout=60)
+    per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes, grouped=grouped,
+                           cuda_transport=cuda_transport, timeout=60)
     for index, (algorithm, op, inputs, _) in enumerate(cases):
         rank0 = per_rank[0][index]
         try:

@@ -20,12 +20,24 @@ def mpiexec() -> str:
     return found
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 3, 4, 5, 7, 8])
-def test_under_mpiexec(ranks):
+def has_gpu() -> bool:
+    import importlib.util
+
+    import torch
+
+    return importlib.util.find_spec("pyallreduce._cuda") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "ranks, device",
+    [(n, "cpu") for n in (1, 2, 3, 4, 5, 7, 8)]
+    + [pytest.param(n, "cuda", marks=pytest.mark.skipif(not has_gpu(), reason="needs a GPU")) for n in (1, 2, 3, 4)],
+)
+def test_under_mpiexec(ranks, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("PYALLREDUCE_ALGO", None)
     result = subprocess.run(
-        [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER)],
+        [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), "--device", device],
         capture_output=True, text=True, timeout=600, env=env,
     )
     output = result.stdout + result.stderr

@@ -1,5 +1,7 @@
-// The module pyallreduce._cuda, built only where nvcc is found: the fused CUDA
-// LARS step on torch CUDA tensors (read through their Python attributes, so the
+// The module pyallreduce._cuda, built only where nvcc is found: the CUDA
+// backend of pyallreduce._C's communicators (registered with _C on import:
+// NCCL and staged-MPI transports, reduction kernels), and the fused CUDA LARS
+// step on torch CUDA tensors (read through their Python attributes, so the
 // module does not link libtorch), enqueued on the stream the caller names.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -9,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "lars.cuh"
+#include "nccl_library.h"
+#include "reduction_kernels.cuh"
 
 namespace py = pybind11;
 using namespace pyallreduce::cuda;
@@ -29,6 +34,14 @@ DeviceTensor read_cuda_tensor(py::handle tensor, const std::string& role) {
   if (!tensor.attr("is_contiguous")().cast<bool>()) throw py::value_error(role + " is not contiguous");
   return {reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>()),
           tensor.attr("numel")().cast<size_t>(), py::str(tensor.attr("dtype")).cast<std::string>()};
+}
+
+pyallreduce::DType reduction_dtype_of(const std::string& dtype) {
+  using pyallreduce::DType;
+  for (DType d : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16, DType::kInt32, DType::kInt64}) {
+    if (dtype == std::string("torch.") + pyallreduce::dtype_name(d)) return d;
+  }
+  throw py::value_error("dtype " + dtype + " has no reduction kernel");
 }
 
 GradType grad_type_of(const std::string& dtype, const std::string& role) {
@@ -74,7 +87,44 @@ std::vector<LarsTensor> read_tensors(const py::list& params, const py::list& gra
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "pyallreduce's CUDA kernels: the fused LARS step.";
+  m.doc() = "pyallreduce's CUDA backend (NCCL and staged-MPI transports, reduction kernels) and fused LARS step.";
+  set_nccl_candidates(
+      py::module_::import("pyallreduce._build_info").attr("nccl_library_candidates")().cast<std::vector<std::string>>());
+  py::module_::import("pyallreduce._C")
+      .attr("_register_device_backend")(py::capsule(&cuda_backend(), "pyallreduce.DeviceBackend"));
+  m.def(
+      "nccl_library",
+      []() -> py::object {
+        std::string why;
+        const NcclLibrary* nccl = nccl_library(&why);
+        if (nccl == nullptr) return py::none();
+        return py::make_tuple(nccl->path, nccl->version);
+      },
+      "(path, version code) of the libnccl.so.2 this process loaded for pyallreduce, or None.");
+  m.def(
+      "combine",
+      [](py::handle left, py::handle right, py::handle out, const std::string& op, uintptr_t stream) {
+        const DeviceTensor l = read_cuda_tensor(left, "left"), r = read_cuda_tensor(right, "right");
+        const DeviceTensor o = read_cuda_tensor(out, "out");
+        if (l.dtype != o.dtype || r.dtype != o.dtype || l.count != o.count || r.count != o.count) {
+          throw py::value_error("left, right and out must have one dtype and one size");
+        }
+        pyallreduce::ReduceOp code = pyallreduce::ReduceOp::kSum;
+        bool known = false;
+        for (auto candidate : {pyallreduce::ReduceOp::kSum, pyallreduce::ReduceOp::kAvg, pyallreduce::ReduceOp::kMin,
+                               pyallreduce::ReduceOp::kMax, pyallreduce::ReduceOp::kProd}) {
+          if (op == pyallreduce::op_name(candidate)) {
+            code = candidate;
+            known = true;
+          }
+        }
+        if (!known) throw py::value_error("unknown op '" + op + "'");
+        launch_combine(reduction_dtype_of(o.dtype), code, l.data, r.data, o.data, o.count,
+                       reinterpret_cast<cudaStream_t>(stream));
+      },
+      py::arg("left"), py::arg("right"), py::arg("out"), py::arg("op"), py::arg("stream"),
+      "Enqueue out = left (op) right on `stream` with the kernel the algorithms' reduce steps use\n"
+      "(for benchmarks; avg combines as sum). Contiguous CUDA tensors of one dtype and size.");
   m.def(
       "lars_workspace_elements",
       [](const std::vector<size_t>& counts) {

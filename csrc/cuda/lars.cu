@@ -2,9 +2,9 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <stdexcept>
 #include <string>
 
+#include "check.h"
 #include "lars.cuh"
 
 namespace pyallreduce::cuda {
@@ -14,10 +14,6 @@ namespace {
 constexpr int kThreads = 256;
 constexpr size_t kChunkElements = size_t{1} << 16;  // elements per block
 constexpr int kTensorsPerLaunch = 48;               // keeps the kernel parameters under 4 KiB
-
-void check(cudaError_t rc, const char* what) {
-  if (rc != cudaSuccess) throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(rc));
-}
 
 size_t blocks_for(size_t count) { return (count + kChunkElements - 1) / kChunkElements; }
 
@@ -152,9 +148,9 @@ void launch_all(const std::vector<LarsTensor>& tensors, const LarsHyperparameter
     const int blocks = launch.first_block[launch.tensors];
     if (blocks == 0) continue;
     chunk_norms<G><<<blocks, kThreads, 0, stream>>>(launch, workspace);
-    check(cudaGetLastError(), "launching the LARS norm kernel");
+    check_cuda(cudaGetLastError(), "launching the LARS norm kernel");
     chunk_updates<G><<<blocks, kThreads, 0, stream>>>(launch, workspace, hyper);
-    check(cudaGetLastError(), "launching the LARS update kernel");
+    check_cuda(cudaGetLastError(), "launching the LARS update kernel");
     workspace += 2 * static_cast<size_t>(blocks);
   }
 }

@@ -32,7 +32,7 @@ using pyallreduce::LarsHyperparameters;
 size_t lars_workspace_elements(const std::vector<LarsTensor>& tensors);
 
 // Enqueues the step on `stream`; `workspace` holds lars_workspace_elements
-// doubles on the device. Throws std::runtime_error on a CUDA error.
+// doubles on the device. Throws TransportError (a std::runtime_error) on a CUDA error.
 void lars_step(const std::vector<LarsTensor>& tensors, GradType grad_type, const LarsHyperparameters& hyper,
                double* workspace, cudaStream_t stream);
 

@@ -38,9 +38,12 @@ class DeviceContext {
   virtual ~DeviceContext() = default;
   virtual int device() const = 0;
   virtual DeviceTransportKind kind() const = 0;
-  // Orders everything from now on on `stream`, after all that this context
-  // enqueued on its previous stream.
-  virtual void use_stream(uintptr_t stream) = 0;
+  // Starts a call ordered on `stream`: after everything the previous call
+  // enqueued, on whatever stream that was.
+  virtual void begin_call(uintptr_t stream) = 0;
+  // Ends the call begun last (also when it failed): marks where its work ends
+  // on its stream, which may be destroyed before the next call.
+  virtual void end_call() noexcept = 0;
   virtual Transport& transport() = 0;
   virtual MemorySpace& workspace() = 0;  // the algorithms' scratch
   virtual MemorySpace& fusion() = 0;     // allreduce_coalesced's packed buckets

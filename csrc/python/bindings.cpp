@@ -130,6 +130,21 @@ py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::ha
   return tensors;
 }
 
+// Communicator.loopback: `x`'s bytes into `out` through this rank's transport.
+void loopback(Communicator& comm, py::handle x, py::handle out, py::handle stream) {
+  try {
+    const PythonBuffer source(x, "x");
+    const PythonBuffer target(out, "out");
+    check_output(source, target);
+    const Placement placement = placement_of(source, stream);
+    py::gil_scoped_release release;
+    comm.loopback(source.data(), target.data(), source.bytes(), placement);
+  } catch (const Rejection& rejection) {
+    PyErr_SetString(rejection.exception_type, rejection.message.c_str());
+    throw py::error_already_set();
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -236,6 +251,9 @@ PYBIND11_MODULE(_C, m) {
            py::arg("bucket_bytes"), py::arg("stream") = py::none(),
            "Reduce every tensor of the list in place, packed into buckets of at most `bucket_bytes`; returns "
            "the list. See pyallreduce.Communicator.allreduce_coalesced.")
+      .def("loopback", &loopback, py::arg("x"), py::arg("out"), py::arg("stream") = py::none(),
+           "Send x's bytes to this rank itself into out over the transport x would use (see\n"
+           "pyallreduce.testing.loopback).")
       .def("allreduce", &allreduce, py::arg("x"), py::arg("op"), py::arg("algorithm"), py::arg("out"),
            py::arg("stream") = py::none(),
            "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "

@@ -246,9 +246,15 @@ void PythonBuffer::read_cuda_array_interface(py::handle obj, const char* role) {
   const py::tuple data = interface["data"];
   data_ = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
   writable_ = !data[1].cast<bool>();
-  device_ = count_ == 0 ? 0 : backend.device_of(data_);
   if (py::hasattr(obj, "device") && py::hasattr(obj.attr("device"), "id")) {
-    device_ = obj.attr("device").attr("id").cast<int>();  // cupy names it even for empty arrays
+    device_ = obj.attr("device").attr("id").cast<int>();  // cupy names it, even for empty arrays
+    return;
+  }
+  try {
+    device_ = backend.device_of(data_);
+  } catch (const std::exception& e) {
+    reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " has a __cuda_array_interface__ whose pointer " +
+                                                            "is not usable device memory: " + e.what());
   }
 }
 

@@ -53,4 +53,12 @@ void wait_all(std::vector<RequestPtr>& requests);
 void exchange(Transport& transport, int peer, const void* send_data, size_t send_bytes,
               void* recv_data, size_t recv_bytes);
 
+// Collective setup helpers over a host transport (for one-time work such as
+// creating a device transport, not for the data path).
+// The lowest rank whose `ok` is false, or -1 when every rank's is true; the
+// same answer on every rank, gathered at rank 0 and sent back.
+int first_failing_rank(Transport& transport, bool ok);
+// Copies rank 0's `bytes` at `data` to every other rank's `data`.
+void broadcast_from_rank0(Transport& transport, void* data, size_t bytes);
+
 }  // namespace pyallreduce

@@ -50,16 +50,22 @@ def sweep(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
     return sizes
 
 
-def time_iterations(world: MPI.Comm, call, iterations: int, warmup: int, prepare=None) -> np.ndarray:
+def time_iterations(world: MPI.Comm, call, iterations: int, warmup: int, prepare=None, sync=None) -> np.ndarray:
     """Per iteration, the slowest rank's time for call() in microseconds.
-    prepare() (untimed) runs before each call: the in-place runs restore their input."""
+    prepare() (untimed) runs before each call: the in-place runs restore their
+    input. sync() (GPU runs: torch.cuda.synchronize) ends each call's time
+    once the device is done, and runs before the barrier that starts the next."""
     samples = np.empty(iterations)
     for i in range(warmup + iterations):
         if prepare is not None:
             prepare()
+        if sync is not None:
+            sync()
         world.Barrier()
         start = time.perf_counter()
         call()
+        if sync is not None:
+            sync()
         if i >= warmup:
             samples[i - warmup] = (time.perf_counter() - start) * 1e6
     world.Allreduce(MPI.IN_PLACE, samples, op=MPI.MAX)
@@ -77,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-c", "--check", type=int, default=1, help="iterations checked against the reference (default 1)")
     parser.add_argument("-d", "--datatype", default="float32", choices=DTYPES)
     parser.add_argument("-o", "--op", default="sum", choices=OPS)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the buffers live (cuda: one GPU per rank, from LOCAL_RANK or the launcher's "
+                             "local rank; ranks may share one over PYALLREDUCE_CUDA_TRANSPORT=mpi)")
     parser.add_argument("--impl", default=",".join(implementations.ALL),
                         help=f"comma-separated, from {', '.join(implementations.ALL)} (default: all)")
     parser.add_argument("-R", "--runs", type=int, default=1, help="repeat the sweep, interleaved (default 1)")
@@ -89,6 +98,14 @@ def parse_args() -> argparse.Namespace:
     if not 0 < args.minbytes <= args.maxbytes:
         parser.error("need 0 < -b <= -e")
     return args
+
+
+def _device_name(device: str) -> str:
+    if device != "cuda":
+        return "cpu"
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
 
 
 def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibration) -> dict:
@@ -110,6 +127,7 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
         "mpi": info["mpi_library_version"].splitlines()[0],
         "mpi4py": info["mpi4py_version"],
         "torch": torch_version,
+        "device": _device_name(args.device),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "calibration": cal.as_dict(),
@@ -119,15 +137,20 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
 
 def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Measurement]:
     """Times and checks one implementation at one size, both placements."""
-    p, nbytes = world.size, buffers.array("send").nbytes
     send, recv = buffers.array("send"), buffers.array("recv")
+    p, nbytes = world.size, len(send) * send.itemsize
     restore = (lambda: np.copyto(recv, send)) if isinstance(recv, np.ndarray) else (lambda: recv.copy_(send))
+    sync = None
+    if args.device == "cuda":
+        import torch
+
+        sync = torch.cuda.synchronize
     measurements = []
     for placement, call, prepare in (
         ("out", lambda: impl.out_of_place(buffers, args.op), None),
         ("in", lambda: impl.in_place(buffers, args.op), restore),
     ):
-        samples = time_iterations(world, call, args.iters, args.warmup_iters, prepare)
+        samples = time_iterations(world, call, args.iters, args.warmup_iters, prepare, sync)
         wrong = 0
         for _ in range(args.check):
             if prepare is not None:
@@ -153,6 +176,10 @@ def main() -> None:
     world = MPI.COMM_WORLD
     rank0 = world.rank == 0
     say = print if rank0 else (lambda *a, **k: None)
+    if args.device == "cuda":
+        from ..cuda import set_local_device
+
+        set_local_device()
     comm = init()
     itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
     sizes = [s for s in sweep(args.minbytes, args.maxbytes, args.stepfactor) if s >= itemsize]
@@ -163,11 +190,13 @@ def main() -> None:
     def predict_us(algorithm, nbytes: int) -> float:
         return model.predict(algorithm, nbytes, world.size, comm.ring_segment_bytes) * 1e6
 
-    impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world)
+    impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world, args.device)
     results = report.Results(header(args, world, cal))
     h = results.header
     say(f"# pyallreduce {h['pyallreduce']} bench: {world.size} ranks on {h['host']} ({h['machine']}), {h['date']}")
     say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
+    if args.device == "cuda":
+        say(f"# buffers on {h['device']}; pyallreduce's CUDA transport: {comm.cuda_transport or 'not loaded yet'}")
     rendezvous = (
         f"rendezvous +{cal.rendezvous_s * 1e6:.2f} us from {cal.rendezvous_bytes} B"
         if cal.rendezvous_s
@@ -192,7 +221,7 @@ def main() -> None:
                     unit="run", leave=False, dynamic_ncols=True)
     say(report.table_header())
     for nbytes in sizes:
-        buffers = implementations.Buffers(nbytes // itemsize, args.datatype)
+        buffers = implementations.Buffers(nbytes // itemsize, args.datatype, args.device)
         data.fill(buffers.array("send"), world.rank, args.op)
         for run in range(args.runs):
             for impl in runnable:

@@ -25,11 +25,12 @@ def rank_values(rank: int, op: str, start: int, stop: int) -> np.ndarray:
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    """A numpy view (bfloat16 tensors: a float32 copy)."""
+    """A numpy view (bfloat16 and CUDA tensors: a float32 or host copy)."""
     if isinstance(x, np.ndarray):
         return x
     import torch
 
+    x = x.cpu()
     return x.to(torch.float32).numpy() if x.dtype == torch.bfloat16 else x.numpy()
 
 
@@ -43,7 +44,7 @@ def fill(x: Any, rank: int, op: str) -> None:
         else:
             import torch
 
-            x[start:stop] = torch.from_numpy(block)
+            x[start:stop] = torch.from_numpy(block).to(x.device)
 
 
 def count_wrong(result: Any, op: str, dtype: str, world_size: int) -> int:

@@ -1,9 +1,11 @@
 """The allreduce implementations the benchmark runs side by side: pyallreduce's
 algorithms and their peers (the MPI library's own MPI_Allreduce, torch's gloo
-all_reduce, and a plain ring written with mpi4py as the naive baseline).
+all_reduce, and a plain ring written with mpi4py as the naive baseline; on
+GPUs, torch's NCCL all_reduce).
 
 Each takes the same buffers (numpy arrays, with torch tensors viewing the
-same memory) and reduces out of place (send -> recv) or in place.
+same memory; on a GPU, CUDA tensors) and reduces out of place (send -> recv)
+or in place.
 """
 
 from __future__ import annotations
@@ -18,22 +20,28 @@ from .. import _C
 from .._communicator import Communicator
 
 OURS = ("ring", "halving_doubling", "recursive_doubling", "auto")
-PEERS = ("mpi", "gloo", "naive_ring")
+PEERS = ("mpi", "gloo", "naive_ring", "nccl")
 ALL = OURS + PEERS
 
 
 class Buffers:
     """One message's send and receive buffers, as numpy arrays (None for
-    bfloat16, which numpy lacks) and as torch tensors over the same memory
-    (None without torch)."""
+    bfloat16, which numpy lacks, and on a GPU) and as torch tensors over the
+    same memory (None without torch); with device "cuda", CUDA tensors on the
+    current device."""
 
-    def __init__(self, count: int, dtype: str):
+    def __init__(self, count: int, dtype: str, device: str = "cpu"):
         self.dtype = dtype
+        self.device = device
         try:
             import torch
         except ImportError:
             torch = None
-        if dtype == "bfloat16":
+        if device == "cuda":
+            self.send_torch = torch.empty(count, dtype=getattr(torch, dtype), device="cuda")
+            self.recv_torch = torch.empty_like(self.send_torch)
+            self.send = self.recv = None
+        elif dtype == "bfloat16":
             if torch is None:
                 raise SystemExit("--datatype bfloat16 needs torch (numpy has no bfloat16)")
             self.send_torch = torch.empty(count, dtype=torch.bfloat16)
@@ -55,6 +63,7 @@ class Buffers:
 
 class Implementation(ABC):
     name: str
+    devices: tuple[str, ...] = ("cpu",)  # where its buffers may live
 
     def unsupported(self, dtype: str, op: str) -> str | None:
         """Why this implementation cannot run dtype/op, or None if it can."""
@@ -77,6 +86,8 @@ class Implementation(ABC):
 
 
 class Ours(Implementation):
+    devices = ("cpu", "cuda")
+
     def __init__(self, comm: Communicator, algorithm: str):
         self.name = algorithm
         self.comm = comm
@@ -148,6 +159,36 @@ class GlooAllreduce(Implementation):
         self.dist.destroy_process_group()
 
 
+class NcclAllreduce(Implementation):
+    """torch.distributed all_reduce over NCCL (a group beside the gloo one),
+    one GPU per rank. Out of place copies, then reduces, as GlooAllreduce."""
+
+    name = "nccl"
+    devices = ("cuda",)
+
+    def __init__(self, world: MPI.Comm):
+        import torch.distributed as dist
+
+        from ..distributed import init_process_group
+
+        self.dist = dist
+        if not dist.is_initialized():
+            init_process_group("gloo", mpi_comm=world)
+        self.group = dist.new_group(backend="nccl")
+        self.ops = {"sum": dist.ReduceOp.SUM, "avg": dist.ReduceOp.AVG, "prod": dist.ReduceOp.PRODUCT,
+                    "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+    def out_of_place(self, buffers: Buffers, op: str) -> None:
+        buffers.recv_torch.copy_(buffers.send_torch)
+        self.dist.all_reduce(buffers.recv_torch, op=self.ops[op], group=self.group)
+
+    def in_place(self, buffers: Buffers, op: str) -> None:
+        self.dist.all_reduce(buffers.recv_torch, op=self.ops[op], group=self.group)
+
+    def close(self) -> None:
+        self.dist.destroy_process_group(self.group)
+
+
 _NUMPY_OPS = {"sum": np.add, "prod": np.multiply, "min": np.minimum, "max": np.maximum}
 
 
@@ -198,21 +239,24 @@ class NaiveRing(Implementation):
             self.world.Sendrecv(chunk[(r + 1 - s) % p], dest=right, recvbuf=chunk[(r - s) % p], source=left)
 
 
-def make(names: list[str], comm: Communicator, world: MPI.Comm) -> tuple[list[Implementation], list[str]]:
-    """The implementations named, in order, and notes on any that cannot run here."""
+_PEER_CLASSES = {"mpi": MpiAllreduce, "naive_ring": NaiveRing, "gloo": GlooAllreduce, "nccl": NcclAllreduce}
+
+
+def make(
+    names: list[str], comm: Communicator, world: MPI.Comm, device: str = "cpu"
+) -> tuple[list[Implementation], list[str]]:
+    """The implementations named, in order, that run on `device`, and notes
+    on those that cannot run here."""
     made, notes = [], []
     for name in names:
-        if name in OURS:
-            made.append(Ours(comm, name))
-        elif name == "mpi":
-            made.append(MpiAllreduce(world))
-        elif name == "naive_ring":
-            made.append(NaiveRing(world))
-        elif name == "gloo":
-            try:
-                made.append(GlooAllreduce(world))
-            except ImportError as exc:
-                notes.append(f"gloo skipped: {exc}")
-        else:
+        if name not in ALL:
             raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join(ALL)}")
+        kind = Ours if name in OURS else _PEER_CLASSES[name]
+        if device not in kind.devices:
+            notes.append(f"{name} skipped: it does not run on {device} buffers here")
+            continue
+        try:
+            made.append(Ours(comm, name) if name in OURS else kind(world))
+        except (ImportError, RuntimeError) as exc:
+            notes.append(f"{name} skipped: {exc}")
     return made, notes
