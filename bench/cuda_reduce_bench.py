@@ -78,8 +78,6 @@ def main() -> None:
             print(f"  {dtype:>8} {nbytes:>12} {copy:>10.0f} {ours:>9.0f} "
                   f"{row['out_ratio']:>6.2f} [{min(out_ratios):.2f}-{max(out_ratios):.2f}] {inplace:>12.0f} "
                   f"{row['inplace_ratio']:>6.2f} [{min(inplace_ratios):.2f}-{max(inplace_ratios):.2f}]", flush=True)
-            del left, right, out
-            torch.cuda.empty_cache()
     worst = min(min(r["out_ratio"], r["inplace_ratio"]) for r in rows)
     print(f"# lowest share of the copy rate: {worst:.2f} (target >= 0.80: {'met' if worst >= 0.8 else 'MISSED'})")
     if args.json:

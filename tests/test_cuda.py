@@ -15,8 +15,8 @@ import torch
 
 import pyallreduce
 from pyallreduce.testing import loopback, spawn_local
-from reference import ALGORITHMS, DTYPES, OPS, counts_for, rank_inputs
-from test_local_allreduce import run_cases
+from reference import ALGORITHMS, rank_inputs
+from test_local_allreduce import every_case, run_cases
 
 CUDA_BUILT = importlib.util.find_spec("pyallreduce._cuda") is not None
 needs_cuda_module = pytest.mark.skipif(not CUDA_BUILT, reason="pyallreduce was built without nvcc")
@@ -72,13 +72,7 @@ def test_a_bad_device_buffer_on_one_rank_raises_on_every_rank():
 def test_every_algorithm_op_and_dtype_on_cuda_tensors(world_size):
     """Ranks are threads sharing the GPU, each on its own stream; buffers
     travel staged through pinned memory over the in-process transport."""
-    cases = []
-    for dtype in DTYPES:
-        for op in OPS:
-            for index, count in enumerate(counts_for(world_size)):
-                inputs = rank_inputs(world_size, dtype, op, count)
-                cases += [(algorithm, op, inputs, index % 2 == 1) for algorithm in ALGORITHMS]
-    run_cases(world_size, cases, ring_segment_bytes=4096, device="cuda", cuda_transport="mpi")
+    run_cases(world_size, every_case(world_size), ring_segment_bytes=4096, device="cuda", cuda_transport="mpi")
 
 
 @needs_gpu

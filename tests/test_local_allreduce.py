@@ -56,17 +56,21 @@ def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False
             )
 
 
-@pytest.mark.parametrize("world_size", WORLD_SIZES)
-def test_every_algorithm_op_dtype_and_count(world_size):
+def every_case(world_size):
+    """Every algorithm x op x dtype x count of counts_for(world_size), in place
+    and out of place on alternate counts, as cases for run_cases."""
     cases = []
     for dtype in DTYPES:
         for op in OPS:
-            # Every algorithm x op x dtype runs both in place and out of place,
-            # on alternate counts.
             for index, count in enumerate(counts_for(world_size)):
                 inputs = rank_inputs(world_size, dtype, op, count)
                 cases += [(algorithm, op, inputs, index % 2 == 1) for algorithm in ALGORITHMS]
-    run_cases(world_size, cases)
+    return cases
+
+
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+def test_every_algorithm_op_dtype_and_count(world_size):
+    run_cases(world_size, every_case(world_size))
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4, 5, 7, 9])

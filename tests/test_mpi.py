@@ -20,6 +20,18 @@ def mpiexec() -> str:
     return found
 
 
+def launch(worker: Path, ranks: int, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Runs `mpiexec -n ranks python worker args...` (one thread per rank,
+    PYALLREDUCE_ALGO unset); returns the process and its stdout + stderr."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("PYALLREDUCE_ALGO", None)
+    result = subprocess.run(
+        [mpiexec(), "-n", str(ranks), sys.executable, str(worker), *args],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    return result, result.stdout + result.stderr
+
+
 def has_gpu() -> bool:
     import importlib.util
 
@@ -34,13 +46,7 @@ def has_gpu() -> bool:
     + [pytest.param(n, "cuda", marks=pytest.mark.skipif(not has_gpu(), reason="needs a GPU")) for n in (1, 2, 3, 4)],
 )
 def test_under_mpiexec(ranks, device):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    env.pop("PYALLREDUCE_ALGO", None)
-    result = subprocess.run(
-        [mpiexec(), "-n", str(ranks), sys.executable, str(WORKER), "--device", device],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    output = result.stdout + result.stderr
+    result, output = launch(WORKER, ranks, "--device", device)
     assert result.returncode == 0, output[-6000:]
     # Ranks print concurrently, so their lines may interleave: match, don't split.
     passed = re.findall(r"mpi worker rank (\d+)/\d+: \d+ checks passed", result.stdout)
