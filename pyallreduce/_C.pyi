@@ -77,6 +77,10 @@ class Communicator:
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
 
+def caller_stream(x: object) -> int | None:
+    """The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:
+    torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names
+    (legacy default, 0, when it names none). None for host buffers."""
 def _register_device_backend(backend: object) -> None:
     """Called by pyallreduce._cuda when imported: the backend for CUDA buffers."""
 def mpi_library_version() -> str: ...

@@ -126,7 +126,7 @@ class Communicator:
         """
         # Arguments are read and checked in C++ (csrc/python/buffers.cpp): the
         # whole call costs about what MPI_Allreduce does at small sizes.
-        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out, caller_stream(x))
+        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out)
 
     def allreduce_async(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Future:
         """:meth:`allreduce` on the communicator's progress thread.
@@ -135,9 +135,10 @@ class Communicator:
         what :meth:`allreduce` returns, or whose exception is what it raises.
         Calls (synchronous or not) run in the order they are made; ``x`` and
         ``out`` must stay untouched until the future is done. A CUDA buffer is
-        reduced in the order of the stream that was current here, at the call.
+        reduced in the order of the stream that was current here, at the call
+        (torch's current stream is per thread, and this runs on another).
         """
-        stream = caller_stream(x)
+        stream = _C.caller_stream(x)
         return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream))
 
     def allreduce_coalesced(
@@ -160,15 +161,14 @@ class Communicator:
             TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
         """
         tensors = list(tensors)
-        stream = caller_stream(tensors[0]) if tensors else None
-        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes, stream)
+        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
 
     def allreduce_coalesced_async(
         self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> Future:
         """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
         tensors = list(tensors)
-        stream = caller_stream(tensors[0]) if tensors else None
+        stream = _C.caller_stream(tensors[0]) if tensors else None
         return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream))
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
@@ -194,25 +194,6 @@ class Communicator:
         if self._core.freed:
             return "<pyallreduce.Communicator (freed)>"
         return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
-
-
-def caller_stream(x: Any) -> int | None:
-    """The CUDA stream (a cudaStream_t as an integer) that a call on ``x`` is
-    ordered on: torch's current stream on the tensor's device, or the stream a
-    ``__cuda_array_interface__`` names (None there means the legacy default
-    stream, 0). None for host buffers. Read on the caller's thread, since
-    torch's current stream is per thread."""
-    is_cuda = getattr(x, "is_cuda", None)
-    if is_cuda is not None:  # a torch tensor
-        if not is_cuda:
-            return None
-        import torch
-
-        return torch.cuda.current_stream(x.device).cuda_stream
-    interface = getattr(x, "__cuda_array_interface__", None)
-    if interface is None:
-        return None
-    return interface.get("stream") or 0
 
 
 def _require_mpi_thread_multiple() -> None:

@@ -11,7 +11,7 @@ import threading
 from typing import Any, Callable, TypeVar
 
 from . import _C
-from ._communicator import Communicator, caller_stream
+from ._communicator import Communicator
 from ._options import communicator_options
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ def loopback(comm: Communicator, x: Any, out: Any) -> Any:
     group on the current stream. It checks that a transport runs where no
     allreduce sends anything (NCCL at world size 1). The first CUDA call of a
     communicator sets up its device context, which is collective."""
-    comm._core.loopback(x, out, caller_stream(x))
+    comm._core.loopback(x, out)
     return out
 
 

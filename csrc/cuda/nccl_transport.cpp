@@ -1,6 +1,5 @@
 #include "nccl_transport.h"
 
-#include <cstring>
 #include <string>
 
 #include "check.h"

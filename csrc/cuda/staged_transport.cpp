@@ -8,15 +8,9 @@
 namespace pyallreduce::cuda {
 namespace {
 
-size_t pieces_of(size_t bytes) {
-  return bytes == 0 ? 1 : (bytes + StagedTransport::kPieceBytes - 1) / StagedTransport::kPieceBytes;
-}
-
-// Piece i of a transfer covers [i * kPieceBytes, min((i + 1) * kPieceBytes, bytes)).
-// Example: 2.5 MiB gives pieces of 1, 1 and 0.5 MiB; an empty transfer one empty piece.
-size_t piece_length(size_t bytes, size_t i) {
-  return std::min(StagedTransport::kPieceBytes, bytes - std::min(bytes, i * StagedTransport::kPieceBytes));
-}
+// A transfer's pieces (see piece_count in transport.h).
+size_t pieces_of(size_t bytes) { return piece_count(bytes, StagedTransport::kPieceBytes); }
+size_t length_of_piece(size_t bytes, size_t i) { return piece_length(bytes, StagedTransport::kPieceBytes, i); }
 
 // A send's pieces, already handed to the host transport.
 class StagedSend final : public Request {
@@ -38,7 +32,7 @@ class StagedReceive final : public Request {
   void wait() override {
     for (size_t i = 0; i < pieces_.size(); ++i) {
       pieces_[i]->wait();
-      const size_t length = piece_length(bytes_, i);
+      const size_t length = length_of_piece(bytes_, i);
       if (length == 0) continue;
       const size_t offset = i * StagedTransport::kPieceBytes;
       check_cuda(cudaMemcpyAsync(target_ + offset, staging_ + offset, length, cudaMemcpyHostToDevice, order_.stream),
@@ -84,7 +78,7 @@ RequestPtr StagedTransport::isend(int peer, const void* data, size_t bytes) {
   char* staging = staging_.allocate(bytes);
   const char* source = static_cast<const char*>(data);
   for (size_t i = 0; i < pieces; ++i) {
-    const size_t length = piece_length(bytes, i);
+    const size_t length = length_of_piece(bytes, i);
     if (length > 0) {
       check_cuda(cudaMemcpyAsync(staging + i * kPieceBytes, source + i * kPieceBytes, length,
                                  cudaMemcpyDeviceToHost, order_.stream),
@@ -95,7 +89,7 @@ RequestPtr StagedTransport::isend(int peer, const void* data, size_t bytes) {
   std::vector<RequestPtr> sends;
   for (size_t i = 0; i < pieces; ++i) {
     check_cuda(cudaEventSynchronize(piece_copied_[i]), "cudaEventSynchronize");
-    sends.push_back(host_.isend(peer, staging + i * kPieceBytes, piece_length(bytes, i)));
+    sends.push_back(host_.isend(peer, staging + i * kPieceBytes, length_of_piece(bytes, i)));
   }
   return std::make_unique<StagedSend>(std::move(sends));
 }
@@ -104,7 +98,7 @@ RequestPtr StagedTransport::irecv(int peer, void* data, size_t bytes) {
   char* staging = staging_.allocate(bytes);
   std::vector<RequestPtr> receives;
   for (size_t i = 0; i < pieces_of(bytes); ++i) {
-    receives.push_back(host_.irecv(peer, staging + i * kPieceBytes, piece_length(bytes, i)));
+    receives.push_back(host_.irecv(peer, staging + i * kPieceBytes, length_of_piece(bytes, i)));
   }
   return std::make_unique<StagedReceive>(std::move(receives), staging, static_cast<char*>(data), bytes, order_,
                                          receives_copied_);

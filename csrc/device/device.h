@@ -21,6 +21,7 @@ enum class DeviceTransportKind : int {
   kNccl = 2,  // ncclSend/ncclRecv in groups, on the caller's stream
 };
 const char* device_transport_name(DeviceTransportKind kind);
+DeviceTransportKind device_transport_from_name(const std::string& name);  // throws InvalidArgument
 
 // Where a call's buffers live.
 struct Placement {

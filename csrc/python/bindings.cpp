@@ -130,6 +130,23 @@ py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::ha
   return tensors;
 }
 
+// A device transport's name, or None.
+py::object name_or_none(const std::optional<DeviceTransportKind>& kind) {
+  return kind ? py::object(py::str(device_transport_name(*kind))) : py::object(py::none());
+}
+
+// pyallreduce's caller_stream: the stream a call on `x` would be ordered on
+// if made on this thread, or None for host memory.
+py::object caller_stream(py::handle x) {
+  try {
+    const PythonBuffer buffer(x, "x");
+    return buffer.device() < 0 ? py::object(py::none()) : py::object(py::int_(buffer.stream()));
+  } catch (const Rejection& rejection) {
+    PyErr_SetString(rejection.exception_type, rejection.message.c_str());
+    throw py::error_already_set();
+  }
+}
+
 // Communicator.loopback: `x`'s bytes into `out` through this rank's transport.
 void loopback(Communicator& comm, py::handle x, py::handle out, py::handle stream) {
   try {
@@ -186,20 +203,10 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
       .def_readwrite("log_selection", &CommunicatorOptions::log_selection)
       .def_property(
-          "device_transport",
-          [](const CommunicatorOptions& o) -> py::object {
-            if (!o.device_transport) return py::none();
-            return py::str(device_transport_name(*o.device_transport));
-          },
+          "device_transport", [](const CommunicatorOptions& o) { return name_or_none(o.device_transport); },
           [](CommunicatorOptions& o, py::handle name) {
-            if (name.is_none()) {
-              o.device_transport.reset();
-              return;
-            }
-            const std::string text = py::str(name);
-            if (text == "nccl") o.device_transport = DeviceTransportKind::kNccl;
-            else if (text == "mpi") o.device_transport = DeviceTransportKind::kMpi;
-            else throw InvalidArgument("device transport must be 'nccl', 'mpi' or None, not '" + text + "'");
+            o.device_transport.reset();
+            if (!name.is_none()) o.device_transport = device_transport_from_name(py::str(name));
           },
           "How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI.");
 
@@ -240,12 +247,7 @@ PYBIND11_MODULE(_C, m) {
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
       .def_property_readonly(
-          "device_transport",
-          [](const Communicator& c) -> py::object {
-            const auto kind = c.device_transport();
-            if (!kind) return py::none();
-            return py::str(device_transport_name(*kind));
-          },
+          "device_transport", [](const Communicator& c) { return name_or_none(c.device_transport()); },
           "The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded.")
       .def("allreduce_coalesced", &allreduce_coalesced, py::arg("tensors"), py::arg("op"), py::arg("algorithm"),
            py::arg("bucket_bytes"), py::arg("stream") = py::none(),
@@ -277,6 +279,10 @@ PYBIND11_MODULE(_C, m) {
         set_device_backend(backend.get_pointer<DeviceBackend>());
       },
       py::arg("backend"), "Called by pyallreduce._cuda when imported: the backend for CUDA buffers.");
+  m.def("caller_stream", &caller_stream, py::arg("x"),
+        "The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:\n"
+        "torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names\n"
+        "(legacy default, 0, when it names none). None for host buffers.");
   m.def("mpi_library_version", &MpiTransport::library_version,
         "The MPI library's version string (callable before MPI is initialized).");
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");

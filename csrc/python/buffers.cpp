@@ -40,23 +40,24 @@ const TorchApi* torch_api() {
   return api;
 }
 
+bool little_endian() {
+  const uint16_t one = 1;
+  unsigned char first;
+  std::memcpy(&first, &one, 1);
+  return first == 1;
+}
+
 // The dtype of a buffer-protocol format string (struct module syntax) with
 // `itemsize`, or false. Integers go by size, since 'l' is 4 or 8 bytes
 // depending on the platform. A byte-order prefix other than native ('@', '=',
 // or the machine's own '<'/'>') is refused.
 bool dtype_from_format(const char* format, size_t itemsize, DType* dtype, bool* native) {
-  const bool little_endian = [] {
-    const uint16_t one = 1;
-    unsigned char first;
-    std::memcpy(&first, &one, 1);
-    return first == 1;
-  }();
   *native = true;
   if (format == nullptr) format = "B";  // the buffer protocol's default: unsigned bytes
   if (*format == '@' || *format == '=') {
     ++format;
   } else if (*format == '<' || *format == '>' || *format == '!') {
-    *native = (*format == '<') == little_endian;
+    *native = (*format == '<') == little_endian();
     ++format;
   }
   if (format[0] == '\0' || format[1] != '\0') return false;  // not a single element type
@@ -101,13 +102,7 @@ DeviceBackend& cuda_backend(const std::string& who) {
 bool dtype_from_typestr(const std::string& typestr, DType* dtype) {
   if (typestr.size() < 3) return false;
   const char order = typestr[0];
-  const bool little_endian = [] {
-    const uint16_t one = 1;
-    unsigned char first;
-    std::memcpy(&first, &one, 1);
-    return first == 1;
-  }();
-  if (order != '|' && order != '=' && order != (little_endian ? '<' : '>')) return false;
+  if (order != '|' && order != '=' && order != (little_endian() ? '<' : '>')) return false;
   const std::string kind = typestr.substr(1);
   if (kind == "f4") *dtype = DType::kFloat32;
   else if (kind == "f8") *dtype = DType::kFloat64;
@@ -164,6 +159,7 @@ void PythonBuffer::read_torch(py::handle tensor, const char* role) {
   if (tensor.attr("is_cuda").cast<bool>()) {
     cuda_backend(who);
     device_ = tensor.attr("get_device")().cast<int>();
+    stream_ = py::module_::import("torch.cuda").attr("current_stream")(device_).attr("cuda_stream").cast<uintptr_t>();
   } else if (!tensor.attr("is_cpu").cast<bool>()) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer,
            who + " is on " + py::str(tensor.attr("device")).cast<std::string>() +
@@ -246,6 +242,9 @@ void PythonBuffer::read_cuda_array_interface(py::handle obj, const char* role) {
   const py::tuple data = interface["data"];
   data_ = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
   writable_ = !data[1].cast<bool>();
+  if (interface.contains("stream") && !interface["stream"].is_none()) {
+    stream_ = interface["stream"].cast<uintptr_t>();
+  }
   if (py::hasattr(obj, "device") && py::hasattr(obj.attr("device"), "id")) {
     device_ = obj.attr("device").attr("id").cast<int>();  // cupy names it, even for empty arrays
     return;
@@ -265,7 +264,7 @@ Placement placement_of(const PythonBuffer& buffer, py::handle stream) {
     }
     return Placement{};
   }
-  return Placement{buffer.device(), stream.is_none() ? uintptr_t{0} : stream.cast<uintptr_t>()};
+  return Placement{buffer.device(), stream.is_none() ? buffer.stream() : stream.cast<uintptr_t>()};
 }
 
 void check_output(const PythonBuffer& source, const PythonBuffer& out) {

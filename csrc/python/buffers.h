@@ -45,6 +45,10 @@ class PythonBuffer {
   bool writable() const { return writable_; }
   size_t bytes() const { return count_ * element_size(dtype_); }
   int device() const { return device_; }  // CUDA device ordinal, or -1 for host memory
+  // For a device buffer, the CUDA stream current for it on the reading
+  // thread: torch's current stream on its device, or the stream its
+  // __cuda_array_interface__ names (none: the legacy default stream, 0).
+  uintptr_t stream() const { return stream_; }
 
  private:
   void read_torch(pybind11::handle tensor, const char* role);
@@ -56,6 +60,7 @@ class PythonBuffer {
   DType dtype_ = DType::kFloat32;
   bool writable_ = false;
   int device_ = -1;
+  uintptr_t stream_ = 0;
   Py_buffer view_{};
   bool holds_view_ = false;
   pybind11::object keep_alive_;  // the numpy array made from a DLPack object
@@ -66,8 +71,8 @@ class PythonBuffer {
 void check_output(const PythonBuffer& source, const PythonBuffer& out);
 
 // Where a call on `buffer` runs: its device, and for a device buffer the
-// CUDA stream `stream` (None: the legacy default stream). Throws Rejection
-// for a stream given with host buffers.
+// CUDA stream `stream` (a cudaStream_t as an integer; None: buffer.stream()).
+// Throws Rejection for a stream given with host buffers.
 Placement placement_of(const PythonBuffer& buffer, pybind11::handle stream);
 
 // "sum", "avg", ... and "auto", "ring", ...; anything else throws Rejection.

@@ -33,18 +33,15 @@ class MpiRequest : public Request {
   std::vector<MPI_Request> requests_;
 };
 
-// Posts `bytes` as consecutive pieces of at most `max_piece` bytes (one empty
-// piece for an empty transfer). Example: 5 GiB with max_piece = 2^31 - 1 gives
-// pieces at offsets 0, 2^31 - 1 and 2^32 - 2, the last 1 GiB + 2 bytes long.
-// The receiver splits identically, and MPI's in-order matching pairs them up.
+// Posts `bytes` as pieces of at most `max_piece` bytes (see piece_count).
+// Example: 5 GiB with max_piece = 2^31 - 1 gives pieces at offsets 0,
+// 2^31 - 1 and 2^32 - 2, the last 1 GiB + 2 bytes long.
 template <class PostPiece>
 RequestPtr post_in_pieces(size_t bytes, size_t max_piece, PostPiece post_piece) {
-  const size_t pieces = bytes == 0 ? 1 : (bytes + max_piece - 1) / max_piece;
+  const size_t pieces = piece_count(bytes, max_piece);
   auto request = std::make_unique<MpiRequest>(pieces);
   for (size_t i = 0; i < pieces; ++i) {
-    const size_t offset = i * max_piece;
-    const int length = static_cast<int>(std::min(max_piece, bytes - offset));
-    post_piece(offset, length, request->slot(i));
+    post_piece(i * max_piece, static_cast<int>(piece_length(bytes, max_piece, i)), request->slot(i));
   }
   return request;
 }

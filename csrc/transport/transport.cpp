@@ -1,5 +1,7 @@
 #include "transport.h"
 
+#include <algorithm>
+
 namespace pyallreduce {
 
 void wait_all(std::vector<RequestPtr>& requests) {
@@ -13,6 +15,14 @@ void exchange(Transport& transport, int peer, const void* send_data, size_t send
   RequestPtr send = transport.isend(peer, send_data, send_bytes);
   recv->wait();
   send->wait();
+}
+
+size_t piece_count(size_t bytes, size_t max_piece) {
+  return bytes == 0 ? 1 : (bytes + max_piece - 1) / max_piece;
+}
+
+size_t piece_length(size_t bytes, size_t max_piece, size_t i) {
+  return std::min(max_piece, bytes - std::min(bytes, i * max_piece));
 }
 
 int first_failing_rank(Transport& transport, bool ok) {

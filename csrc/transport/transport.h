@@ -53,6 +53,13 @@ void wait_all(std::vector<RequestPtr>& requests);
 void exchange(Transport& transport, int peer, const void* send_data, size_t send_bytes,
               void* recv_data, size_t recv_bytes);
 
+// Cutting a transfer into pieces of at most `max_piece` bytes, which sender
+// and receiver do alike so that in-order matching pairs the pieces up. Piece i
+// starts at i * max_piece; an empty transfer is one empty piece. Example:
+// 2.5 MiB in 1 MiB pieces gives pieces of 1, 1 and 0.5 MiB.
+size_t piece_count(size_t bytes, size_t max_piece);
+size_t piece_length(size_t bytes, size_t max_piece, size_t i);
+
 // Collective setup helpers over a host transport (for one-time work such as
 // creating a device transport, not for the data path).
 // The lowest rank whose `ok` is false, or -1 when every rank's is true; the
