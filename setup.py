@@ -11,8 +11,15 @@ CUDA sources are compiled for sm_80 and sm_90 (plus sm_90 PTX, which newer
 GPUs compile at load time) and linked with the static CUDA runtime, so the
 module needs only the driver. PYALLREDUCE_CUDA=0 skips it; without nvcc it is
 skipped with a note, and everything but the CUDA paths works.
+
+The extension records no absolute library path: the MPI wrapper's -rpath is
+dropped, and libmpi is found because pyallreduce imports mpi4py.MPI (which
+loads it) before _C. So a wheel built in one environment runs in another
+with the same MPI. Each configuration (MPI flags, CUDA or not, Python) builds
+in its own folder under build/, so one never ships another's objects.
 """
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -51,9 +58,24 @@ def mpi_flags(mpicc: str) -> list[str]:
     sys.exit(f"pyallreduce: {mpicc} answered neither -show nor --showme")
 
 
+def without_rpath(flags: list[str]) -> list[str]:
+    """The flags less any run-time search path (`-Wl,-rpath -Wl,DIR`,
+    `-Wl,-rpath,DIR`, `-Wl,--enable-new-dtags`): an absolute path into the
+    building environment breaks the wheel everywhere else."""
+    kept, skip_next = [], False
+    for flag in flags:
+        if skip_next:
+            skip_next = False
+        elif flag == "-Wl,-rpath":
+            skip_next = True
+        elif not (flag.startswith("-Wl,-rpath,") or flag.startswith("-Wl,-R") or flag == "-Wl,--enable-new-dtags"):
+            kept.append(flag)
+    return kept
+
+
 def mpi_build_args(flags: list[str]) -> dict:
     args = {"include_dirs": [], "library_dirs": [], "libraries": [], "extra_compile_args": [], "extra_link_args": []}
-    for flag in flags:
+    for flag in without_rpath(flags):
         if flag.startswith("-I"):
             args["include_dirs"].append(flag[2:])
         elif flag.startswith("-L"):
@@ -113,6 +135,7 @@ def cuda_extension(nvcc: str) -> Pybind11Extension:
         cxx_std=17,
         include_dirs=include_dirs,
         library_dirs=library_dirs,
+        depends=HEADERS,
         libraries=["cudart_static", "dl", "rt", "pthread"],
         extra_compile_args=["-O3", "-Wall", "-Wextra"],
     )
@@ -135,14 +158,18 @@ class BuildExt(build_ext):
         super().build_extension(ext)
 
 
-def extension() -> Pybind11Extension:
+HEADERS = sorted(str(p) for pattern in ("*.h", "*.cuh") for p in Path("csrc").rglob(pattern))
+
+
+def extension(mpi_flags: list[str]) -> Pybind11Extension:
     import mpi4py
 
-    mpi = mpi_build_args(mpi_flags(find_mpicc()))
+    mpi = mpi_build_args(mpi_flags)
     sources = sorted(str(p) for p in Path("csrc").rglob("*.cpp") if CUDA_SOURCES not in p.parents)
     return Pybind11Extension(
         "pyallreduce._C",
         sources,
+        depends=HEADERS,
         cxx_std=17,
         include_dirs=[mpi4py.get_include(), *mpi["include_dirs"]],
         library_dirs=mpi["library_dirs"],
@@ -152,14 +179,25 @@ def extension() -> Pybind11Extension:
     )
 
 
-def extensions() -> list[Pybind11Extension]:
+def build_folder(mpi_flags: list[str], nvcc: str | None) -> str:
+    """build/<configuration>: one folder per MPI, CUDA choice and Python, so
+    that switching MPI or PYALLREDUCE_CUDA never reuses the other's objects
+    or ships its modules."""
+    configuration = "\n".join([*mpi_flags, nvcc or "no cuda", sys.version, sys.platform])
+    return str(Path("build") / hashlib.sha256(configuration.encode()).hexdigest()[:12])
+
+
+def main() -> None:
+    flags = mpi_flags(find_mpicc())
     nvcc = find_nvcc()
+    ext_modules = [extension(flags)]
     if nvcc is None:
         print("pyallreduce: no nvcc found (or PYALLREDUCE_CUDA=0): building without the CUDA kernels")
-        return [extension()]
-    return [extension(), cuda_extension(nvcc)]
+    else:
+        ext_modules.append(cuda_extension(nvcc))
+    ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
+    setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt},
+          options={"build": {"build_base": build_folder(flags, nvcc)}})
 
 
-ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
-
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+main()

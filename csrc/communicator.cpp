@@ -1,7 +1,6 @@
 #include "communicator.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 
 #include "reduce/reduction.h"
@@ -79,10 +78,10 @@ constexpr int kFields = 7;
 constexpr size_t kCarriedPayloadBytes = 1024;
 
 // allreduce_coalesced reduces spans of at least this size in place rather than
-// packing them. Measured on ResNet-50's 161 gradients at 2 ranks here: packing
-// everything into 25 MiB buckets took 31-43 ms, as long as one MPI_Allreduce
-// per tensor (21-23 ms) plus the copies, because the copies move 4x the bytes
-// through memory; reducing the large tensors in place removes most of them.
+// packing them. Packing a tensor costs two copies (in and out), four times its
+// bytes through memory, while fusing saves only per-message latency, which a
+// 1 MiB message has already amortized; on ResNet-50's gradients, packing every
+// tensor was no faster than one MPI_Allreduce per tensor (bench/RESULTS.md).
 constexpr size_t kDirectReduceBytes = 1 << 20;
 
 struct CheckFrame {
@@ -198,10 +197,11 @@ void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm 
   const Algorithm chosen = selector_.choose(requested, count * element_size(dtype), size(), options_.ring_segment_bytes, &reason);
   const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(chosen));
   if (!logged_.insert(key).second) return;
-  std::fprintf(stderr, "pyallreduce INFO rank %d/%d: allreduce of %zu x %s (%s) -> %s%s [%s]\n", rank(),
-               size(), count, dtype_name(dtype), op_name(op), algorithm_name(chosen),
-               carries_payload(chosen, count * element_size(dtype)) ? " inside the argument check" : "",
-               reason.c_str());
+  options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": allreduce of " +
+                         std::to_string(count) + " x " + dtype_name(dtype) + " (" + op_name(op) + ") -> " +
+                         algorithm_name(chosen) +
+                         (carries_payload(chosen, count * element_size(dtype)) ? " inside the argument check" : "") +
+                         " [" + reason + "]");
 }
 
 std::optional<DeviceTransportKind> Communicator::device_transport() const {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -23,7 +24,10 @@ struct CommunicatorOptions {
   bool check_arguments = true;          // PYALLREDUCE_CHECK
   size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
   std::string algorithm_rules;          // PYALLREDUCE_ALGO
-  bool log_selection = false;           // PYALLREDUCE_DEBUG=INFO
+  // Called once per distinct call with the algorithm that ran and why (the
+  // `pyallreduce` Python logger at INFO, e.g. PYALLREDUCE_DEBUG=INFO); empty
+  // for no log.
+  std::function<void(const std::string&)> log_selection;
   // How CUDA buffers travel (PYALLREDUCE_CUDA_TRANSPORT): NCCL or MPI, or
   // unset for NCCL where libnccl.so.2 loads, else MPI.
   std::optional<DeviceTransportKind> device_transport;

@@ -1,7 +1,7 @@
 """pyallreduce's C++ core: transports, allreduce algorithms and reductions."""
 
 import enum
-from typing import Any
+from typing import Any, Callable
 
 class DType(enum.Enum):
     float32 = 0
@@ -28,7 +28,8 @@ class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
     algorithm_rules: str
-    log_selection: bool
+    log_selection: Callable[[str], None] | None
+    """Called with each distinct call's algorithm and why; None for no log."""
     device_transport: str | None
     """How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI."""
     def __init__(self) -> None: ...
@@ -106,7 +107,7 @@ def lars_step(
     """One fused LARS step over contiguous CPU float32 or float64 tensors, in place."""
 
 class CostModel:
-    """The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md)."""
+    """The alpha-beta-gamma cost model of an allreduce (see docs/design.md)."""
     def __init__(
         self,
         alpha_s: float,

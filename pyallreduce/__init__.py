@@ -7,8 +7,13 @@ for CUDA tensors, over NCCL or MPI staged through pinned memory).
 See README.md for the algorithms, the environment variables and launching.
 """
 
+# mpi4py.MPI loads the MPI library before _C needs it: _C records no path to
+# libmpi, and the dynamic loader finds it among the libraries already loaded.
+from mpi4py import MPI as _MPI  # noqa: F401
+
 from . import cuda
 from ._build_info import build_info
 from ._communicator import ALGORITHMS, DTYPES, OPS, Communicator, init
+from ._version import __version__
 
-__all__ = ["ALGORITHMS", "DTYPES", "OPS", "Communicator", "build_info", "cuda", "init"]
+__all__ = ["ALGORITHMS", "DTYPES", "OPS", "Communicator", "__version__", "build_info", "cuda", "init"]

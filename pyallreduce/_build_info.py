@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import importlib.util
 from pathlib import Path
 
 from . import _C
+from ._version import __version__
 
 
 def nccl_library_candidates() -> list[str]:
@@ -40,7 +40,7 @@ def build_info() -> dict:
     import mpi4py
 
     return {
-        "version": importlib.metadata.version("pyallreduce"),
+        "version": __version__,
         "mpi_built_against": _C.mpi_built_against(),
         "mpi_library_version": _C.mpi_library_version().strip(),
         "mpi4py_version": mpi4py.__version__,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -94,7 +95,7 @@ class Communicator:
         """Whether calls are checked across ranks first (see the class docs)."""
         return self._core.check_arguments
 
-    def allreduce(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Any:
+    def allreduce(self, x: Any, op: Any = "sum", algorithm: str = "auto", out: Any = None) -> Any:
         """Reduce ``x`` element-wise across all ranks; every rank gets the result.
 
         Collective: every rank calls it with the same element count, dtype, op
@@ -108,10 +109,13 @@ class Communicator:
                 order of the caller's current stream (torch's, or the one its
                 ``__cuda_array_interface__`` names), and the call returns once
                 the work is enqueued: over NCCL without waiting for the GPU.
-            op: "sum", "avg", "min", "max" or "prod". Integer "avg" rounds toward
+            op: "sum", "avg", "min", "max" or "prod", in any case, or a
+                ``torch.distributed.ReduceOp`` (SUM, AVG, MIN, MAX, PRODUCT).
+                Integer "avg" rounds toward
                 zero; float16/bfloat16 are combined in float32 and rounded once
                 per step; min/max propagate NaN.
-            algorithm: "auto", "ring", "halving_doubling" or "recursive_doubling".
+            algorithm: "auto", "ring", "halving_doubling" or "recursive_doubling"
+                (in any case).
                 "auto" follows ``PYALLREDUCE_ALGO`` rules, else the cost model.
             out: where to put the result instead: same dtype and element count,
                 not partially overlapping ``x``.
@@ -128,7 +132,7 @@ class Communicator:
         # whole call costs about what MPI_Allreduce does at small sizes.
         return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out)
 
-    def allreduce_async(self, x: Any, op: str = "sum", algorithm: str = "auto", out: Any = None) -> Future:
+    def allreduce_async(self, x: Any, op: Any = "sum", algorithm: str = "auto", out: Any = None) -> Future:
         """:meth:`allreduce` on the communicator's progress thread.
 
         Returns at once with a ``concurrent.futures.Future`` whose result is
@@ -142,7 +146,7 @@ class Communicator:
         return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream))
 
     def allreduce_coalesced(
-        self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
+        self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> list:
         """Reduce each tensor of ``tensors`` in place, as one allreduce each,
         but fused into few: consecutive tensors smaller than 1 MiB (or than
@@ -164,7 +168,7 @@ class Communicator:
         return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
 
     def allreduce_coalesced_async(
-        self, tensors: Sequence[Any], op: str = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
+        self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> Future:
         """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
         tensors = list(tensors)
@@ -173,9 +177,10 @@ class Communicator:
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
         """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
-        if algorithm not in _ALGORITHM_CODES:
+        code = _ALGORITHM_CODES.get(algorithm.lower()) if isinstance(algorithm, str) else None
+        if code is None:
             raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
-        chosen, reason = self._core.choose_algorithm(_ALGORITHM_CODES[algorithm], nbytes)
+        chosen, reason = self._core.choose_algorithm(code, nbytes)
         return chosen.name, reason
 
     def free(self) -> None:
@@ -207,7 +212,40 @@ def _require_mpi_thread_multiple() -> None:
         )
 
 
-def init(**options: Any) -> Communicator:
+# Variables torchrun sets; under it there is no MPI world to build from.
+_TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+def require_mpi_launch(mpi_comm: Any) -> None:
+    """Raises RuntimeError where torchrun started the processes: each is then
+    rank 0 of an MPI world of 1, and a "reduction" would reduce nothing."""
+    torchrun_world = int(os.environ.get("WORLD_SIZE", "1"))
+    if any(v in os.environ for v in _TORCHRUN_VARIABLES) and mpi_comm.size == 1 and torchrun_world > 1:
+        raise RuntimeError(
+            "pyallreduce needs an MPI launch (mpirun, mpiexec or srun): under torchrun every process is "
+            f"rank 0 of an MPI world of 1, not one of {torchrun_world} ranks"
+        )
+
+
+def init(*, torch_backend: str | None = None, **options: Any) -> Communicator:
     """The communicator over all ranks of an mpirun/mpiexec/srun launch
-    (mpi4py's COMM_WORLD). Collective. Keyword options as for Communicator."""
+    (mpi4py's COMM_WORLD). Collective. Keyword options as for Communicator.
+
+    Args:
+        torch_backend: also initialize torch.distributed's default process
+            group over the same ranks with this backend ("gloo", or "nccl"
+            for one GPU per rank), as
+            :func:`pyallreduce.distributed.init_process_group` does.
+
+    Raises:
+        RuntimeError: the processes were started by torchrun, not an MPI
+            launcher (see :func:`require_mpi_launch`).
+    """
+    from mpi4py import MPI
+
+    require_mpi_launch(MPI.COMM_WORLD)
+    if torch_backend is not None:
+        from .distributed import init_process_group
+
+        init_process_group(torch_backend)
     return Communicator(None, **options)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 from . import _C
+
+logger = logging.getLogger("pyallreduce")
 
 # Variables read when a communicator is created:
 #   PYALLREDUCE_ALGO                rules for algorithm="auto", e.g.
 #                                   "recursive_doubling:0-4096;ring:4097-max", or one name
 #   PYALLREDUCE_CHECK               "0" turns off the cross-rank argument check
-#   PYALLREDUCE_DEBUG               "INFO" logs each distinct call's algorithm and why
+#   PYALLREDUCE_DEBUG               level of the `pyallreduce` logger (INFO, or 1: each distinct
+#                                   call's algorithm and why), with a handler to stderr
 #   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 1048576)
 #   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
 #   PYALLREDUCE_CUDA_TRANSPORT      how CUDA buffers travel: "nccl", "mpi" (staged through
@@ -43,6 +48,41 @@ def _flag(name: str, default: bool) -> bool:
 
 CUDA_TRANSPORTS = ("auto", "nccl", "mpi")
 
+_DEBUG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "1": logging.INFO, "WARNING": logging.WARNING,
+                 "WARN": logging.WARNING, "0": logging.WARNING, "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes, not to the one
+    there was at import (as logging's last-resort handler does)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+_debug_handler = _StderrHandler()
+_debug_handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+
+def configure_logging() -> None:
+    """PYALLREDUCE_DEBUG sets the `pyallreduce` logger's level (DEBUG, INFO,
+    WARNING, ERROR, CRITICAL in any case, or 1 for INFO, 0 for WARNING) and
+    sends it to stderr. Unset, the logger is left as the application set it."""
+    text = os.environ.get("PYALLREDUCE_DEBUG", "").strip()
+    if text == "":
+        return
+    level = _DEBUG_LEVELS.get(text.upper())
+    if level is None:
+        raise ValueError(f"PYALLREDUCE_DEBUG={text!r}: expected a logging level (DEBUG, INFO, WARNING, ERROR) or 1")
+    logger.setLevel(level)
+    if _debug_handler not in logger.handlers:
+        logger.addHandler(_debug_handler)
+
 
 def communicator_options(
     check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None = None
@@ -55,10 +95,8 @@ def communicator_options(
         else ring_segment_bytes
     )
     options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
-    debug = os.environ.get("PYALLREDUCE_DEBUG", "").strip().upper()
-    if debug not in ("", "WARN", "INFO"):
-        raise ValueError(f"PYALLREDUCE_DEBUG={debug!r}: expected INFO or WARN")
-    options.log_selection = debug == "INFO"
+    configure_logging()
+    options.log_selection = logger.info if logger.isEnabledFor(logging.INFO) else None
     transport = os.environ.get("PYALLREDUCE_CUDA_TRANSPORT", "auto") if cuda_transport is None else cuda_transport
     if transport not in CUDA_TRANSPORTS:
         raise ValueError(f"CUDA transport {transport!r}: expected one of {', '.join(CUDA_TRANSPORTS)}")

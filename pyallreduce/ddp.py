@@ -20,10 +20,14 @@ gradients normalizes by the global batch (Goyal et al., remark 3).
 import contextlib
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
+from ._optional import require
 
-from ._communicator import ALGORITHMS, Communicator
+require("torch", "torch", "pyallreduce.ddp")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from ._communicator import ALGORITHMS, Communicator  # noqa: E402
 
 COMPRESSIONS = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -46,6 +50,8 @@ class HookState:
     compression: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.algorithm, str):
+            self.algorithm = self.algorithm.lower()
         if not isinstance(self.comm, Communicator):
             raise TypeError(f"comm must be a pyallreduce.Communicator, not {type(self.comm).__name__}")
         if self.algorithm not in ALGORITHMS:

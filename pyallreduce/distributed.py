@@ -2,8 +2,8 @@
 
     mpiexec -n 4 python train.py      # (or mpirun, srun) and in train.py:
 
-    import pyallreduce.distributed
-    pyallreduce.distributed.init_process_group("gloo")   # or "nccl"
+    comm = pyallreduce.init(torch_backend="gloo")        # both at once, or
+    pyallreduce.distributed.init_process_group("gloo")   # torch.distributed alone ("nccl" too)
 
 Rank and world size come from MPI; rank 0 opens the rendezvous store on a
 port the operating system picks and tells the others its address over MPI,
@@ -20,8 +20,8 @@ import os
 import socket
 from typing import Any
 
-# Variables torchrun sets; under it there is no MPI world to build from.
-_TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+from ._communicator import require_mpi_launch
+from ._optional import require
 
 
 def _rendezvous_host() -> str:
@@ -53,17 +53,12 @@ def init_process_group(
         RuntimeError: started by torchrun rather than an MPI launcher, or
             torch.distributed is already initialized.
     """
-    import torch
+    torch = require("torch", "torch", "pyallreduce.distributed")
     import torch.distributed as dist
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
-    torchrun_world = int(os.environ.get("WORLD_SIZE", "1"))
-    if any(v in os.environ for v in _TORCHRUN_VARIABLES) and comm.size == 1 and torchrun_world > 1:
-        raise RuntimeError(
-            "pyallreduce needs an MPI launch (mpirun, mpiexec or srun): under torchrun every process is "
-            f"rank 0 of an MPI world of 1, not one of {torchrun_world} ranks"
-        )
+    require_mpi_launch(comm)
     if dist.is_initialized():
         raise RuntimeError("torch.distributed is already initialized")
     if backend == "nccl" and not torch.cuda.is_available():
@@ -103,8 +98,8 @@ def init_process_group(
 def _destroy_at_exit() -> None:
     """Tears the process group down before the interpreter does. Left to
     interpreter shutdown, gloo's threads can outlive the objects they use and
-    abort the process ("terminate called without an active exception"): 4 runs
-    of 25 of a two-rank script did so here."""
+    abort the process ("terminate called without an active exception"), as
+    some runs of a two-rank script did."""
     import torch.distributed as dist
 
     if dist.is_initialized():

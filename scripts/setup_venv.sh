@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes .venv/ at the repository root hold everything pyallreduce needs, and
 # (re)builds the C++ extension when csrc/, setup.py or pyproject.toml changed.
-# Idempotent and quick when nothing changed; run.sh and test.sh call it.
+# Idempotent and quick when nothing changed; scripts/run.sh and scripts/test.sh call it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"

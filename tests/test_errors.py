@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.distributed
 
 import pyallreduce
 from pyallreduce.testing import LocalWorldError, spawn_local
@@ -79,6 +80,8 @@ def test_bad_buffer_on_one_rank(bad_input, message):
     "kwargs, message",
     [
         ({"op": "mean"}, "unknown op 'mean'"),
+        ({"op": torch.distributed.ReduceOp.BXOR}, "unknown op 'BXOR'"),
+        ({"op": 3}, "op must be a string"),
         ({"algorithm": "tree"}, "unknown algorithm 'tree'"),
         ({"out": torch.zeros(5)}, "out has 5 elements"),
         ({"out": torch.zeros(4, dtype=torch.float64)}, "out has dtype float64"),
@@ -149,3 +152,18 @@ def test_world_size_is_validated():
 def test_communicator_needs_an_mpi4py_intracommunicator():
     with pytest.raises(TypeError, match="intracommunicator"):
         pyallreduce.Communicator("COMM_WORLD")
+
+
+@pytest.mark.parametrize("op, expected", [
+    ("SUM", 6.0), ("Avg", 2.0), ("product", 6.0), ("PROD", 6.0),
+    (torch.distributed.ReduceOp.SUM, 6.0), (torch.distributed.ReduceOp.AVG, 2.0),
+    (torch.distributed.ReduceOp.MIN, 1.0), (torch.distributed.ReduceOp.MAX, 3.0),
+    (torch.distributed.ReduceOp.PRODUCT, 6.0), (torch.distributed.ReduceOp(torch.distributed.ReduceOp.MAX), 3.0),
+])
+def test_ops_in_any_case_and_as_torch_reduce_ops(op, expected):
+    def each_rank(comm):
+        x = torch.full((5,), float(comm.rank + 1))
+        comm.allreduce(x, op=op, algorithm="RING")
+        return x.tolist()
+
+    assert spawn_local(3, each_rank) == [[expected] * 5] * 3

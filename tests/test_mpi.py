@@ -20,14 +20,14 @@ def mpiexec() -> str:
     return found
 
 
-def launch(worker: Path, ranks: int, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+def launch(worker: Path, ranks: int, *args: str, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, str]:
     """Runs `mpiexec -n ranks python worker args...` (one thread per rank,
-    PYALLREDUCE_ALGO unset); returns the process and its stdout + stderr."""
+    PYALLREDUCE_ALGO unset) in `cwd`; returns the process and its stdout + stderr."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env.pop("PYALLREDUCE_ALGO", None)
     result = subprocess.run(
         [mpiexec(), "-n", str(ranks), sys.executable, str(worker), *args],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=600, env=env, cwd=cwd,
     )
     return result, result.stdout + result.stderr
 

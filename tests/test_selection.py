@@ -1,5 +1,7 @@
 """Algorithm selection: PYALLREDUCE_ALGO rules and the cost model."""
 
+import logging
+
 import pytest
 import torch
 
@@ -89,8 +91,18 @@ def test_rule_syntax_errors(monkeypatch, spec, message):
     assert message in str(info.value.__cause__)
 
 
-def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd):
-    monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
+@pytest.fixture
+def fresh_logger(monkeypatch):
+    """The `pyallreduce` logger as an application would find it, restored after."""
+    logger = logging.getLogger("pyallreduce")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(logger, "handlers", [])
+    return logger
+
+
+@pytest.mark.parametrize("level", ["INFO", "info", "1", "DEBUG"])
+def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd, fresh_logger, level):
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", level)
 
     def each_rank(comm):
         for _ in range(3):
@@ -100,6 +112,21 @@ def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd):
     lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
     assert len(lines) == 2  # one per rank
     assert "allreduce of 100 x float32 (sum) -> recursive_doubling inside the argument check [cost model:" in lines[0]
+
+
+def test_the_pyallreduce_logger_gets_the_choices_without_the_variable(monkeypatch, caplog, fresh_logger):
+    monkeypatch.delenv("PYALLREDUCE_DEBUG", raising=False)
+    caplog.set_level(logging.INFO, logger="pyallreduce")
+    spawn_local(2, lambda comm: comm.allreduce(torch.ones(3000), algorithm="ring"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "pyallreduce"]
+    assert sorted(m.split(":")[0] for m in messages) == ["rank 0/2", "rank 1/2"]
+    assert all("allreduce of 3000 x float32 (sum) -> ring [requested by the caller]" in m for m in messages), messages
+
+
+def test_no_log_below_info(monkeypatch, capfd, fresh_logger):
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", "WARNING")
+    spawn_local(2, lambda comm: comm.allreduce(torch.ones(10)))
+    assert "allreduce of" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("name, value", [("PYALLREDUCE_CHECK", "maybe"), ("PYALLREDUCE_RING_SEGMENT_BYTES", "-4"), ("PYALLREDUCE_DEBUG", "LOUD")])

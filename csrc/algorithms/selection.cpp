@@ -8,7 +8,7 @@
 namespace pyallreduce {
 namespace {
 
-// The rows of DESIGN.md's cost table, with each message's latency taken from
+// The rows of the cost table in docs/design.md, with each message's latency taken from
 // its size. A world size that is not a power of two adds the fold: one message
 // each way with the whole vector, and one combine.
 double fold_cost(const CostModel& m, double n, int p, int p2) {
@@ -61,7 +61,7 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, int p, size_t ring_
       return latency + 2 * share * n * b + share * n * g + fold_cost(*this, n, p, p2);
     }
     case Algorithm::kRing: {
-      // DESIGN.md's row charges sending and combining one after the other.
+      // The plain ring row charges sending and combining one after the other.
       // The segmented ring combines segment k while segment k+1 arrives, so
       // once the first segment is in, its reduce-scatter costs the slower of
       // the two per byte, not the sum. Example at 2 ranks: 64 MiB is 32 one-MiB

@@ -1,5 +1,6 @@
 // Choosing an algorithm for "auto": explicit size-range rules first (the
-// PYALLREDUCE_ALGO syntax), then the alpha-beta-gamma cost model of DESIGN.md.
+// PYALLREDUCE_ALGO syntax), then the alpha-beta-gamma cost model of
+// docs/design.md.
 #pragma once
 
 #include <cstddef>
@@ -15,9 +16,9 @@ namespace pyallreduce {
 // libraries send small messages eagerly and large ones by rendezvous (a
 // handshake before the data moves), so a message of at least
 // `rendezvous_bytes` pays `rendezvous_s` on top of alpha. Without that step the
-// model is off by a factor of two around it: at 2 ranks here an 8 KiB
-// recursive-doubling exchange (one rendezvous message) takes longer than
-// halving/doubling's two 4 KiB eager ones.
+// model can prefer one rendezvous message of 2m bytes (recursive doubling at
+// 2 ranks) to two eager ones of m (halving/doubling) when the eager pair is
+// faster.
 struct CostModel {
   double alpha_s;
   double beta_s_per_byte;
@@ -31,13 +32,13 @@ struct CostModel {
   double message_s(double bytes) const;
 };
 
-// Measured 2026-11-21 on the 2-core development machine, PyPI MPICH 5.0.2
-// (ch4:ucx), 2 ranks, medians of three runs: alpha = half an 8-byte
-// ping-pong through mpi4py (2.0 us); beta from a 64 MiB ping-pong (16 GB/s);
-// gamma from numpy's float32 a += b over 64 MiB (21 GB/s of bytes reduced).
-// One-way times step up between 7 KiB (1.7 us) and 8 KiB (4.4 us), hence the
-// rendezvous at 8 KiB costing 2.7 us more. A cluster's numbers differ, which is
-// what the PYALLREDUCE_ALGO size-range rules are for.
+// The constants auto uses: alpha as half an 8-byte ping-pong, beta from a
+// 64 MiB ping-pong, gamma from a float32 a += b over 64 MiB, and the
+// rendezvous step where one-way times jump, measured over shared memory on
+// one host with the PyPI MPICH (the measurement and its machine are in
+// bench/RESULTS.md; `pyallreduce-bench` measures them again at the start of
+// each run). A cluster's numbers differ, which is what the PYALLREDUCE_ALGO
+// size-range rules are for.
 CostModel default_cost_model();
 
 struct SizeRule {

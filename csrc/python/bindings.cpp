@@ -4,6 +4,7 @@
 #include <mpi.h>
 #include <mpi4py/mpi4py.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
 #include <climits>
@@ -290,7 +291,7 @@ PYBIND11_MODULE(_C, m) {
         "The vector size from which out-of-place combines write around the cache.");
   bind_optim(m);
   py::class_<CostModel>(m, "CostModel",
-                        "The alpha-beta-gamma cost model of an allreduce (see DESIGN.md and README.md).")
+                        "The alpha-beta-gamma cost model of an allreduce (see docs/design.md).")
       .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte, size_t rendezvous_bytes,
                        double rendezvous_s) {
              if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && gamma_s_per_byte >= 0 && rendezvous_s >= 0)) {

@@ -1,6 +1,10 @@
 #include "buffers.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -292,9 +296,29 @@ void check_output(const PythonBuffer& source, const PythonBuffer& out) {
 
 namespace {
 
+std::optional<std::string> string_attribute(py::handle obj, const char* attribute) {
+  if (!PyObject_HasAttrString(obj.ptr(), attribute)) return std::nullopt;
+  py::object value = obj.attr(attribute);
+  if (!PyUnicode_Check(value.ptr())) return std::nullopt;
+  return value.cast<std::string>();
+}
+
+// The text a name argument spells: a str as it is; otherwise an enum's
+// `name` (torch.distributed.ReduceOp.SUM is RedOpType.SUM, whose name is
+// "SUM") or, for a torch.distributed.ReduceOp object, its `op`'s name.
+// nullopt when it spells none.
+std::optional<std::string> spelled_name(py::handle name) {
+  if (PyUnicode_Check(name.ptr())) return name.cast<std::string>();
+  if (auto spelled = string_attribute(name, "name")) return spelled;
+  if (PyObject_HasAttrString(name.ptr(), "op")) return string_attribute(name.attr("op"), "name");
+  return std::nullopt;
+}
+
+// Matches `name` against the values' names (and the aliases) in any case.
+// The common call, a lowercase str, is matched without building a string.
 template <class Enum>
 Enum parse_name(py::handle name, const char* what, ArgumentError code, std::initializer_list<Enum> values,
-                const char* (*name_of)(Enum)) {
+                const char* (*name_of)(Enum), std::initializer_list<std::pair<const char*, Enum>> aliases = {}) {
   if (PyUnicode_Check(name.ptr())) {
     for (Enum v : values) {
       if (PyUnicode_CompareWithASCIIString(name.ptr(), name_of(v)) == 0) return v;
@@ -302,20 +326,30 @@ Enum parse_name(py::handle name, const char* what, ArgumentError code, std::init
   }
   std::string expected;
   for (Enum v : values) expected += std::string(expected.empty() ? "" : ", ") + name_of(v);
-  if (!PyUnicode_Check(name.ptr())) {
+  const std::optional<std::string> spelled = spelled_name(name);
+  if (!spelled) {
     reject(PyExc_TypeError, code,
-           std::string(what) + " must be a string (one of " + expected + "), not " + type_name(name));
+           std::string(what) + " must be a string (one of " + expected + ", in any case), not " + type_name(name));
+  }
+  std::string lower = *spelled;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (Enum v : values) {
+    if (lower == name_of(v)) return v;
+  }
+  for (const auto& [alias, v] : aliases) {
+    if (lower == alias) return v;
   }
   reject(PyExc_ValueError, code,
-         "unknown " + std::string(what) + " " + py::repr(name).cast<std::string>() + "; expected one of " +
-             expected);
+         "unknown " + std::string(what) + " '" + *spelled + "'; expected one of " + expected + " (in any case)");
 }
 
 }  // namespace
 
 ReduceOp parse_op(py::handle op) {
+  // "product": torch.distributed's name (ReduceOp.PRODUCT).
   return parse_name(op, "op", ArgumentError::kBadOp,
-                    {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProd}, op_name);
+                    {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax, ReduceOp::kProd}, op_name,
+                    {{"product", ReduceOp::kProd}});
 }
 
 Algorithm parse_algorithm(py::handle algorithm) {

@@ -1,1 +1,1 @@
-"""pyallreduce's allreduce microbenchmark: ``mpiexec -n N python -m pyallreduce.bench --help``."""
+"""pyallreduce's allreduce microbenchmark: ``mpiexec -n N pyallreduce-bench --help`` (or ``python -m pyallreduce.bench``)."""

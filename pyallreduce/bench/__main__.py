@@ -1,6 +1,7 @@
 """Allreduce microbenchmark: pyallreduce's algorithms and their peers, side by side in one run.
 
-    mpiexec -n 2 python -m pyallreduce.bench -b 8 -e 256M -f 4 -n 20 --runs 3 --json out.json --plot out.png
+    mpiexec -n 2 pyallreduce-bench -b 8 -e 256M -f 4 -n 20 --runs 3 --json out.json --plot out.png
+    mpiexec -n 2 python -m pyallreduce.bench ...     # the same
 
 Columns follow nccl-tests: size, count, type, redop, then for out-of-place and
 in-place calls the time (median over iterations of the slowest rank), its 99th
@@ -19,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
-import re
 import time
 import traceback
 
@@ -29,51 +30,12 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import DTYPES, OPS, build_info, init
-from . import calibration, data, implementations, report
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """Bytes, as nccl-tests writes them: 8, 64K, 256M, 1G (powers of 1024; "KiB"/"MiB"/"GiB" too)."""
-    match = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", text.strip(), re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes or a K/M/G suffix")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-def sweep(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
-    sizes, size = [], min_bytes
-    while size <= max_bytes:
-        sizes.append(size)
-        size *= factor
-    return sizes
-
-
-def time_iterations(world: MPI.Comm, call, iterations: int, warmup: int, prepare=None, sync=None) -> np.ndarray:
-    """Per iteration, the slowest rank's time for call() in microseconds.
-    prepare() (untimed) runs before each call: the in-place runs restore their
-    input. sync() (GPU runs: torch.cuda.synchronize) ends each call's time
-    once the device is done, and runs before the barrier that starts the next."""
-    samples = np.empty(iterations)
-    for i in range(warmup + iterations):
-        if prepare is not None:
-            prepare()
-        if sync is not None:
-            sync()
-        world.Barrier()
-        start = time.perf_counter()
-        call()
-        if sync is not None:
-            sync()
-        if i >= warmup:
-            samples[i - warmup] = (time.perf_counter() - start) * 1e6
-    world.Allreduce(MPI.IN_PLACE, samples, op=MPI.MAX)
-    return samples
-
+from .._optional import require
+from . import calibration, data, implementations, report, timing
+from .sizes import parse_size, sweep
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pyallreduce.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="pyallreduce-bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-b", "--minbytes", type=parse_size, default=parse_size("8"), help="smallest message (default 8)")
     parser.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("64M"), help="largest message (default 64M)")
@@ -140,17 +102,13 @@ def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Mea
     send, recv = buffers.array("send"), buffers.array("recv")
     p, nbytes = world.size, len(send) * send.itemsize
     restore = (lambda: np.copyto(recv, send)) if isinstance(recv, np.ndarray) else (lambda: recv.copy_(send))
-    sync = None
-    if args.device == "cuda":
-        import torch
-
-        sync = torch.cuda.synchronize
     measurements = []
     for placement, call, prepare in (
         ("out", lambda: impl.out_of_place(buffers, args.op), None),
         ("in", lambda: impl.in_place(buffers, args.op), restore),
     ):
-        samples = time_iterations(world, call, args.iters, args.warmup_iters, prepare, sync)
+        samples = 1e6 * timing.time_calls(call, args.iters, warmup=args.warmup_iters, device=args.device, world=world,
+                                          prepare=prepare)
         wrong = 0
         for _ in range(args.check):
             if prepare is not None:
@@ -171,11 +129,11 @@ def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Mea
     return measurements
 
 
-def main() -> None:
-    args = parse_args()
+def run(args: argparse.Namespace) -> None:
+    """The benchmark (collective over MPI.COMM_WORLD)."""
     world = MPI.COMM_WORLD
     rank0 = world.rank == 0
-    say = print if rank0 else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if rank0 else (lambda *a, **k: None)
     if args.device == "cuda":
         from ..cuda import set_local_device
 
@@ -215,24 +173,27 @@ def main() -> None:
         else:
             runnable.append(impl)
 
-    from tqdm import tqdm
-
-    progress = tqdm(total=len(sizes) * len(runnable) * args.runs, disable=not rank0 or args.no_progress,
-                    unit="run", leave=False, dynamic_ncols=True)
+    progress = None
+    if rank0 and not args.no_progress:
+        progress = require("tqdm", "bench", "the benchmark's progress bar (--no-progress goes without)").tqdm(
+            total=len(sizes) * len(runnable) * args.runs, unit="run", leave=False, dynamic_ncols=True)
     say(report.table_header())
     for nbytes in sizes:
         buffers = implementations.Buffers(nbytes // itemsize, args.datatype, args.device)
         data.fill(buffers.array("send"), world.rank, args.op)
         for run in range(args.runs):
             for impl in runnable:
-                progress.set_description(f"{nbytes} B {impl.name}")
+                if progress is not None:
+                    progress.set_description(f"{nbytes} B {impl.name}")
                 results.measurements.extend(measure(world, impl, buffers, args, run, cal, predict_us))
-                progress.update()
-        if rank0:
+                if progress is not None:
+                    progress.update()
+        if progress is not None:
             progress.clear()
-            for impl in runnable:
-                print(report.table_row(results, impl.name, nbytes), flush=True)
-    progress.close()
+        for impl in runnable:
+            say(report.table_row(results, impl.name, nbytes))
+    if progress is not None:
+        progress.close()
 
     names = [impl.name for impl in runnable]
     ours = [n for n in names if n in implementations.OURS]
@@ -252,10 +213,22 @@ def main() -> None:
         raise SystemExit(1)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``pyallreduce-bench`` and ``python -m pyallreduce.bench``, under mpiexec."""
+    args = parse_args()
+    # Every rank checks the optional packages it will need before any
+    # collective, so a missing one stops all ranks alike.
+    if not args.no_progress:
+        require("tqdm", "bench", "the benchmark's progress bar (--no-progress goes without)")
+    if args.plot:
+        require("matplotlib", "bench", "--plot")
     try:
-        main()
+        run(args)
     except Exception:
         # One rank failing must not leave the others waiting in a collective.
         traceback.print_exc()
         MPI.COMM_WORLD.Abort(1)
+
+
+if __name__ == "__main__":
+    main()

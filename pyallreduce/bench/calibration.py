@@ -72,10 +72,10 @@ def _half_ping_pong(world: MPI.Comm, nbytes: int, repeats: int) -> float:
 
 def _rendezvous_step(world: MPI.Comm, alpha: float, beta: float) -> tuple[int, float]:
     """Finds the protocol switch as the largest rise in one-way time from one
-    size to the next that its extra bytes do not explain. Example from this
-    machine: 4 KiB takes 1.6 us and 8 KiB 4.4 us, a rise of 2.8 us of which
-    4 KiB at beta explains 0.3, so messages from 8 KiB on pay 2.5 us more. A rise
-    under alpha / 2 is noise, and then there is no step."""
+    size to the next that its extra bytes do not explain. Example: if 4 KiB
+    takes 1.6 us and 8 KiB 4.4 us, the rise is 2.8 us, of which the extra
+    4 KiB at beta explains, say, 0.3, so messages from 8 KiB on pay 2.5 us
+    more. A rise under alpha / 2 is noise, and then there is no step."""
     times = [_half_ping_pong(world, nbytes, repeats=300) for nbytes in RENDEZVOUS_SEARCH_BYTES]
     rises = [
         later - earlier - (larger - smaller) * beta

@@ -26,18 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
-import torch
-import torch.distributed as dist
-from mpi4py import MPI
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel as DDP
+import numpy as np
 
-from .. import distributed, init
-from ..ddp import HookState, allreduce_hook
-from .resnet50 import parameter_shapes
+from .._optional import require
+
+require("torch", "torch", "pyallreduce.bench.ddp")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+from .. import distributed, init  # noqa: E402
+from ..ddp import HookState, allreduce_hook  # noqa: E402
+from .resnet50 import parameter_shapes  # noqa: E402
+from .timing import median_range, time_calls  # noqa: E402
 
 
 class ShapesModel(torch.nn.Module):
@@ -53,19 +59,6 @@ class ShapesModel(torch.nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return sum(w[i] * p.square().sum() for i, p in enumerate(self.weights))
-
-
-def time_iterations(world: MPI.Comm, step, iterations: int, warmup: int) -> float:
-    """Median over iterations of the slowest rank's time, in seconds."""
-    samples = []
-    for i in range(warmup + iterations):
-        world.Barrier()
-        start = time.perf_counter()
-        step()
-        elapsed = world.allreduce(time.perf_counter() - start, op=MPI.MAX)
-        if i >= warmup:
-            samples.append(elapsed)
-    return statistics.median(samples)
 
 
 def ddp_step(model: torch.nn.Module, w: torch.Tensor):
@@ -106,10 +99,6 @@ def print_timeline(comm, w: torch.Tensor, world: MPI.Comm, iterations: int) -> N
                       f"reduced at {1e3 * (done - start):6.1f} ms ({1e3 * (done - handed):5.1f} ms later)")
 
 
-def summarize(runs: list[float]) -> str:
-    return f"{statistics.median(runs):9.2f} [{min(runs):.2f}-{max(runs):.2f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--iterations", type=int, default=10)
@@ -148,7 +137,7 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in configurations}
     for _ in range(args.runs):
         for name, step in configurations.items():
-            results[name].append(1e3 * time_iterations(world, step, args.iterations, args.warmup))
+            results[name].append(1e3 * float(np.median(time_calls(step, args.iterations, warmup=args.warmup, world=world))))
 
     compute = results["iteration, compute only"]
     overhead_ours = [a - c for a, c in zip(results["iteration, pyallreduce hook"], compute)]
@@ -159,11 +148,11 @@ def main() -> None:
         print(f"# ResNet-50 shapes: {len(gradients)} tensors, {sum(g.numel() for g in gradients):,} float32; "
               f"{world.size} ranks; median over {args.iterations} iterations, then median [range] over {args.runs} runs")
         for name, runs in results.items():
-            print(f"{name:32s} {summarize(runs)} ms")
-        print(f"{'sync overhead, pyallreduce hook':32s} {summarize(overhead_ours)} ms")
-        print(f"{'sync overhead, gloo default hook':32s} {summarize(overhead_gloo)} ms")
-        print(f"{'overhead ours / gloo':32s} {summarize(overhead_ratio)}   (target <= 0.5)")
-        print(f"{'coalesced speed-up vs per-tensor':32s} {summarize(coalesced_speedup)}   (target >= 3)")
+            print(f"{name:32s} {median_range(runs, ' ms', 9)}")
+        print(f"{'sync overhead, pyallreduce hook':32s} {median_range(overhead_ours, ' ms', 9)}")
+        print(f"{'sync overhead, gloo default hook':32s} {median_range(overhead_gloo, ' ms', 9)}")
+        print(f"{'overhead ours / gloo':32s} {median_range(overhead_ratio, width=9)}   (target <= 0.5)")
+        print(f"{'coalesced speed-up vs per-tensor':32s} {median_range(coalesced_speedup, width=9)}   (target >= 3)")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"ranks": world.size, "runs_ms": results, "overhead_ratio": overhead_ratio,

@@ -7,6 +7,8 @@ import json
 import statistics
 from dataclasses import asdict, dataclass, field
 
+from .timing import median_range
+
 PLACEMENTS = ("out", "in")
 
 
@@ -111,14 +113,6 @@ def _per_run_ratio(results: Results, nbytes: int, numerator: str, denominator: l
     return ratios
 
 
-def _spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
-
-
 def summary(results: Results, impls: list[str], ours: list[str], peers: list[str]) -> str:
     """Average busbw per implementation (as nccl-tests ends), then per size:
     how many times faster "auto" is than each peer, how close it is to the
@@ -141,9 +135,9 @@ def summary(results: Results, impls: list[str], ours: list[str], peers: list[str
     columns = [f"vs {p}" for p in present_peers] + ["mem%", "auto/best"]
     lines.append(f"# {'size (B)':>11}  " + "  ".join(f"{c:>22}" for c in columns))
     for n in sizes:
-        cells = [_spread([1 / r for r in _per_run_ratio(results, n, "auto", [p])]) for p in present_peers]
-        cells.append(_spread([m.memory_limit_pct for m in results.of("auto", n, "out")]))
-        cells.append(_spread(_per_run_ratio(results, n, "auto", [a for a in fixed if a in impls])) if fixed else "-")
+        cells = [median_range([1 / r for r in _per_run_ratio(results, n, "auto", [p])]) for p in present_peers]
+        cells.append(median_range([m.memory_limit_pct for m in results.of("auto", n, "out")]))
+        cells.append(median_range(_per_run_ratio(results, n, "auto", [a for a in fixed if a in impls])) if fixed else "-")
         lines.append(f"  {n:>11}  " + "  ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 

@@ -39,15 +39,23 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from mpi4py import MPI
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DistributedSampler
-from tqdm import tqdm
 
-import pyallreduce
-import pyallreduce.distributed
+from pyallreduce._optional import require
+
+# Checked on every rank before any collective, so a missing package stops all
+# ranks alike (mnist1d is used on rank 0 only).
+require("torch", "torch", "the large-batch example")
+require("tqdm", "examples", "the large-batch example")
+require("mnist1d", "examples", "the large-batch example")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from mpi4py import MPI  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from torch.utils.data import DistributedSampler  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import pyallreduce  # noqa: E402
 from pyallreduce.ddp import HookState, allreduce_hook
 from pyallreduce.optim import LARS, linear_scaling_rule, poly_decay, warmup, warmup_poly_decay
 
@@ -298,6 +306,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE", help="one record per run")
     parser.add_argument("--plot", metavar="FILE.png", help="accuracy against batch size per recipe")
     args = parser.parse_args()
+    if args.plot:
+        require("matplotlib", "examples", "--plot")
 
     batches = args.batches or list(QUICK_BATCHES if args.quick else BATCHES)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -309,8 +319,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     world = MPI.COMM_WORLD
-    pyallreduce.distributed.init_process_group("gloo")
-    with pyallreduce.init() as comm:
+    with pyallreduce.init(torch_backend="gloo") as comm:
         data = mnist1d_data(world)
         runs = [(b, r, s) for b in batches for r in args.recipes for s in seeds]
         if comm.rank == 0:

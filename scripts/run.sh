@@ -5,7 +5,7 @@
 # LARS). Arguments go to the example (default: --quick); RANKS sets the
 # number of ranks.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_venv.sh"
 if [ $# -eq 0 ]; then set -- --quick; fi
 cd "$root"

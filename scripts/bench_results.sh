@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Produces the measurements in bench/RESULTS.md: the allreduce sweep, float32
+# Produces the allreduce measurements in bench/RESULTS.md: the sweep, float32
 # sum, three interleaved runs each, into bench/results/ (table as .txt, every
 # sample as .json, plot as .png). At 2 and 4 ranks every implementation runs;
-# at 3 ranks only ours, to check "auto" against the fixed algorithms. About
-# 35 minutes on the 2-core development machine; keep the machine otherwise
+# at 3 ranks only ours, to check "auto" against the fixed algorithms. It runs
+# for half an hour or more at 2 cores; keep the machine otherwise
 # idle. RANKS_LIST picks the world sizes (default "2 3 4").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

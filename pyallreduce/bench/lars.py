@@ -2,7 +2,7 @@
 against a per-parameter PyTorch loop, a torch._foreach version and (where timm
 is installed) timm's Lars, and the memory bandwidth it reaches.
 
-    python bench/lars_bench.py [-n 20] [-R 5] [--device cpu|cuda] [--json FILE]
+    python -m pyallreduce.bench.lars [-n 20] [-R 5] [--device cpu|cuda] [--json FILE]
 
 The implementations take turns within every run (median over iterations,
 then median [range] over runs). Bandwidth: the fused step must read the
@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from pyallreduce.bench.resnet50 import parameter_shapes
-from pyallreduce.optim import LARS
+from .._optional import require
+
+require("torch", "torch", "pyallreduce.bench.lars")
+
+import torch  # noqa: E402
+
+from ..optim import LARS  # noqa: E402
+from .resnet50 import parameter_shapes  # noqa: E402
+from .timing import median_range, time_calls  # noqa: E402
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-5, trust_coefficient=0.001)
 FUSED_BYTES_PER_PARAM = 20
@@ -103,23 +108,6 @@ def memory_rate(params, grads):
     return (lambda: torch._foreach_add_(params, grads)), 3
 
 
-def timed(step, iterations: int, device: torch.device) -> float:
-    samples = []
-    for _ in range(iterations):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def summarize(values: list[float], unit: str = "") -> str:
-    return f"{statistics.median(values):8.2f}{unit} [{min(values):.2f}-{max(values):.2f}]"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--iterations", type=int, default=20)
@@ -156,7 +144,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.runs):
         for name, step in steps.items():
-            times[name].append(timed(step, args.iterations, device))
+            times[name].append(float(np.median(time_calls(step, args.iterations, device=device.type))))
 
     bandwidth = [streams * 4 * count / t for t in times["memory rate"]]
     fused_rate = [FUSED_BYTES_PER_PARAM * count / t for t in times["pyallreduce fused"]]
@@ -166,15 +154,15 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; median over {args.iterations} steps, then median [range] over "
           f"{args.runs} runs")
     for name, values in times.items():
-        print(f"{name:24s} {summarize([1e3 * t for t in values], ' ms')}")
-    print(f"{'memory bandwidth':24s} {summarize([b / 1e9 for b in bandwidth], ' GB/s')}")
-    print(f"{'fused step moves':24s} {summarize([r / 1e9 for r in fused_rate], ' GB/s')} "
+        print(f"{name:24s} {median_range([1e3 * t for t in values], ' ms', 8)}")
+    print(f"{'memory bandwidth':24s} {median_range([b / 1e9 for b in bandwidth], ' GB/s', 8)}")
+    print(f"{'fused step moves':24s} {median_range([r / 1e9 for r in fused_rate], ' GB/s', 8)} "
           f"({FUSED_BYTES_PER_PARAM} B per parameter)")
-    print(f"{'fused / bandwidth':24s} {summarize(share, ' %')}   (target >= {80 if device.type == 'cuda' else 60} %)")
-    print(f"{'fused / per-param loop':24s} {summarize(vs_loop)}   (target <= 0.5)")
+    print(f"{'fused / bandwidth':24s} {median_range(share, ' %', 8)}   (target >= {80 if device.type == 'cuda' else 60} %)")
+    print(f"{'fused / per-param loop':24s} {median_range(vs_loop, width=8)}   (target <= 0.5)")
     if "timm Lars" in times:
         vs_timm = [t / f for f, t in zip(times["pyallreduce fused"], times["timm Lars"])]
-        print(f"{'speed-up over timm Lars':24s} {summarize(vs_timm)}   (target >= 5 on a GPU)")
+        print(f"{'speed-up over timm Lars':24s} {median_range(vs_timm, width=8)}   (target >= 5 on a GPU)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "device": str(device), "threads": torch.get_num_threads(), "parameters": count,

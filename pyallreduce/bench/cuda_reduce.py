@@ -1,7 +1,7 @@
 """The CUDA reduction kernels that the algorithms' reduce steps run, against
 the GPU's device-to-device copy bandwidth (needs a GPU).
 
-    python bench/cuda_reduce_bench.py [-n 50] [-R 5] [--sizes 16M,256M,1G] [--json FILE]
+    python -m pyallreduce.bench.cuda_reduce [-n 50] [-R 5] [--sizes 16M,256M,1G] [--json FILE]
 
 For each dtype and size, out = left + right (reads 2n bytes, writes n) and the
 in-place left += right are timed with CUDA events on one stream, beside a
@@ -15,27 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from pyallreduce.bench.__main__ import parse_size
+from .._optional import require
+
+require("torch", "torch", "pyallreduce.bench.cuda_reduce")
+
+import torch  # noqa: E402
+
+from .sizes import parse_size  # noqa: E402
+from .timing import median_range, time_calls  # noqa: E402
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
-
-
-def time_ms(call, iterations: int) -> float:
-    """Median milliseconds of call() over `iterations`, by CUDA events."""
-    times = []
-    for _ in range(iterations):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,8 +39,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("cuda_reduce_bench: no GPU visible")
-    from pyallreduce import _cuda
+        raise SystemExit("pyallreduce.bench.cuda_reduce: no GPU visible")
+    from .. import _cuda
 
     stream = torch.cuda.current_stream().cuda_stream
     sizes = [parse_size(s) for s in args.sizes.split(",")]
@@ -61,23 +54,25 @@ def main() -> None:
             right, out = torch.rand_like(left, dtype=torch.float32).to(left.dtype), torch.empty_like(left)
             runs = {"copy": [], "out": [], "inplace": []}
             for _ in range(args.runs):  # the three take turns within each run
-                copy_ms = time_ms(lambda: out.copy_(left), args.iters)
-                out_ms = time_ms(lambda: _cuda.combine(left, right, out, "sum", stream), args.iters)
-                inplace_ms = time_ms(lambda: _cuda.combine(out, right, out, "sum", stream), args.iters)
-                runs["copy"].append(2 * nbytes / copy_ms / 1e6)
-                runs["out"].append(3 * nbytes / out_ms / 1e6)
-                runs["inplace"].append(3 * nbytes / inplace_ms / 1e6)
-            copy, ours, inplace = (statistics.median(runs[k]) for k in ("copy", "out", "inplace"))
+                copy_s = np.median(time_calls(lambda: out.copy_(left), args.iters, device="cuda"))
+                out_s = np.median(time_calls(lambda: _cuda.combine(left, right, out, "sum", stream), args.iters,
+                                             device="cuda"))
+                inplace_s = np.median(time_calls(lambda: _cuda.combine(out, right, out, "sum", stream), args.iters,
+                                                 device="cuda"))
+                runs["copy"].append(2 * nbytes / copy_s / 1e9)
+                runs["out"].append(3 * nbytes / out_s / 1e9)
+                runs["inplace"].append(3 * nbytes / inplace_s / 1e9)
+            copy, ours, inplace = (float(np.median(runs[k])) for k in ("copy", "out", "inplace"))
             out_ratios = [o / c for o, c in zip(runs["out"], runs["copy"])]
             inplace_ratios = [o / c for o, c in zip(runs["inplace"], runs["copy"])]
             row = dict(dtype=dtype, bytes=nbytes, copy_gbps=copy, out_gbps=ours, inplace_gbps=inplace,
-                       out_ratio=statistics.median(out_ratios), out_ratio_range=[min(out_ratios), max(out_ratios)],
-                       inplace_ratio=statistics.median(inplace_ratios),
+                       out_ratio=float(np.median(out_ratios)), out_ratio_range=[min(out_ratios), max(out_ratios)],
+                       inplace_ratio=float(np.median(inplace_ratios)),
                        inplace_ratio_range=[min(inplace_ratios), max(inplace_ratios)], runs=runs)
             rows.append(row)
             print(f"  {dtype:>8} {nbytes:>12} {copy:>10.0f} {ours:>9.0f} "
-                  f"{row['out_ratio']:>6.2f} [{min(out_ratios):.2f}-{max(out_ratios):.2f}] {inplace:>12.0f} "
-                  f"{row['inplace_ratio']:>6.2f} [{min(inplace_ratios):.2f}-{max(inplace_ratios):.2f}]", flush=True)
+                  f"{median_range(out_ratios, width=6)} {inplace:>12.0f} {median_range(inplace_ratios, width=6)}",
+                  flush=True)
     worst = min(min(r["out_ratio"], r["inplace_ratio"]) for r in rows)
     print(f"# lowest share of the copy rate: {worst:.2f} (target >= 0.80: {'met' if worst >= 0.8 else 'MISSED'})")
     if args.json:

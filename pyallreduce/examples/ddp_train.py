@@ -1,7 +1,7 @@
 """Train a small classifier with DistributedDataParallel, its gradients
 averaged by pyallreduce's DDP hook. Launch with MPI:
 
-    mpiexec -n 4 python examples/ddp_train.py [--epochs 5] [--compression fp16]
+    mpiexec -n 4 python -m pyallreduce.examples.ddp_train [--epochs 5] [--compression fp16]
 
 The data is synthetic (points around ten random centres in 32 dimensions, the
 label being the centre), so the example needs nothing to download. Every rank
@@ -11,15 +11,19 @@ are averaged over the ranks.
 
 import argparse
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
+from pyallreduce._optional import require
 
-import pyallreduce
-import pyallreduce.distributed
-from pyallreduce.ddp import HookState, allreduce_hook
+require("torch", "torch", "the DDP example")
+require("tqdm", "examples", "the DDP example")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import pyallreduce  # noqa: E402
+from pyallreduce.ddp import HookState, allreduce_hook  # noqa: E402
 
 FEATURES, CLASSES = 32, 10
 
@@ -40,8 +44,7 @@ def main() -> None:
     parser.add_argument("--compression", choices=["fp16", "bf16"], default=None)
     args = parser.parse_args()
 
-    pyallreduce.distributed.init_process_group("gloo")
-    comm = pyallreduce.init()
+    comm = pyallreduce.init(torch_backend="gloo")  # the communicator, and torch.distributed over the same ranks
     rank, world_size = comm.rank, comm.size
 
     torch.manual_seed(0)  # DDP also broadcasts rank 0's parameters at construction
