@@ -17,8 +17,14 @@ const char* argument_error_text(ArgumentError error) {
     case ArgumentError::kBadOutput: return "its out= buffer does not match the input";
     case ArgumentError::kBadDevice:
       return "its buffers are on another GPU than the communicator's earlier CUDA calls";
+    case ArgumentError::kBadBucketBytes: return "its bucket_bytes is not a positive integer";
   }
   return "unknown error";
+}
+
+void check_options(const CommunicatorOptions& options) {
+  parse_size_rules(options.algorithm_rules);
+  if (options.ring_segment_bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
 }
 
 Communicator::Communicator(std::unique_ptr<Transport> transport, const CommunicatorOptions& options)
@@ -42,6 +48,13 @@ void Communicator::set_ring_segment_bytes(size_t bytes) {
 }
 
 void Communicator::free() {
+  // Under the lock a call holds, so that no call is left running on a freed
+  // transport (a use after free).
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw InvalidArgument("free() while another thread's call is running on this communicator; "
+                          "free it once that call has returned");
+  }
   device_.reset();  // first: a device transport may run over the host one
   transport_.reset();
 }

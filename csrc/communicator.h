@@ -33,6 +33,12 @@ struct CommunicatorOptions {
   std::optional<DeviceTransportKind> device_transport;
 };
 
+// Throws InvalidArgument if a communicator could not be built with `options`
+// (a malformed algorithm rule, a zero ring segment). Creating one checks the
+// same; pyallreduce checks first on every rank, so that all of them hear of
+// one rank's bad options before they communicate.
+void check_options(const CommunicatorOptions& options);
+
 // Why a rank rejected its own arguments; sent to the other ranks so that they
 // can say what went wrong where. Values are part of the wire format.
 enum class ArgumentError : int {
@@ -43,6 +49,7 @@ enum class ArgumentError : int {
   kBadAlgorithm = 4,     // unknown algorithm
   kBadOutput = 5,        // out of the wrong size, dtype or overlap
   kBadDevice = 6,        // on another GPU than this communicator's CUDA calls so far
+  kBadBucketBytes = 7,   // allreduce_coalesced's bucket_bytes not a positive integer
 };
 const char* argument_error_text(ArgumentError error);
 
@@ -99,7 +106,8 @@ class Communicator {
   void set_ring_segment_bytes(size_t bytes);
 
   // Releases the transport (for MPI, the duplicated communicator). Every later
-  // call raises. Safe to call twice.
+  // call raises. Safe to call twice; raises InvalidArgument while another
+  // thread's call is running on it.
   void free();
   bool freed() const { return transport_ == nullptr; }
 

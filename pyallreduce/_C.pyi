@@ -78,6 +78,8 @@ class Communicator:
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
 
+def check_options(options: CommunicatorOptions) -> None:
+    """Raise ValueError where a communicator could not be built with `options`."""
 def caller_stream(x: object) -> int | None:
     """The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:
     torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from . import _C
-from ._options import communicator_options, mpi_max_message_bytes
+from ._options import communicator_options, env_flag, mpi_max_message_bytes
 from ._progress import ProgressThread
 
 DTYPES = tuple(_C.DType.__members__)
@@ -55,12 +56,14 @@ class Communicator:
     ):
         from mpi4py import MPI
 
-        options = communicator_options(check, ring_segment_bytes, cuda_transport)
         comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
-        self._core = _C.Communicator.from_mpi(comm, options, mpi_max_message_bytes())
+        options, max_message_bytes = _agreed_options(comm, check, ring_segment_bytes, cuda_transport)
+        self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
+        if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
+            _abort_on_uncaught_exception()
 
     @classmethod
     def _wrap(cls, core: _C.Communicator) -> Communicator:
@@ -142,7 +145,7 @@ class Communicator:
         reduced in the order of the stream that was current here, at the call
         (torch's current stream is per thread, and this runs on another).
         """
-        stream = _C.caller_stream(x)
+        stream = _caller_stream(x)
         return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream))
 
     def allreduce_coalesced(
@@ -164,15 +167,15 @@ class Communicator:
         Raises:
             TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
         """
-        tensors = list(tensors)
+        tensors = _as_list(tensors)
         return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
 
     def allreduce_coalesced_async(
         self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> Future:
         """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
-        tensors = list(tensors)
-        stream = _C.caller_stream(tensors[0]) if tensors else None
+        tensors = _as_list(tensors)
+        stream = _caller_stream(tensors[0]) if isinstance(tensors, list) and tensors else None
         return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream))
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
@@ -199,6 +202,94 @@ class Communicator:
         if self._core.freed:
             return "<pyallreduce.Communicator (freed)>"
         return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
+
+
+def _as_list(tensors: Any) -> Any:
+    """``tensors`` as a list; anything that is not a sequence passes unchanged,
+    so that the call rejects it where every rank hears of it."""
+    return list(tensors) if isinstance(tensors, Iterable) and not isinstance(tensors, (str, bytes)) else tensors
+
+
+def _caller_stream(x: Any) -> int | None:
+    """The stream a call on ``x`` follows, read on the caller's thread; None
+    for a buffer the call will reject (it rejects it on the progress thread,
+    where every rank hears of it)."""
+    try:
+        return _C.caller_stream(x)
+    except (TypeError, ValueError):
+        return None
+
+
+# What shapes a call's messages, and so must be alike on every rank: the
+# option, and the variable that sets it.
+_SHAPING_SETTINGS = (
+    ("check_arguments", "PYALLREDUCE_CHECK"),
+    ("ring_segment_bytes", "PYALLREDUCE_RING_SEGMENT_BYTES"),
+    ("algorithm_rules", "PYALLREDUCE_ALGO"),
+    ("device_transport", "PYALLREDUCE_CUDA_TRANSPORT"),
+    ("max_message_bytes", "PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"),
+)
+
+
+def _agreed_options(
+    comm: Any, check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None
+) -> tuple[_C.CommunicatorOptions, int]:
+    """This rank's options and largest MPI message, once every rank of
+    ``comm`` has its own and they agree (collective). A rank whose options are
+    invalid raises its own error and the others a ValueError naming it; ranks
+    whose settings differ all raise the same ValueError, naming the setting.
+    Without this, such ranks would exchange messages of different shapes: a
+    truncation on some, a hang on others."""
+    try:
+        options = communicator_options(check, ring_segment_bytes, cuda_transport)
+        max_message_bytes = mpi_max_message_bytes()
+        _C.check_options(options)
+        settings = tuple(max_message_bytes if name == "max_message_bytes" else getattr(options, name)
+                         for name, _ in _SHAPING_SETTINGS)
+        error = None
+    except (TypeError, ValueError) as exc:
+        settings, error = None, exc
+    everyone = comm.allgather((None if error is None else f"{type(error).__name__}: {error}", settings))
+    if error is not None:
+        raise error
+    for rank, (their_error, _) in enumerate(everyone):
+        if their_error is not None:
+            raise ValueError(f"pyallreduce communicator rejected on rank {rank}: {their_error}")
+    first = everyone[0][1]
+    for rank, (_, theirs) in enumerate(everyone):
+        for (name, variable), expected, their in zip(_SHAPING_SETTINGS, first, theirs):
+            if their != expected:
+                raise ValueError(
+                    f"ranks disagree on {name} ({variable}): rank 0 has {expected!r}, rank {rank} has "
+                    f"{their!r}; set it alike on every rank"
+                )
+    return options, max_message_bytes
+
+
+_excepthook_installed = False
+
+
+def _abort_on_uncaught_exception() -> None:
+    """Makes an exception that nothing catches end the whole MPI job: its
+    traceback is printed as usual, then MPI_Abort tells the launcher to stop
+    every rank, as ``python -m mpi4py`` does. Otherwise this rank would exit
+    and leave the others waiting for it in their next call, forever."""
+    global _excepthook_installed
+    from mpi4py import MPI
+
+    if _excepthook_installed or MPI.COMM_WORLD.size == 1:
+        return
+    previous = sys.excepthook
+
+    def print_then_abort(kind, value, traceback) -> None:
+        previous(kind, value, traceback)
+        sys.stderr.write(f"pyallreduce: uncaught {kind.__name__} on rank {MPI.COMM_WORLD.rank}; "
+                         "aborting the MPI job (PYALLREDUCE_ABORT_ON_UNCAUGHT=0 leaves it running)\n")
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+
+    sys.excepthook = print_then_abort
+    _excepthook_installed = True
 
 
 def _require_mpi_thread_multiple() -> None:

@@ -35,7 +35,8 @@ def _positive_int(name: str, default: int) -> int:
     return value
 
 
-def _flag(name: str, default: bool) -> bool:
+def env_flag(name: str, default: bool) -> bool:
+    """A 0/1 variable (also true/false, yes/no, on/off); `default` when unset."""
     text = os.environ.get(name, "").strip().lower()
     if text == "":
         return default
@@ -88,7 +89,7 @@ def communicator_options(
     check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None = None
 ) -> _C.CommunicatorOptions:
     options = _C.CommunicatorOptions()
-    options.check_arguments = _flag("PYALLREDUCE_CHECK", True) if check is None else bool(check)
+    options.check_arguments = env_flag("PYALLREDUCE_CHECK", True) if check is None else bool(check)
     options.ring_segment_bytes = (
         _positive_int("PYALLREDUCE_RING_SEGMENT_BYTES", options.ring_segment_bytes)
         if ring_segment_bytes is None

@@ -1,5 +1,8 @@
 """Bad input raises a clear Python exception on every rank, never a hang."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +170,82 @@ def test_ops_in_any_case_and_as_torch_reduce_ops(op, expected):
         return x.tolist()
 
     assert spawn_local(3, each_rank) == [[expected] * 5] * 3
+
+
+@pytest.mark.parametrize("bucket_bytes, error, message", [
+    (0, ValueError, "bucket_bytes must be a positive number of bytes"),
+    (-5, ValueError, "bucket_bytes must be a positive number of bytes"),
+    (2**70, ValueError, "bucket_bytes must be a positive number of bytes"),
+    ("25M", TypeError, "bucket_bytes must be an int, not str"),
+    (True, TypeError, "bucket_bytes must be an int, not bool"),
+])
+def test_bad_bucket_bytes_on_one_rank(bucket_bytes, error, message):
+    def call(comm):
+        comm.allreduce_coalesced([torch.ones(3), torch.ones(5)], bucket_bytes=bucket_bytes if comm.rank == 1 else 64)
+
+    errors = errors_on_every_rank(3, call)
+    assert isinstance(errors[1], error) and message in str(errors[1])
+    assert all("rejected on rank 1" in str(errors[r]) and "bucket_bytes" in str(errors[r]) for r in (0, 2))
+
+
+@pytest.mark.parametrize("tensors, message", [(None, "not NoneType"), ("abc", "not str"),
+                                              ([torch.ones(3), None], "tensors[1]")])
+def test_a_bad_tensor_list_on_one_rank(tensors, message):
+    errors = errors_on_every_rank(2, lambda c: c.allreduce_coalesced(tensors if c.rank == 0 else [torch.ones(3)] * 2))
+    assert message in str(errors[0])
+    assert "rejected on rank 0" in str(errors[1])
+
+
+def test_a_bad_buffer_given_to_allreduce_async_on_one_rank():
+    def call(comm):
+        x = np.zeros(8)[::2] if comm.rank == 2 else np.zeros(4)
+        comm.allreduce_async(x).result(timeout=60)
+
+    errors = errors_on_every_rank(3, call)
+    assert "not C-contiguous" in str(errors[2])
+    assert all("rejected on rank 2" in str(errors[r]) for r in (0, 1))
+
+
+class _OddTensor(torch.Tensor):
+    def data_ptr(self):
+        return "not an address"
+
+
+def test_a_tensor_whose_attributes_do_not_convert_on_one_rank():
+    def call(comm):
+        x = torch.ones(4)
+        comm.allreduce(x.as_subclass(_OddTensor) if comm.rank == 0 else x)
+
+    errors = errors_on_every_rank(2, call)
+    assert "rejected on rank 0" in str(errors[1])
+
+
+def test_free_while_another_threads_call_runs_raises_and_the_call_completes():
+    partner_may_start = threading.Event()
+
+    def each_rank(comm):
+        x = torch.ones(6)
+        if comm.rank == 1:
+            partner_may_start.wait(60)
+            comm.allreduce(x)
+            return x.tolist()
+        caller = threading.Thread(target=comm.allreduce, args=(x,))
+        caller.start()
+        time.sleep(1.0)  # the caller is in the call by now, waiting for rank 1
+        with pytest.raises(ValueError, match="another thread's call is running"):
+            comm._core.free()
+        partner_may_start.set()
+        caller.join(60)
+        return x.tolist()
+
+    assert spawn_local(2, each_rank) == [[2.0] * 6] * 2
+
+
+def test_a_ring_segment_larger_than_any_vector():
+    def each_rank(comm):
+        x = torch.arange(10, dtype=torch.float64) + comm.rank
+        comm.allreduce(x, algorithm="ring")
+        return x.tolist()
+
+    expected = [3 * i + 3.0 for i in range(10)]
+    assert spawn_local(3, each_rank, ring_segment_bytes=2**62) == [expected] * 3

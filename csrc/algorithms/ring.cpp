@@ -134,7 +134,12 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
     ctx.reduction.finalize(vec.data, n, p);
     return;
   }
-  const size_t segment_elems = std::max<size_t>(1, ctx.ring_segment_bytes / vec.element_size);
+  // A segment is at most the largest chunk (chunk 0; see chunk_begin), so a
+  // segment size beyond the vector's means one segment per chunk, and the
+  // scratch below is at most `window` chunks whatever ring_segment_bytes is.
+  // Example n = 10, p = 4 with 1 MiB segments of float32: 3 elements each.
+  const size_t largest_chunk = std::max<size_t>(1, chunk_begin(n, p, 1));
+  const size_t segment_elems = std::clamp<size_t>(ctx.ring_segment_bytes / vec.element_size, 1, largest_chunk);
 
   // Reduce-scatter: combine what arrives with this rank's input into the
   // output (the partial sum from the left on the left), then forward it.

@@ -71,7 +71,29 @@ void telling_every_rank_of_rejections(Communicator& comm, Call call) {
     // still a rejected argument as far as the other ranks are concerned.
     tell_the_other_ranks(ArgumentError::kBadBuffer);
     throw;
+  } catch (const py::cast_error& error) {
+    // An attribute of an unexpected type (a tensor subclass's data_ptr() that
+    // returns a str, say), found while reading the arguments.
+    tell_the_other_ranks(ArgumentError::kBadBuffer);
+    PyErr_SetString(PyExc_TypeError,
+                    (std::string("a buffer argument has an attribute of an unexpected type: ") + error.what()).c_str());
+    throw py::error_already_set();
   }
+}
+
+// allreduce_coalesced's bucket_bytes: a positive Python int.
+size_t parse_bucket_bytes(py::handle bucket_bytes) {
+  if (!PyLong_Check(bucket_bytes.ptr()) || PyBool_Check(bucket_bytes.ptr())) {
+    throw Rejection{PyExc_TypeError, ArgumentError::kBadBucketBytes,
+                    std::string("bucket_bytes must be an int, not ") + Py_TYPE(bucket_bytes.ptr())->tp_name};
+  }
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(bucket_bytes.ptr(), &overflow);
+  if (overflow != 0 || value <= 0) {
+    throw Rejection{PyExc_ValueError, ArgumentError::kBadBucketBytes,
+                    "bucket_bytes must be a positive number of bytes, not " + py::repr(bucket_bytes).cast<std::string>()};
+  }
+  return static_cast<size_t>(value);
 }
 
 // The whole per-call path of pyallreduce.Communicator.allreduce.
@@ -98,9 +120,15 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
 
 // The per-call path of pyallreduce.Communicator.allreduce_coalesced: every
 // tensor is read and checked (writable, one dtype) before anything is sent.
-py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::handle op, py::handle algorithm,
-                             size_t bucket_bytes, py::handle stream) {
+py::object allreduce_coalesced(Communicator& comm, py::handle tensor_list, py::handle op, py::handle algorithm,
+                               py::handle bucket_bytes, py::handle stream) {
   telling_every_rank_of_rejections(comm, [&] {
+    if (!PyList_Check(tensor_list.ptr())) {
+      throw Rejection{PyExc_TypeError, ArgumentError::kBadBuffer,
+                      std::string("tensors must be a sequence of tensors, not ") + Py_TYPE(tensor_list.ptr())->tp_name};
+    }
+    const auto tensors = py::reinterpret_borrow<py::list>(tensor_list);
+    const size_t bucket = parse_bucket_bytes(bucket_bytes);
     std::vector<std::unique_ptr<PythonBuffer>> buffers;
     std::vector<Communicator::Span> spans;
     for (size_t i = 0; i < tensors.size(); ++i) {
@@ -126,9 +154,9 @@ py::list allreduce_coalesced(Communicator& comm, const py::list& tensors, py::ha
     const Algorithm algorithm_code = parse_algorithm(algorithm);
     const Placement placement = buffers.empty() ? Placement{} : placement_of(*buffers.front(), stream);
     py::gil_scoped_release release;
-    comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket_bytes, placement);
+    comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket, placement);
   });
-  return tensors;
+  return py::reinterpret_borrow<py::object>(tensor_list);
 }
 
 // A device transport's name, or None.
@@ -280,6 +308,8 @@ PYBIND11_MODULE(_C, m) {
         set_device_backend(backend.get_pointer<DeviceBackend>());
       },
       py::arg("backend"), "Called by pyallreduce._cuda when imported: the backend for CUDA buffers.");
+  m.def("check_options", &check_options, py::arg("options"),
+        "Raise ValueError where a communicator could not be built with `options`.");
   m.def("caller_stream", &caller_stream, py::arg("x"),
         "The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:\n"
         "torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names\n"

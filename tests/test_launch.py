@@ -1,0 +1,74 @@
+"""What a launch does when ranks are not alike: settings that would shape
+messages differently are refused on every rank when the communicator is
+made, and an exception nothing catches ends the whole job, under mpiexec."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_mpi import mpiexec
+
+DIFFERING = """
+import os, sys
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.rank
+if rank == int(sys.argv[1]):
+    os.environ[sys.argv[2]] = sys.argv[3]
+import pyallreduce
+try:
+    pyallreduce.init()
+except ValueError as exc:
+    outcome = f"rank {rank} refused: {exc}"
+else:
+    outcome = f"rank {rank} accepted"
+outcomes = MPI.COMM_WORLD.gather(outcome)   # printed by one rank: lines from several can interleave
+if rank == 0:
+    print("\\n".join(outcomes), flush=True)
+"""
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("PYALLREDUCE_RING_SEGMENT_BYTES", "65536",
+     "ranks disagree on ring_segment_bytes (PYALLREDUCE_RING_SEGMENT_BYTES): rank 0 has 1048576, rank 2 has 65536"),
+    ("PYALLREDUCE_MPI_MAX_MESSAGE_BYTES", "4096", "ranks disagree on max_message_bytes"),
+    ("PYALLREDUCE_CHECK", "0", "ranks disagree on check_arguments (PYALLREDUCE_CHECK)"),
+    ("PYALLREDUCE_ALGO", "ring", "ranks disagree on algorithm_rules (PYALLREDUCE_ALGO)"),
+    ("PYALLREDUCE_CUDA_TRANSPORT", "mpi", "ranks disagree on device_transport"),
+    ("PYALLREDUCE_ALGO", "ring:10", "pyallreduce communicator rejected on rank 2: ValueError: PYALLREDUCE_ALGO rule"),
+    ("PYALLREDUCE_RING_SEGMENT_BYTES", "-1", "pyallreduce communicator rejected on rank 2: ValueError"),
+])
+def test_settings_that_differ_on_one_rank_are_refused_on_every_rank(variable, value, message):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYALLREDUCE_")}
+    result = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-c", DIFFERING, "2", variable, value],
+                            capture_output=True, text=True, timeout=120, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    refusals = [line for line in result.stdout.splitlines() if " refused: " in line]
+    assert len(refusals) == 3, output
+    for line in refusals:
+        if not line.startswith("rank 2 "):  # rank 2 raises its own error when its options are invalid
+            assert message in line, line
+    assert variable in output
+
+
+UNCAUGHT = """
+import pyallreduce, numpy
+comm = pyallreduce.init()
+if comm.rank == 1:
+    raise KeyError("rank 1 failed on purpose")
+comm.allreduce(numpy.ones(4))   # would wait for rank 1 forever
+"""
+
+
+def test_an_uncaught_exception_on_one_rank_ends_the_job():
+    started = time.monotonic()
+    result = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-c", UNCAUGHT], capture_output=True, text=True,
+                            timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "KeyError: 'rank 1 failed on purpose'" in result.stderr, result.stderr
+    assert "uncaught KeyError on rank 1; aborting the MPI job" in result.stderr, result.stderr
+    assert elapsed < 60, elapsed
