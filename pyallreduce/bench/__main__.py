@@ -23,7 +23,6 @@ import datetime
 import functools
 import os
 import platform
-import time
 import traceback
 
 import numpy as np
@@ -33,6 +32,7 @@ from .. import DTYPES, OPS, build_info, init
 from .._optional import require
 from . import calibration, data, implementations, report, timing
 from .sizes import parse_size, sweep
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pyallreduce-bench", description=__doc__,
@@ -129,7 +129,7 @@ def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Mea
     return measurements
 
 
-def run(args: argparse.Namespace) -> None:
+def benchmark(args: argparse.Namespace) -> None:
     """The benchmark (collective over MPI.COMM_WORLD)."""
     world = MPI.COMM_WORLD
     rank0 = world.rank == 0
@@ -190,8 +190,9 @@ def run(args: argparse.Namespace) -> None:
                     progress.update()
         if progress is not None:
             progress.clear()
-        for impl in runnable:
-            say(report.table_row(results, impl.name, nbytes))
+        if rank0:
+            for impl in runnable:
+                say(report.table_row(results, impl.name, nbytes))
     if progress is not None:
         progress.close()
 
@@ -223,7 +224,7 @@ def main() -> None:
     if args.plot:
         require("matplotlib", "bench", "--plot")
     try:
-        run(args)
+        benchmark(args)
     except Exception:
         # One rank failing must not leave the others waiting in a collective.
         traceback.print_exc()
