@@ -76,6 +76,13 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """
     buffer = bucket.buffer()
     result: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    if buffer.layout != torch.strided:
+        # Every rank's model has its sparse gradients in the same buckets, so
+        # every rank refuses the same bucket and none waits for another.
+        result.set_exception(TypeError(
+            f"pyallreduce's DDP hook reduces dense gradients only, and this bucket is {buffer.layout}: "
+            "use torch's default hook for models with sparse gradients (nn.Embedding(sparse=True))"))
+        return result
     # A CUDA bucket is reduced in the order of the stream backward runs on
     # here; the copy back from a compressed wire must follow it there too,
     # though it runs on the progress thread (whose current stream is another).

@@ -42,3 +42,13 @@ def test_half_precision_buckets_are_averaged_without_overflow(dtype):
 
     expected = torch.full((10,), 40000.0, dtype=dtype).float().tolist()
     assert spawn_local(3, each_rank) == [expected] * 3
+
+
+def test_a_sparse_bucket_is_refused_on_every_rank_with_a_reason():
+    def each_rank(comm):
+        sparse = torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0]).to_sparse()
+        with pytest.raises(TypeError, match="dense gradients only.*sparse_coo"):
+            allreduce_hook(HookState(comm), _Bucket(sparse)).wait()
+        return "refused"
+
+    assert spawn_local(2, each_rank) == ["refused"] * 2
