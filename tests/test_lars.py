@@ -41,12 +41,13 @@ class ReferenceLars:
             adapt = w.ndim > 1 if self.skip is None else not self.skip
             if adapt:
                 w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
-                local_lr = 1.0
+                rate = self.lr
                 if w_norm > 0 and g_norm > 0:
                     local_lr = self.trust_coefficient * w_norm / (g_norm + self.weight_decay * w_norm + self.eps)
-                    if self.trust_clip:
-                        local_lr = min(local_lr, 1.0)
-                d = self.lr * local_lr * (g + self.weight_decay * w)
+                    # LARC's clip (apex): the gradient is scaled by min(local_lr / lr, 1)
+                    # before the optimizer's step of lr, so the rate is min(local_lr, lr).
+                    rate = min(local_lr, self.lr) if self.trust_clip else self.lr * local_lr
+                d = rate * (g + self.weight_decay * w)
             else:
                 d = self.lr * g
             if self.momentum == 0:
@@ -74,7 +75,10 @@ def gradients(shapes, dtype, seed, step, zero=()):
 CONFIGS = {
     "plain": dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02, eps=0.0),
     "nesterov_eps": dict(lr=0.3, momentum=0.8, weight_decay=5e-4, trust_coefficient=0.01, eps=1e-3, nesterov=True),
+    # Trust ratios near 5, above lr: LARC's clip makes the rate lr.
     "clip": dict(lr=0.05, momentum=0.9, weight_decay=1e-4, trust_coefficient=5.0, trust_clip=True),
+    # Trust ratios near 0.2, below lr: the rate is the ratio itself, not lr * ratio.
+    "clip_below_lr": dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.2, trust_clip=True),
     "no_momentum": dict(lr=0.2, momentum=0.0, weight_decay=1e-3, trust_coefficient=0.01),
     "adapt_everything": dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02, skip_adaptation=False),
     "adapt_nothing": dict(lr=0.01, momentum=0.9, weight_decay=1e-3, skip_adaptation=True),
@@ -143,7 +147,7 @@ def check_each_step(weights, config, grad_dtype, steps=50):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip"])
+@pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip", "clip_below_lr"])
 def test_fused_cpu_float32_step_matches_algorithm_1(config, threads, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     check_each_step(make_weights(SHAPES, torch.float32, seed=4, zero={3}), CONFIGS[config], torch.float32)
@@ -314,7 +318,7 @@ def test_the_fused_binding_rejects_mismatched_lists():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip", "no_momentum"])
+@pytest.mark.parametrize("config", ["plain", "nesterov_eps", "clip", "clip_below_lr", "no_momentum"])
 def test_cuda_step_matches_algorithm_1(config, dtype):
     """The fused CUDA step (the torch path where it is not built), with
     half-precision parameters and gradients on float32 master weights."""

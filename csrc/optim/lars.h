@@ -33,7 +33,7 @@ struct LarsHyperparameters {
   double trust_coefficient;
   double eps;
   bool nesterov;
-  bool trust_clip;  // the trust ratio is capped at 1 (LARC's clip mode)
+  bool trust_clip;  // LARC's clip mode: the rate is min(trust ratio, lr)
 };
 
 // Compiled for the host and, in the CUDA step (csrc/cuda/lars.cu), the device.
@@ -44,19 +44,22 @@ struct LarsHyperparameters {
 #endif
 
 // trust_coefficient * |w| / (|g| + weight_decay * |w| + eps) from the sums of
-// squares of w and g: 1 where either norm is 0, at most 1 with trust_clip.
+// squares of w and g: 1 where either norm is 0. With trust_clip, LARC's clip:
+// min(ratio / lr, 1), so that the rate lr * result is min(ratio, lr). Example:
+// lr 0.5 and ratio 0.2 give 0.4 (a rate of 0.2); ratio 2 gives 1 (a rate of 0.5).
 PYALLREDUCE_HOST_DEVICE inline double trust_ratio(const LarsHyperparameters& hyper, double w_squares,
                                                   double g_squares) {
   const double w_norm = sqrt(w_squares), g_norm = sqrt(g_squares);
   if (w_norm == 0.0 || g_norm == 0.0) return 1.0;
   const double ratio = hyper.trust_coefficient * w_norm / (g_norm + hyper.weight_decay * w_norm + hyper.eps);
-  return hyper.trust_clip && ratio > 1.0 ? 1.0 : ratio;
+  if (!hyper.trust_clip || hyper.lr <= 0.0) return ratio;  // at lr 0 the step is 0 either way
+  return ratio < hyper.lr ? ratio / hyper.lr : 1.0;
 }
 
 // For each tensor, with w = param, g = grad, v = momentum_buffer:
 //   ratio = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)
 //           (1 where |w| or |g| is 0, or the tensor does not adapt;
-//            min(ratio, 1) with trust_clip)
+//            min(ratio / lr, 1) with trust_clip, see trust_ratio)
 //   d = lr * ratio * (g + weight_decay * w)      (d = lr * g without adapt)
 //   v = momentum * momentum_correction * v + d
 //   w -= v   (nesterov: w -= momentum * v + d; without momentum: w -= d)

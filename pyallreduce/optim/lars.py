@@ -33,7 +33,7 @@ class LARS(torch.optim.Optimizer):
     (Algorithm 1 of the LARS paper, momentum in the "lr inside" form):
 
         local_lr = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)
-                   (1 where |w| or |g| is 0; min(local_lr, 1) with trust_clip)
+                   (1 where |w| or |g| is 0; min(local_lr / lr, 1) with trust_clip)
         v = momentum * v + lr * local_lr * (g + weight_decay * w)
         w = w - v                  (nesterov: w - (momentum * v + lr * local_lr * (g + weight_decay * w)))
 
@@ -63,8 +63,8 @@ class LARS(torch.optim.Optimizer):
         trust_coefficient: eta of the paper, > 0.
         eps: added to the trust ratio's denominator, >= 0.
         nesterov: Nesterov momentum (needs momentum > 0).
-        trust_clip: cap the trust ratio at 1 (LARC's clip mode: the
-            effective rate is min(lr * local_lr, lr)).
+        trust_clip: LARC's clip mode: the effective rate is
+            min(local_lr, lr) instead of lr * local_lr.
     """
 
     def __init__(
@@ -154,8 +154,8 @@ def lars_step_torch(
             w_norm = torch.linalg.vector_norm(w, dtype=torch.float64)
             g_norm = torch.linalg.vector_norm(g, dtype=torch.float64)
             ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
-            if trust_clip:
-                ratio = ratio.clamp(max=1.0)
+            if trust_clip and lr > 0:
+                ratio = ratio.clamp(max=lr) / lr  # LARC's clip: the rate lr * ratio is min(ratio, lr)
             ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
             step = g.add(w, alpha=weight_decay).mul_((lr * ratio).to(w.dtype))
         else:
