@@ -370,3 +370,17 @@ def test_the_cuda_kernels_are_built_wherever_nvcc_is():
         _cuda.lars_step([torch.ones(3)], [torch.ones(3)], None, [True], [1.0], lr=0.1, momentum=0.9,
                         weight_decay=0.0, trust_coefficient=0.001, eps=0.0, nesterov=False, trust_clip=False,
                         workspace=torch.ones(2, dtype=torch.float64), stream=0)
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["fused", "torch path"])
+def test_a_nan_gradient_makes_its_whole_tensor_nan_on_every_path(contiguous):
+    """The trust ratio of a gradient with a NaN is NaN, so every element of
+    that tensor steps to NaN, the other tensors not at all."""
+    storage = [torch.ones(4, 6), torch.ones(3, 5)]
+    weights = [torch.nn.Parameter(t if contiguous else t.t()) for t in storage]
+    for w in weights:
+        w.grad = torch.full_like(w, 0.5)
+    weights[0].grad[1, 2] = float("nan")
+    LARS(weights, lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+    assert torch.isnan(weights[0]).all()
+    assert not torch.isnan(weights[1]).any()

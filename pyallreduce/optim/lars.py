@@ -46,6 +46,9 @@ class LARS(torch.optim.Optimizer):
     which keeps the update the same as in the "v = m*v + g; w -= lr*v" form
     (after a step at lr 0 there is nothing to scale by, and v is kept as is).
 
+    A gradient with a NaN has a NaN norm and so a NaN trust ratio: its whole
+    tensor steps to NaN, on the fused paths and the torch path alike.
+
     float16/bfloat16 parameters are updated through float32 master weights
     kept in the optimizer state ("master_weight"), and their momentum is
     float32. The momentum buffer is stored under "momentum_buffer", as
@@ -156,7 +159,8 @@ def lars_step_torch(
             ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
             if trust_clip and lr > 0:
                 ratio = ratio.clamp(max=lr) / lr  # LARC's clip: the rate lr * ratio is min(ratio, lr)
-            ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+            # 1 where a norm is 0; a NaN norm keeps the ratio NaN, as in the fused steps.
+            ratio = torch.where((w_norm == 0) | (g_norm == 0), torch.ones_like(ratio), ratio)
             step = g.add(w, alpha=weight_decay).mul_((lr * ratio).to(w.dtype))
         else:
             step = g.mul(lr)
