@@ -27,6 +27,13 @@ mpiexec="$(dirname "$(command -v "$python")")/mpiexec"
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 
+# pyproject's license fields need setuptools >= 77 (the build runs without
+# isolation: that machine has no package index).
+if ! "$python" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)"; then
+  echo "gpu_checks: setuptools $("$python" -c 'import setuptools; print(setuptools.__version__)') is older than 77;" \
+       "carry a newer setuptools wheel (see the device tool's README) and install it first"
+  exit 1
+fi
 if ! "$python" -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1; then
   tail -30 "$out/build.log"
   echo "gpu_checks: the build failed (log in $out/build.log)"

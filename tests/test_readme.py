@@ -1,5 +1,6 @@
 """Every Python block of the README runs as written, at 2 ranks under
-mpiexec (each block is a whole program; those that touch CUDA need a GPU)."""
+mpiexec (each block is a whole program; those that touch CUDA need a GPU,
+and run at as many ranks as there are GPUs, up to 2)."""
 
 import re
 from pathlib import Path
@@ -34,5 +35,10 @@ def test_the_readme_has_python_blocks():
 def test_readme_block_runs_at_two_ranks(tmp_path, code):
     program = tmp_path / "block.py"
     program.write_text(code)
-    result, output = launch(program, 2, cwd=tmp_path)
+    ranks = 2
+    if needs_gpu(code):
+        import torch
+
+        ranks = min(2, torch.cuda.device_count())  # one GPU per rank, as NCCL needs
+    result, output = launch(program, ranks, cwd=tmp_path)
     assert result.returncode == 0, f"{code}\n---\n{output[-6000:]}"
