@@ -283,6 +283,8 @@ def _abort_on_uncaught_exception() -> None:
 
     def print_then_abort(kind, value, traceback) -> None:
         previous(kind, value, traceback)
+        if MPI.Is_finalized():  # nothing left to abort: the process ends as usual
+            return
         sys.stderr.write(f"pyallreduce: uncaught {kind.__name__} on rank {MPI.COMM_WORLD.rank}; "
                          "aborting the MPI job (PYALLREDUCE_ABORT_ON_UNCAUGHT=0 leaves it running)\n")
         sys.stderr.flush()

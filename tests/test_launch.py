@@ -1,6 +1,7 @@
-"""What a launch does when ranks are not alike: settings that would shape
-messages differently are refused on every rank when the communicator is
-made, and an exception nothing catches ends the whole job, under mpiexec."""
+"""What a launch does when ranks are not alike, under mpiexec: settings that
+would shape messages differently are refused on every rank when the
+communicator is made, an exception nothing catches ends the whole job, and a
+call after MPI_Finalize raises instead of aborting the process."""
 
 import os
 import subprocess
@@ -72,3 +73,23 @@ def test_an_uncaught_exception_on_one_rank_ends_the_job():
     assert "KeyError: 'rank 1 failed on purpose'" in result.stderr, result.stderr
     assert "uncaught KeyError on rank 1; aborting the MPI job" in result.stderr, result.stderr
     assert elapsed < 60, elapsed
+
+
+AFTER_FINALIZE = """
+import numpy, pyallreduce
+from mpi4py import MPI
+comm = pyallreduce.init()
+rank = comm.rank
+MPI.Finalize()
+try:
+    comm.allreduce(numpy.ones(3))
+except RuntimeError as exc:
+    print(f"rank {rank}: {exc}", flush=True)
+"""
+
+
+def test_a_call_after_mpi_finalize_raises_instead_of_aborting():
+    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", AFTER_FINALIZE], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("MPI has been finalized; a pyallreduce communicator cannot be used after it") == 2

@@ -46,6 +46,14 @@ RequestPtr post_in_pieces(size_t bytes, size_t max_piece, PostPiece post_piece) 
   return request;
 }
 
+// MPI routines called after MPI_Finalize abort the process (MPICH) or are
+// undefined; a call on a communicator that outlived MPI raises instead.
+void require_mpi_running() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) throw TransportError("MPI has been finalized; a pyallreduce communicator cannot be used after it");
+}
+
 }  // namespace
 
 MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
@@ -68,6 +76,7 @@ MpiTransport::~MpiTransport() {
 }
 
 RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
+  require_mpi_running();
   const char* base = static_cast<const char*>(data);
   return post_in_pieces(bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Isend(base + offset, length, MPI_BYTE, peer, 0, comm_, r), "MPI_Isend");
@@ -75,6 +84,7 @@ RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
 }
 
 RequestPtr MpiTransport::irecv(int peer, void* data, size_t bytes) {
+  require_mpi_running();
   char* base = static_cast<char*>(data);
   return post_in_pieces(bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Irecv(base + offset, length, MPI_BYTE, peer, 0, comm_, r), "MPI_Irecv");
