@@ -6,12 +6,17 @@ after another on a single thread per communicator; the C++ calls release the
 GIL, so the caller (for DDP, the backward pass) goes on meanwhile. A
 synchronous call made while asynchronous ones are still queued joins the queue
 too, so it cannot overtake them.
+
+At interpreter exit, every progress thread first finishes the calls queued on
+it (all ranks exit after the same calls, so they complete together).
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
+import weakref
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -36,6 +41,7 @@ class ProgressThread:
                     self._before_first_call()
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
+                _started.add(self)
             self._unfinished += 1
         self._jobs.put((call, future))
         return future
@@ -80,3 +86,17 @@ class ProgressThread:
         # the thread idle and may call synchronously.
         with self._lock:
             self._unfinished -= 1
+
+
+_started: weakref.WeakSet[ProgressThread] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_queued_calls() -> None:
+    """Left to the interpreter's shutdown, a daemon thread inside a C++ call
+    is killed when it takes the GIL back, which aborts the process
+    ("terminate called without an active exception") with calls unfinished.
+    It runs while MPI is still initialized: mpi4py finalizes MPI after the
+    atexit handlers."""
+    for progress in list(_started):
+        progress.stop()

@@ -1,7 +1,8 @@
 """What a launch does when ranks are not alike, under mpiexec: settings that
 would shape messages differently are refused on every rank when the
-communicator is made, an exception nothing catches ends the whole job, and a
-call after MPI_Finalize raises instead of aborting the process."""
+communicator is made, an exception nothing catches ends the whole job, a
+call after MPI_Finalize raises instead of aborting the process, and exiting
+with asynchronous calls still queued finishes them first."""
 
 import os
 import subprocess
@@ -93,3 +94,30 @@ def test_a_call_after_mpi_finalize_raises_instead_of_aborting():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("MPI has been finalized; a pyallreduce communicator cannot be used after it") == 2
+
+
+EXIT_WITH_QUEUED_CALLS = """
+import atexit
+import numpy as np
+from mpi4py import MPI
+
+futures = []
+
+@atexit.register   # registered first, so it runs after pyallreduce's own exit handler
+def report():
+    results = [f.result(timeout=0) for f in futures]
+    ok = all((r == MPI.COMM_WORLD.size).all() for r in results) and not MPI.Is_finalized()
+    print(f"rank {MPI.COMM_WORLD.rank}: {len(results)} queued calls finished before exit: {ok}", flush=True)
+
+import pyallreduce
+comm = pyallreduce.init()
+futures += [comm.allreduce_async(np.ones(1 << 16)) for _ in range(20)]
+"""
+
+
+def test_exit_with_queued_async_calls_finishes_them():
+    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", EXIT_WITH_QUEUED_CALLS],
+                            capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("20 queued calls finished before exit: True") == 2, output
