@@ -212,11 +212,11 @@ def _as_list(tensors: Any) -> Any:
 
 def _caller_stream(x: Any) -> int | None:
     """The stream a call on ``x`` follows, read on the caller's thread; None
-    for a buffer the call will reject (it rejects it on the progress thread,
-    where every rank hears of it)."""
+    for a buffer that cannot be read: the queued call then rejects it on the
+    progress thread, where every rank hears of it."""
     try:
         return _C.caller_stream(x)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - raised again by the call itself, through the agreement
         return None
 
 

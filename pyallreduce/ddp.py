@@ -30,7 +30,7 @@ import torch.distributed as dist  # noqa: E402
 from ._communicator import ALGORITHMS, Communicator  # noqa: E402
 
 COMPRESSIONS = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
-HALF_DTYPES = (torch.float16, torch.bfloat16)
+HALF_DTYPES = tuple(dtype for dtype in COMPRESSIONS.values() if dtype is not None)
 
 
 @dataclass
@@ -88,19 +88,17 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     # though it runs on the progress thread (whose current stream is another).
     stream = torch.cuda.current_stream(buffer.device) if buffer.is_cuda else None
     wire_dtype = COMPRESSIONS[state.compression]
-    if wire_dtype is None or buffer.dtype == wire_dtype:
-        wire = buffer
-        if buffer.dtype in HALF_DTYPES:
-            # Partial sums of half-precision gradients are rounded to it at
-            # each step and can overflow (float16 above 65504): divide first,
-            # as torch's default hook does.
-            buffer.div_(state.comm.size)
-            pending = state.comm.allreduce_async(wire, op="sum", algorithm=state.algorithm)
-        else:
-            pending = state.comm.allreduce_async(wire, op="avg", algorithm=state.algorithm)
-    else:
+    op = "sum"
+    if wire_dtype is not None and buffer.dtype != wire_dtype:
         wire = buffer.div(state.comm.size).to(wire_dtype)
-        pending = state.comm.allreduce_async(wire, op="sum", algorithm=state.algorithm)
+    elif buffer.dtype in HALF_DTYPES:
+        # Partial sums of half-precision gradients are rounded to it at each
+        # step and can overflow (float16 above 65504): divide first, as
+        # torch's default hook does.
+        wire = buffer.div_(state.comm.size)
+    else:
+        wire, op = buffer, "avg"
+    pending = state.comm.allreduce_async(wire, op=op, algorithm=state.algorithm)
 
     def complete(done) -> None:  # runs on the progress thread
         try:

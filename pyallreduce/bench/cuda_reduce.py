@@ -26,7 +26,7 @@ require("torch", "torch", "pyallreduce.bench.cuda_reduce")
 import torch  # noqa: E402
 
 from .sizes import parse_size  # noqa: E402
-from .timing import median_range, time_calls  # noqa: E402
+from .timing import median_range, median_seconds  # noqa: E402
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -52,16 +52,14 @@ def main() -> None:
             element = torch.empty((), dtype=getattr(torch, dtype)).element_size()
             left = torch.rand(nbytes // element, device="cuda").to(getattr(torch, dtype))
             right, out = torch.rand_like(left, dtype=torch.float32).to(left.dtype), torch.empty_like(left)
-            runs = {"copy": [], "out": [], "inplace": []}
+            # Each call and the bytes it moves, in units of n.
+            calls = {"copy": (lambda: out.copy_(left), 2),
+                     "out": (lambda: _cuda.combine(left, right, out, "sum", stream), 3),
+                     "inplace": (lambda: _cuda.combine(out, right, out, "sum", stream), 3)}
+            runs = {name: [] for name in calls}
             for _ in range(args.runs):  # the three take turns within each run
-                copy_s = np.median(time_calls(lambda: out.copy_(left), args.iters, device="cuda"))
-                out_s = np.median(time_calls(lambda: _cuda.combine(left, right, out, "sum", stream), args.iters,
-                                             device="cuda"))
-                inplace_s = np.median(time_calls(lambda: _cuda.combine(out, right, out, "sum", stream), args.iters,
-                                                 device="cuda"))
-                runs["copy"].append(2 * nbytes / copy_s / 1e9)
-                runs["out"].append(3 * nbytes / out_s / 1e9)
-                runs["inplace"].append(3 * nbytes / inplace_s / 1e9)
+                for name, (call, moved) in calls.items():
+                    runs[name].append(moved * nbytes / median_seconds(call, args.iters, device="cuda") / 1e9)
             copy, ours, inplace = (float(np.median(runs[k])) for k in ("copy", "out", "inplace"))
             out_ratios = [o / c for o, c in zip(runs["out"], runs["copy"])]
             inplace_ratios = [o / c for o, c in zip(runs["inplace"], runs["copy"])]

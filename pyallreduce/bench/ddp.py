@@ -28,8 +28,6 @@ import argparse
 import json
 import time
 
-import numpy as np
-
 from .._optional import require
 
 require("torch", "torch", "pyallreduce.bench.ddp")
@@ -43,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from .. import distributed, init  # noqa: E402
 from ..ddp import HookState, allreduce_hook  # noqa: E402
 from .resnet50 import parameter_shapes  # noqa: E402
-from .timing import median_range, time_calls  # noqa: E402
+from .timing import median_range, median_seconds  # noqa: E402
 
 
 class ShapesModel(torch.nn.Module):
@@ -137,7 +135,7 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in configurations}
     for _ in range(args.runs):
         for name, step in configurations.items():
-            results[name].append(1e3 * float(np.median(time_calls(step, args.iterations, warmup=args.warmup, world=world))))
+            results[name].append(1e3 * median_seconds(step, args.iterations, warmup=args.warmup, world=world))
 
     compute = results["iteration, compute only"]
     overhead_ours = [a - c for a, c in zip(results["iteration, pyallreduce hook"], compute)]

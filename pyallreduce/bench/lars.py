@@ -19,8 +19,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .._optional import require
 
 require("torch", "torch", "pyallreduce.bench.lars")
@@ -29,7 +27,7 @@ import torch  # noqa: E402
 
 from ..optim import LARS  # noqa: E402
 from .resnet50 import parameter_shapes  # noqa: E402
-from .timing import median_range, time_calls  # noqa: E402
+from .timing import median_range, median_seconds  # noqa: E402
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-5, trust_coefficient=0.001)
 FUSED_BYTES_PER_PARAM = 20
@@ -144,7 +142,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.runs):
         for name, step in steps.items():
-            times[name].append(float(np.median(time_calls(step, args.iterations, device=device.type))))
+            times[name].append(median_seconds(step, args.iterations, device=device.type))
 
     bandwidth = [streams * 4 * count / t for t in times["memory rate"]]
     fused_rate = [FUSED_BYTES_PER_PARAM * count / t for t in times["pyallreduce fused"]]

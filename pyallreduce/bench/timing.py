@@ -61,6 +61,11 @@ def time_calls(
     return samples
 
 
+def median_seconds(call: Callable[[], Any], iterations: int, **options: Any) -> float:
+    """The median of :func:`time_calls` ``(call, iterations, **options)``."""
+    return float(np.median(time_calls(call, iterations, **options)))
+
+
 def median_range(values: Sequence[float], unit: str = "", width: int = 0) -> str:
     """``median [min-max]`` of values with two decimals, e.g. ``12.50 ms
     [12.31-13.02]``; a single value alone; ``-`` for none. ``width`` pads the
