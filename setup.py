@@ -188,13 +188,15 @@ def extension() -> Pybind11Extension:
 
 class Build(build):
     """setuptools' build, in build/<configuration> (unless given a folder):
-    one folder per MPI, CUDA choice and Python, so that switching MPI or
-    PYALLREDUCE_CUDA never reuses the other's objects or ships its modules."""
+    one folder per MPI, CUDA choice, Python and CFLAGS/LDFLAGS (a sanitizer
+    build, say), so that switching never reuses the other's objects or ships
+    its modules."""
 
     def finalize_options(self) -> None:
         if self.build_base == "build":
             mpi = mpi_flags() if find_mpicc() else ("no MPI yet",)  # metadata only: building _C will say so
-            configuration = "\n".join([*mpi, find_nvcc() or "no cuda", sys.version, sys.platform])
+            flags = [os.environ.get(name, "") for name in ("CFLAGS", "LDFLAGS")]
+            configuration = "\n".join([*mpi, find_nvcc() or "no cuda", sys.version, sys.platform, *flags])
             self.build_base = str(Path("build") / hashlib.sha256(configuration.encode()).hexdigest()[:12])
         super().finalize_options()
 

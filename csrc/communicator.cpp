@@ -1,7 +1,10 @@
 #include "communicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <sstream>
+#include <thread>
 
 #include "reduce/reduction.h"
 
@@ -22,16 +25,27 @@ const char* argument_error_text(ArgumentError error) {
   return "unknown error";
 }
 
+const char* call_state_name(CallRecord::State state) {
+  switch (state) {
+    case CallRecord::State::kRunning: return "running";
+    case CallRecord::State::kDone: return "done";
+    case CallRecord::State::kFailed: return "failed";
+  }
+  return "unknown";
+}
+
 void check_options(const CommunicatorOptions& options) {
   parse_size_rules(options.algorithm_rules);
   if (options.ring_segment_bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
+  if (!(options.timeout_s >= 0)) throw InvalidArgument("timeout must be a non-negative number of seconds");
 }
 
 Communicator::Communicator(std::unique_ptr<Transport> transport, const CommunicatorOptions& options)
     : transport_(std::move(transport)),
       options_(options),
-      selector_(parse_size_rules(options.algorithm_rules), default_cost_model()) {
-  set_ring_segment_bytes(options.ring_segment_bytes);
+      selector_(parse_size_rules(options.algorithm_rules), default_cost_model()),
+      records_(kRecordedCalls) {
+  check_options(options);
 }
 
 Transport& Communicator::transport() const {
@@ -66,7 +80,232 @@ std::unique_lock<std::mutex> Communicator::exclusive_use() {
         "another allreduce is already running on this communicator; calls on one communicator "
         "must not overlap (use one communicator per thread)");
   }
+  transport();  // throws once freed
+  if (!broken_.empty()) {
+    throw TransportError("this communicator is broken, so its ranks can no longer pair their messages; create a "
+                         "new one. It broke when " + broken_);
+  }
   return lock;
+}
+
+namespace {
+
+double wall_clock_s() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// How long a rank whose call timed out waits for its peers' notices to find
+// who holds the call up: they time out at about the same moment, give or take
+// how far apart the ranks began the call.
+constexpr double kMaxCulpritSearchS = 5.0;
+
+}  // namespace
+
+void Communicator::arm_deadline() {
+  // Anything beyond about 30 years is forever (and would overflow the clock).
+  const bool forever = options_.timeout_s <= 0 || options_.timeout_s > 1e9;
+  transport().set_deadline(forever ? Clock::time_point::max()
+                                   : Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                        std::chrono::duration<double>(options_.timeout_s)));
+}
+
+template <class Body>
+void Communicator::run_call(const CallInfo& info, Body body) {
+  const std::unique_lock<std::mutex> lock = exclusive_use();
+  Transport& t = transport();
+  arm_deadline();
+  steps_.set_stage(nullptr);
+  {
+    const std::lock_guard<std::mutex> guard(records_mutex_);
+    ++calls_;
+    CallRecord& record = current_record();
+    record.call = calls_;
+    record.operation = info.operation;
+    record.count = info.count;
+    record.dtype = info.dtype;
+    record.op = info.op;
+    record.algorithm = info.algorithm;
+    record.state = CallRecord::State::kRunning;
+    record.where.clear();
+    record.started_s = wall_clock_s();
+    record.ended_s = 0;
+    record.error.clear();
+  }
+  auto finish = [&](CallRecord::State state, const char* error) {
+    const std::lock_guard<std::mutex> guard(records_mutex_);
+    CallRecord& record = current_record();
+    if (record.state == CallRecord::State::kFailed) return;  // break_with has recorded it
+    record.state = state;
+    record.ended_s = wall_clock_s();
+    if (state == CallRecord::State::kFailed) {
+      record.where = steps_.describe();
+      record.error = error;
+    }
+  };
+  try {
+    body();
+  } catch (const Disagreement& error) {
+    finish(CallRecord::State::kFailed, error.what());
+    throw;
+  } catch (const TransportError& error) {
+    fail(error);
+  } catch (const std::exception& error) {
+    // Thrown on this rank alone (out of memory, say), perhaps with messages
+    // half exchanged: the peers cannot go on with it either.
+    const std::string message = "call " + std::to_string(calls_) + " (" + describe_running_call() +
+                                ") failed on rank " + std::to_string(t.rank()) + " at " + steps_.describe() + ": " +
+                                error.what();
+    break_with(message, message);
+    throw;
+  }
+  finish(CallRecord::State::kDone, "");
+}
+
+std::string Communicator::describe_running_call() const {
+  const CallRecord& record = records_[(calls_ - 1) % kRecordedCalls];
+  return std::string(record.operation) + " of " + std::to_string(record.count) + " x " + dtype_name(record.dtype) +
+         ", " + op_name(record.op) + ", " + algorithm_name(record.algorithm);
+}
+
+void Communicator::break_with(const std::string& message, const std::string& notice) {
+  Transport& t = transport();
+  if (!notice.empty()) {
+    try {
+      t.post_notice(Notice{t.rank(), calls_, -1, wall_clock_s(), 0, notice});
+    } catch (const std::exception&) {
+      // Best effort: a peer that cannot be told times out instead.
+    }
+  }
+  {
+    const std::lock_guard<std::mutex> guard(records_mutex_);
+    broken_ = message;
+    CallRecord& record = current_record();
+    record.state = CallRecord::State::kFailed;
+    record.ended_s = wall_clock_s();
+    record.where = steps_.describe();
+    record.error = message;
+  }
+  if (options_.on_break) {
+    try {
+      options_.on_break(this, message);
+    } catch (const std::exception&) {
+      // The report is secondary to the error it reports, which is thrown next.
+    }
+  }
+}
+
+void Communicator::fail(const TransportError& error) {
+  Transport& t = transport();
+  const auto* timeout = dynamic_cast<const TimeoutError*>(&error);
+  const std::string here = "call " + std::to_string(calls_) + " (" + describe_running_call() + ") failed on rank " +
+                           std::to_string(t.rank()) + " at " + steps_.describe();
+  if (const auto* gave_up = dynamic_cast<const PeerGaveUp*>(&error)) {
+    const Notice& theirs = gave_up->notice();
+    if (theirs.waiting_on >= 0) {
+      // A peer timed out: find, as it does, whom it was held up by.
+      // This rank waits too: its own notice is a link of the chain the
+      // others follow.
+      const double now = wall_clock_s();
+      const Notice mine{t.rank(), calls_, gave_up->waiting_for(), now, now - gave_up->waited_s(),
+                        here + ": waiting on rank " + std::to_string(gave_up->waiting_for()) + " when rank " +
+                            std::to_string(theirs.rank) + " timed out"};
+      try {
+        t.post_notice(mine);
+      } catch (const std::exception&) {
+      }
+      const std::string message = here + " because rank " + std::to_string(theirs.rank) + " timed out. " +
+                                  find_culprit(theirs, mine);
+      break_with(message, "");
+      throw TimeoutError(message, theirs.waiting_on);
+    }
+    // The notice passed on is the first rank's own, so that the story does
+    // not nest one rank deeper at every hop.
+    break_with(here + " because rank " + std::to_string(theirs.rank) + " gave up: " + theirs.text, theirs.text);
+    throw TransportError(broken_reason());
+  }
+  std::string message = here + ": " + error.what();
+  if (timeout == nullptr || timeout->peer() < 0) {  // no peer to follow: a device transport's timeout
+    break_with(message, message);
+    if (timeout != nullptr) throw TimeoutError(message, -1);
+    throw TransportError(message);
+  }
+  std::ostringstream seconds;
+  seconds << options_.timeout_s;
+  message += " after " + seconds.str() + " s";
+  const double now = wall_clock_s();
+  const Notice mine{t.rank(), calls_, timeout->peer(), now, now - timeout->waited_s(), message};
+  try {
+    t.post_notice(mine);
+  } catch (const std::exception&) {
+  }
+  message += ". " + find_culprit(mine, mine);
+  break_with(message, "");
+  throw TimeoutError(message, timeout->peer());
+}
+
+std::string Communicator::find_culprit(const Notice& start, const Notice& mine) {
+  Transport& t = transport();
+  const auto give_up = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                                          std::min(options_.timeout_s, kMaxCulpritSearchS)));
+  // Follows "rank a waits on rank b" through the notices, to a rank that was
+  // not waiting when the rank before it gave up. Example, a ring of 4 where
+  // rank 1 stopped: rank 3 waits on 2, whose notice says it waits on 1,
+  // which has posted none (or, back later, posts one of a wait that began
+  // after rank 2 gave up): rank 1 held the call up.
+  while (true) {
+    const std::map<int, Notice>& notices = t.collect_notices();
+    std::string chain = "rank " + std::to_string(start.rank);
+    std::vector<int> seen{start.rank};
+    const Notice* waiter = &start;
+    while (true) {
+      const int next = waiter->waiting_on;
+      chain += " waits on rank " + std::to_string(next);
+      if (std::find(seen.begin(), seen.end(), next) != seen.end()) {
+        return "The ranks wait on each other (" + chain + "): they are not running the same call" +
+               (options_.check_arguments ? "" : " (with PYALLREDUCE_CHECK=0 nothing compares them)");
+      }
+      const auto it = notices.find(next);
+      if (next != mine.rank && it == notices.end()) {
+        if (Clock::now() < give_up) break;  // not heard from yet: look again
+        return "Culprit: rank " + std::to_string(next) + ", which is not waiting in this call (" + chain +
+               "; it has not reported a wait of its own): it is late, stopped outside pyallreduce, or dead";
+      }
+      const Notice& theirs = next == mine.rank ? mine : it->second;
+      if (theirs.waiting_on < 0) {
+        return "Rank " + std::to_string(next) + " failed first (" + chain + "): " + theirs.text;
+      }
+      if (theirs.waiting_since_s > waiter->posted_s) {
+        std::ostringstream later;
+        later.precision(3);
+        later << theirs.waiting_since_s - waiter->posted_s;
+        return "Culprit: rank " + std::to_string(next) + ", which was not waiting when rank " +
+               std::to_string(waiter->rank) + " gave up on it (" + chain + "; it began to wait " + later.str() +
+               " s later): it was late, slow or stopped";
+      }
+      seen.push_back(next);
+      // A link may still be in an earlier call (or already in a later one).
+      chain += ", rank " + std::to_string(next) +
+               (theirs.call != start.call ? " (in call " + std::to_string(theirs.call) + ")" : "");
+      waiter = &theirs;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+std::vector<CallRecord> Communicator::flight_record() const {
+  const std::lock_guard<std::mutex> guard(records_mutex_);
+  std::vector<CallRecord> calls;
+  const uint64_t first = calls_ > kRecordedCalls ? calls_ - kRecordedCalls + 1 : 1;
+  for (uint64_t call = first; call <= calls_; ++call) {
+    calls.push_back(records_[(call - 1) % kRecordedCalls]);
+    if (calls.back().state == CallRecord::State::kRunning) calls.back().where = steps_.describe();
+  }
+  return calls;
+}
+
+std::string Communicator::broken_reason() const {
+  const std::lock_guard<std::mutex> guard(records_mutex_);
+  return broken_;
 }
 
 Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
@@ -78,7 +317,10 @@ namespace {
 // The argument check's message. Every rank contributes its signature and its
 // error code as fields; a max-reduction of [fields, -fields] gives each
 // field's maximum and (negated) minimum on every rank, so all ranks see the
-// same disagreement and raise together. The error field is
+// same disagreement and raise together. Besides the call's own signature the
+// fields hold what else shapes its messages (the ring's segment size) and
+// the call's sequence number, which differs where a rank skipped a call. The
+// error field, last, is
 // (rank + 1) * 8 + code, so the maximum names the highest failing rank and
 // its reason.
 //
@@ -87,7 +329,8 @@ namespace {
 // message instead of taking two rounds, which is most of a small call's time.
 // The frame has the same size on every rank whatever it carries, so ranks that
 // disagree still exchange well-formed messages before they raise.
-constexpr int kFields = 7;
+constexpr int kFields = 9;
+constexpr int kErrorField = kFields - 1;
 constexpr size_t kCarriedPayloadBytes = 1024;
 
 // allreduce_coalesced reduces spans of at least this size in place rather than
@@ -142,6 +385,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   CheckFrame frame{};
   const int64_t mine_fields[kFields] = {
       mine.count, mine.dtype, mine.op, mine.algorithm, mine.layout, mine.placement,
+      static_cast<int64_t>(calls_), static_cast<int64_t>(options_.ring_segment_bytes),
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
@@ -151,16 +395,26 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   if (payload_bytes > 0) std::memcpy(frame.payload, call->input, payload_bytes);
   const CheckFrameCombiner combiner(call != nullptr ? &call->reduction : nullptr,
                                     call != nullptr ? call->count : 0);
-  recursive_doubling_allreduce(AllreduceContext{t, combiner, workspace_, options_.ring_segment_bytes},
+  steps_.set_stage(call != nullptr ? "argument check (carrying the data)" : "argument check");
+  recursive_doubling_allreduce(AllreduceContext{t, combiner, workspace_, options_.ring_segment_bytes, steps_},
                                Vector{&frame, &frame, 1, sizeof(CheckFrame)});
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
-  if (max_of(6) != 0) {
-    const int64_t failing_rank = max_of(6) / 8 - 1;
-    const auto reason = static_cast<ArgumentError>(max_of(6) % 8);
+  if (max_of(kErrorField) != 0) {
+    const int64_t failing_rank = max_of(kErrorField) / 8 - 1;
+    const auto reason = static_cast<ArgumentError>(max_of(kErrorField) % 8);
     return "allreduce rejected on rank " + std::to_string(failing_rank) + ": " +
            argument_error_text(reason) + " (see that rank's error for details)";
+  }
+  if (max_of(6) != min_of(6)) {
+    return "ranks are at different calls on this communicator (call " + std::to_string(min_of(6)) + " and call " +
+           std::to_string(max_of(6)) + "): a rank skipped a call, or made one the others did not";
+  }
+  if (max_of(7) != min_of(7)) {
+    return "ranks have different ring segment sizes (" + std::to_string(min_of(7)) + " and " +
+           std::to_string(max_of(7)) + " bytes): set PYALLREDUCE_RING_SEGMENT_BYTES, or "
+           "Communicator.ring_segment_bytes, alike on every rank";
   }
   if (max_of(0) != min_of(0)) {
     return "ranks passed different element counts to the same allreduce (smallest " +
@@ -200,9 +454,17 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
 }
 
 void Communicator::report_invalid_arguments(ArgumentError error) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) return;  // the rank's own error is what it raises anyway
-  if (options_.check_arguments) agree(Signature{0, 0, 0, 0, 0, 0}, error);
+  // The rank's own error is what it raises, whatever happens here.
+  try {
+    run_call(CallInfo{"rejected call", 0, DType::kFloat32, ReduceOp::kSum, Algorithm::kAuto}, [&] {
+      if (options_.check_arguments) throw Disagreement(agree(Signature{0, 0, 0, 0, 0, 0}, error));
+      const std::string message = "call " + std::to_string(calls_) + " was rejected on rank " +
+                                  std::to_string(rank()) + ": " + argument_error_text(error) +
+                                  " (with PYALLREDUCE_CHECK=0 the ranks cannot agree to skip it)";
+      break_with(message, message);
+    });
+  } catch (const std::exception&) {
+  }
 }
 
 void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
@@ -246,7 +508,7 @@ DeviceContext& Communicator::DeviceCall::set_up(Communicator& comm, const Placem
 
 Communicator::DeviceCall::DeviceCall(Communicator& comm, const Placement& placement)
     : context_(set_up(comm, placement)) {
-  context_.begin_call(placement.stream);
+  context_.begin_call(placement.stream, comm.transport().deadline());
 }
 
 namespace {
@@ -267,6 +529,8 @@ void run_algorithm(const AllreduceContext& ctx, const void* input, void* output,
 
 void Communicator::loopback(const void* input, void* output, size_t bytes, const Placement& placement) {
   const std::unique_lock<std::mutex> lock = exclusive_use();
+  arm_deadline();
+  steps_.set_stage("loopback");
   if (!placement.on_device()) {
     exchange(transport(), rank(), input, bytes, output, bytes);
     return;
@@ -277,43 +541,56 @@ void Communicator::loopback(const void* input, void* output, size_t bytes, const
 
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
-  const std::unique_lock<std::mutex> lock = exclusive_use();
-  Transport& t = transport();
   const size_t bytes = count * element_size(dtype);
-  const Reduction reduction(dtype, op, bytes);
-  const Algorithm chosen = selector_.choose(algorithm, bytes, t.size(), options_.ring_segment_bytes);
-  if (options_.log_selection) log_choice(count, dtype, op, algorithm);
-  const ArgumentError objection = placement_error(placement);
-  if (options_.check_arguments) {
-    const bool carried = !placement.on_device() && carries_payload(chosen, bytes);
-    const CarriedCall call{input, output, count, reduction};
-    const std::string disagreement =
-        agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                        static_cast<int64_t>(chosen), 0, placement_code(placement)},
-              objection, carried ? &call : nullptr);
-    if (!disagreement.empty()) throw InvalidArgument(disagreement);
-    if (carried) return;
-  } else if (objection != ArgumentError::kNone) {
-    throw InvalidArgument(std::string("allreduce rejected: ") + argument_error_text(objection));
-  }
-
-  if (!placement.on_device()) {
-    run_algorithm(AllreduceContext{t, reduction, workspace_, options_.ring_segment_bytes}, input, output, count,
-                  reduction.element_size(), chosen);
-    return;
-  }
-  const DeviceCall device(*this, placement);
-  const std::unique_ptr<Combiner> kernels = device->reduction(dtype, op);
-  run_algorithm(AllreduceContext{device->transport(), *kernels, device->workspace(), options_.ring_segment_bytes},
-                input, output, count, reduction.element_size(), chosen);
+  const Algorithm chosen = selector_.choose(algorithm, bytes, size(), options_.ring_segment_bytes);
+  run_call(CallInfo{"allreduce", count, dtype, op, chosen}, [&] {
+    Transport& t = transport();
+    const Reduction reduction(dtype, op, bytes);
+    if (options_.log_selection) log_choice(count, dtype, op, algorithm);
+    const ArgumentError objection = placement_error(placement);
+    if (options_.check_arguments) {
+      const bool carried = !placement.on_device() && carries_payload(chosen, bytes);
+      const CarriedCall call{input, output, count, reduction};
+      const std::string disagreement =
+          agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
+                          static_cast<int64_t>(chosen), 0, placement_code(placement)},
+                objection, carried ? &call : nullptr);
+      if (!disagreement.empty()) throw Disagreement(disagreement);
+      if (carried) return;
+    } else if (objection != ArgumentError::kNone) {
+      throw InvalidArgument(std::string("allreduce rejected: ") + argument_error_text(objection));
+    }
+    steps_.set_stage(algorithm_name(chosen));
+    if (!placement.on_device()) {
+      run_algorithm(AllreduceContext{t, reduction, workspace_, options_.ring_segment_bytes, steps_}, input, output,
+                    count, reduction.element_size(), chosen);
+      return;
+    }
+    const DeviceCall device(*this, placement);
+    const std::unique_ptr<Combiner> kernels = device->reduction(dtype, op);
+    run_algorithm(
+        AllreduceContext{device->transport(), *kernels, device->workspace(), options_.ring_segment_bytes, steps_},
+        input, output, count, reduction.element_size(), chosen);
+  });
 }
 
 namespace {
 
+// One bucket of a coalesced call: spans [first, end), packed into the fusion
+// buffer or (a single span) reduced where it lies, with `algorithm`.
+struct Bucket {
+  size_t first, end;
+  bool packed;
+  size_t bytes;
+  Algorithm algorithm;
+};
+
 // What must match across ranks for a coalesced call to pair up: every span's
-// count and the bucket size, hashed (64-bit FNV-1a) into 62 bits so that the
-// check can negate it.
-int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_bytes) {
+// count, the bucket size and the algorithm each bucket resolved to (auto
+// resolves per bucket, on each rank), hashed (64-bit FNV-1a) into 62 bits so
+// that the check can negate it.
+int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_bytes,
+                    const std::vector<Bucket>& buckets) {
   uint64_t hash = 1469598103934665603ull;
   auto mix = [&](uint64_t value) {
     for (int byte = 0; byte < 8; ++byte) {
@@ -323,6 +600,7 @@ int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_
   };
   mix(bucket_bytes);
   for (const auto& span : spans) mix(span.count);
+  for (const Bucket& bucket : buckets) mix(static_cast<uint64_t>(bucket.algorithm));
   return static_cast<int64_t>(hash >> 2) + 1;  // never 0, the plain calls' value
 }
 
@@ -330,45 +608,21 @@ int64_t layout_hash(const std::vector<Communicator::Span>& spans, size_t bucket_
 
 void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op,
                                        Algorithm algorithm, size_t bucket_bytes, const Placement& placement) {
-  const std::unique_lock<std::mutex> lock = exclusive_use();
   if (bucket_bytes == 0) throw InvalidArgument("bucket_bytes must be positive");
   const size_t element_bytes = element_size(dtype);
   size_t total = 0;
   for (const Span& span : spans) total += span.count;
-  const ArgumentError objection = placement_error(placement);
-  if (options_.check_arguments) {
-    const std::string disagreement =
-        agree(Signature{static_cast<int64_t>(total), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                        static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes), placement_code(placement)},
-              objection);
-    if (!disagreement.empty()) throw InvalidArgument(disagreement);
-  } else if (objection != ArgumentError::kNone) {
-    throw InvalidArgument(std::string("allreduce_coalesced rejected: ") + argument_error_text(objection));
-  }
   const int p = size();
-  std::optional<DeviceCall> device_call;
-  if (placement.on_device()) device_call.emplace(*this, placement);
-  DeviceContext* device = device_call ? device_call->operator->() : nullptr;
-  Transport& t = device != nullptr ? device->transport() : transport();
-  MemorySpace& workspace = device != nullptr ? device->workspace() : workspace_;
-  MemorySpace& fusion = device != nullptr ? device->fusion() : fusion_;
-  const std::unique_ptr<Combiner> kernels = device != nullptr ? device->reduction(dtype, op) : nullptr;
-  auto reduce = [&](void* data, size_t count) {
-    const size_t bytes = count * element_bytes;
-    const Reduction host_reduction(dtype, op, bytes);
-    const Combiner& reduction = kernels != nullptr ? *kernels : static_cast<const Combiner&>(host_reduction);
-    run_algorithm(AllreduceContext{t, reduction, workspace, options_.ring_segment_bytes}, data, data, count,
-                  element_bytes, selector_.choose(algorithm, bytes, p, options_.ring_segment_bytes));
-  };
   // A span of at least direct_bytes is reduced where it lies: packing it would
   // move it through memory twice more (copy in, copy out), which costs more
   // than the per-call latency that fusing saves. Buckets are runs of the
   // consecutive smaller spans whose bytes add up to at most bucket_bytes.
   // Example, bucket_bytes = 100 (so direct_bytes = 100) and spans of 40, 50,
   // 30, 120 and 10 bytes: [40, 50] packed; [30] alone, so in place; [120] in
-  // place; [10] alone.
+  // place; [10] alone. Runs of empty spans only are skipped.
   const size_t direct_bytes = std::min(bucket_bytes, kDirectReduceBytes);
   auto span_bytes = [&](size_t i) { return spans[i].count * element_bytes; };
+  std::vector<Bucket> buckets;
   for (size_t first = 0; first < spans.size();) {
     size_t end = first;
     size_t packed_bytes = 0;
@@ -376,30 +630,61 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
       packed_bytes += span_bytes(end);
       ++end;
     }
-    if (end - first <= 1) {
-      end = first + 1;  // alone or large: reduced where it lies
-      reduce(spans[first].data, spans[first].count);
-      first = end;
-      continue;
+    const bool packed = end - first > 1;
+    if (!packed) {
+      end = first + 1;
+      packed_bytes = span_bytes(first);
     }
-    if (packed_bytes == 0) {  // only empty spans: nothing to reduce
-      first = end;
-      continue;
-    }
-    char* bucket = static_cast<char*>(fusion.reserve(packed_bytes));
-    char* cursor = bucket;
-    for (size_t i = first; i < end; ++i) {
-      fusion.copy(cursor, spans[i].data, spans[i].count * element_bytes);
-      cursor += spans[i].count * element_bytes;
-    }
-    reduce(bucket, packed_bytes / element_bytes);
-    cursor = bucket;
-    for (size_t i = first; i < end; ++i) {
-      fusion.copy(spans[i].data, cursor, spans[i].count * element_bytes);
-      cursor += spans[i].count * element_bytes;
+    if (!packed || packed_bytes > 0) {
+      buckets.push_back(Bucket{first, end, packed, packed_bytes,
+                               selector_.choose(algorithm, packed_bytes, p, options_.ring_segment_bytes)});
     }
     first = end;
   }
+
+  run_call(CallInfo{"allreduce_coalesced", total, dtype, op, algorithm}, [&] {
+    const ArgumentError objection = placement_error(placement);
+    if (options_.check_arguments) {
+      const std::string disagreement =
+          agree(Signature{static_cast<int64_t>(total), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
+                          static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes, buckets),
+                          placement_code(placement)},
+                objection);
+      if (!disagreement.empty()) throw Disagreement(disagreement);
+    } else if (objection != ArgumentError::kNone) {
+      throw InvalidArgument(std::string("allreduce_coalesced rejected: ") + argument_error_text(objection));
+    }
+    std::optional<DeviceCall> device_call;
+    if (placement.on_device()) device_call.emplace(*this, placement);
+    DeviceContext* device = device_call ? device_call->operator->() : nullptr;
+    Transport& t = device != nullptr ? device->transport() : transport();
+    MemorySpace& workspace = device != nullptr ? device->workspace() : workspace_;
+    MemorySpace& fusion = device != nullptr ? device->fusion() : fusion_;
+    const std::unique_ptr<Combiner> kernels = device != nullptr ? device->reduction(dtype, op) : nullptr;
+    for (const Bucket& bucket : buckets) {
+      const Reduction host_reduction(dtype, op, bucket.bytes);
+      const Combiner& reduction = kernels != nullptr ? *kernels : static_cast<const Combiner&>(host_reduction);
+      const AllreduceContext ctx{t, reduction, workspace, options_.ring_segment_bytes, steps_};
+      steps_.set_stage(algorithm_name(bucket.algorithm));
+      if (!bucket.packed) {
+        const Span& span = spans[bucket.first];
+        run_algorithm(ctx, span.data, span.data, span.count, element_bytes, bucket.algorithm);
+        continue;
+      }
+      char* packed = static_cast<char*>(fusion.reserve(bucket.bytes));
+      char* cursor = packed;
+      for (size_t i = bucket.first; i < bucket.end; ++i) {
+        fusion.copy(cursor, spans[i].data, span_bytes(i));
+        cursor += span_bytes(i);
+      }
+      run_algorithm(ctx, packed, packed, bucket.bytes / element_bytes, element_bytes, bucket.algorithm);
+      cursor = packed;
+      for (size_t i = bucket.first; i < bucket.end; ++i) {
+        fusion.copy(spans[i].data, cursor, span_bytes(i));
+        cursor += span_bytes(i);
+      }
+    }
+  });
 }
 
 }  // namespace pyallreduce

@@ -31,6 +31,37 @@ struct CommunicatorOptions {
   // How CUDA buffers travel (PYALLREDUCE_CUDA_TRANSPORT): NCCL or MPI, or
   // unset for NCCL where libnccl.so.2 loads, else MPI.
   std::optional<DeviceTransportKind> device_transport;
+  // Seconds a call may wait before the waiting rank gives up with a
+  // TimeoutError (PYALLREDUCE_TIMEOUT); 0 waits forever.
+  double timeout_s = 300;
+  // Called once, on the failing thread, when the communicator breaks (a
+  // timeout, a transport error, a peer that gave up), with the error's
+  // message; empty for nothing.
+  std::function<void(const class Communicator*, const std::string&)> on_break;
+};
+
+// One call as the flight recorder keeps it.
+struct CallRecord {
+  enum class State { kRunning, kDone, kFailed };
+  uint64_t call = 0;            // sequence number on the communicator, from 1
+  const char* operation = "";   // "allreduce", "allreduce_coalesced", ...
+  size_t count = 0;             // elements (coalesced: of all tensors)
+  DType dtype = DType::kFloat32;
+  ReduceOp op = ReduceOp::kSum;
+  Algorithm algorithm = Algorithm::kAuto;  // as chosen (coalesced: as requested)
+  State state = State::kRunning;
+  std::string where;            // the step it was in when it ended (see StepTracker)
+  double started_s = 0;         // system clock, seconds since the epoch
+  double ended_s = 0;           // 0 while running
+  std::string error;            // why it failed
+};
+const char* call_state_name(CallRecord::State state);
+
+// What the argument check found when the ranks disagree: thrown on every rank
+// alike, so it leaves the communicator usable.
+class Disagreement : public InvalidArgument {
+ public:
+  using InvalidArgument::InvalidArgument;
 };
 
 // Throws InvalidArgument if a communicator could not be built with `options`
@@ -93,8 +124,17 @@ class Communicator {
 
   // Collective counterpart of allreduce() for a rank whose arguments were
   // rejected before reaching C++: the other ranks' allreduce() then fails with
-  // a message naming this rank and `error`. Does nothing if checks are off.
+  // a message naming this rank and `error`. With checks off the other ranks
+  // cannot be told within the call: the communicator breaks instead, and its
+  // notice ends their call. Never throws.
   void report_invalid_arguments(ArgumentError error);
+
+  // The last calls, oldest first (at most kRecordedCalls), the running one
+  // with the step it is in.
+  static constexpr size_t kRecordedCalls = 64;
+  std::vector<CallRecord> flight_record() const;
+  // Why the communicator is broken, or empty while it works.
+  std::string broken_reason() const;
 
   // The algorithm a call of `bytes` would run, and why in `reason` if given.
   Algorithm choose_algorithm(Algorithm requested, size_t bytes, std::string* reason = nullptr) const;
@@ -117,6 +157,36 @@ class Communicator {
     int64_t layout;  // a coalesced call's spans and buckets (see layout_hash); 0 otherwise
     int64_t placement;  // 0 for host buffers, else the DeviceTransportKind
   };
+  // What a call is, for its record and its errors.
+  struct CallInfo {
+    const char* operation;
+    size_t count;
+    DType dtype;
+    ReduceOp op;
+    Algorithm algorithm;
+  };
+  // Runs `body` as call number ++calls_: holds busy_, sets the transport's
+  // deadline, records the call, and on a failure other than a Disagreement
+  // breaks the communicator (see fail()).
+  template <class Body>
+  void run_call(const CallInfo& info, Body body);
+  // Sets the transport's deadline to options_.timeout_s from now.
+  void arm_deadline();
+  // Breaks the communicator over `error`, raised in the running call: posts
+  // a notice to the peers, for a timeout waits a little for theirs to name
+  // the rank that holds everyone up, records and reports the failure, and
+  // throws `error`'s kind with the whole story.
+  [[noreturn]] void fail(const TransportError& error);
+  // The rank whose absence holds up a call in which `start.rank` timed out
+  // waiting on `start.waiting_on`, found by following the peers' notices
+  // and `mine`, this rank's own wait.
+  std::string find_culprit(const Notice& start, const Notice& mine);
+  // Marks the communicator broken by `message`, records it and calls
+  // on_break; posts `notice` to the peers unless it is empty (a timeout
+  // posts its own first).
+  void break_with(const std::string& message, const std::string& notice);
+  std::string describe_running_call() const;
+  CallRecord& current_record() { return records_[(calls_ - 1) % kRecordedCalls]; }
   // A small call whose data travels inside the argument check.
   struct CarriedCall {
     const void* input;
@@ -132,7 +202,8 @@ class Communicator {
   // Whether a call of `bytes` running `algorithm` is carried by the check.
   bool carries_payload(Algorithm algorithm, size_t bytes) const;
   Transport& transport() const;
-  // Holds busy_ for one collective, or throws if another call holds it.
+  // Holds busy_ for one collective, or throws if another call holds it or
+  // the communicator is broken.
   std::unique_lock<std::mutex> exclusive_use();
   // This rank's objection to `placement`, before anything is sent.
   ArgumentError placement_error(const Placement& placement) const;
@@ -162,6 +233,11 @@ class Communicator {
   std::unique_ptr<DeviceContext> device_;  // after the first device call
   std::mutex busy_;  // one collective at a time per communicator
   std::set<std::tuple<size_t, int, int, int>> logged_;
+  uint64_t calls_ = 0;  // calls begun, each one's sequence number
+  StepTracker steps_;   // of the running call
+  std::string broken_;
+  std::vector<CallRecord> records_;  // call k in slot (k - 1) % kRecordedCalls
+  mutable std::mutex records_mutex_;  // guards records_ and broken_ against flight_record()
 };
 
 }  // namespace pyallreduce

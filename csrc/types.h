@@ -32,4 +32,18 @@ class TransportError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A wait that was still blocked at its call's deadline, for `peer`: surfaces
+// in Python as pyallreduce.TimeoutError, a RuntimeError.
+class TimeoutError : public TransportError {
+ public:
+  TimeoutError(const std::string& what, int peer, double waited_s = 0)
+      : TransportError(what), peer_(peer), waited_s_(waited_s) {}
+  int peer() const { return peer_; }       // -1 where no peer is known
+  double waited_s() const { return waited_s_; }  // how long the wait had lasted
+
+ private:
+  int peer_;
+  double waited_s_;
+};
+
 }  // namespace pyallreduce

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Callable
 
 from . import _C
-from ._options import communicator_options, env_flag, mpi_max_message_bytes
+from ._options import communicator_options, env_flag, mpi_max_message_bytes, on_error_choice
 from ._progress import ProgressThread
 
 DTYPES = tuple(_C.DType.__members__)
@@ -44,6 +45,17 @@ class Communicator:
             memory, pipelined; ranks may share a GPU) or "auto" (NCCL where
             libnccl.so.2 loads, else MPI). Default:
             ``PYALLREDUCE_CUDA_TRANSPORT`` or "auto".
+        timeout: seconds a call may wait for its peers before it raises
+            :class:`pyallreduce.TimeoutError`, naming the call, its step, the
+            peer it waited for and the rank that holds it up; the
+            communicator is then broken (every later call raises at once).
+            0 waits forever. Default: ``PYALLREDUCE_TIMEOUT`` or 300.
+
+    What a rank does when a call breaks its communicator is
+    ``PYALLREDUCE_ON_ERROR``: "raise" (the default) raises in the call;
+    "abort" also writes the error and calls MPI_Abort, so the launcher ends
+    the whole job. Either way each rank first writes its flight record (see
+    :mod:`pyallreduce.debug`).
     """
 
     def __init__(
@@ -53,15 +65,18 @@ class Communicator:
         check: bool | None = None,
         ring_segment_bytes: int | None = None,
         cuda_transport: str | None = None,
+        timeout: float | None = None,
     ):
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
-        options, max_message_bytes = _agreed_options(comm, check, ring_segment_bytes, cuda_transport)
+        options, max_message_bytes, on_error = _agreed_options(comm, check, ring_segment_bytes, cuda_transport, timeout)
+        options.on_break = _report_break(abort=on_error == "abort")
         self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
+        _close_when_dropped(self)
         if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
             _abort_on_uncaught_exception()
 
@@ -70,6 +85,7 @@ class Communicator:
         comm = cls.__new__(cls)
         comm._core = core
         comm._progress = ProgressThread(f"pyallreduce progress, rank {core.rank}")
+        _close_when_dropped(comm)
         return comm
 
     @property
@@ -92,6 +108,26 @@ class Communicator:
         """How CUDA buffers travel ("nccl" or "mpi"); None until the first CUDA
         buffer has loaded pyallreduce's CUDA module."""
         return self._core.device_transport
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a call may wait for its peers (0: forever); see the class docs."""
+        return self._core.timeout_s
+
+    @property
+    def broken(self) -> str | None:
+        """Why the communicator is broken (every call then raises at once), or None."""
+        return self._core.broken_reason or None
+
+    def flight_record(self) -> list[dict[str, Any]]:
+        """The last calls (at most 64), oldest first, as dicts: call (its
+        sequence number), operation, count, dtype, op, algorithm, state
+        ("running", "done" or "failed"), where (the step it is or was in),
+        started_s and ended_s (seconds since the epoch), error. See
+        :mod:`pyallreduce.debug`."""
+        from .debug import flight_record
+
+        return flight_record(self._core)
 
     @property
     def check(self) -> bool:
@@ -204,6 +240,14 @@ class Communicator:
         return f"<pyallreduce.Communicator rank {self.rank} of {self.size}>"
 
 
+def _close_when_dropped(comm: Communicator) -> None:
+    """Dropped without free(), a communicator still ends its progress thread
+    (which holds no reference to it between calls); its core, and the MPI
+    communicator, go with the last reference. At exit the queued calls are
+    finished instead (see _progress), so this is not run then."""
+    weakref.finalize(comm, comm._progress.close).atexit = False
+
+
 def _as_list(tensors: Any) -> Any:
     """``tensors`` as a list; anything that is not a sequence passes unchanged,
     so that the call rejects it where every rank hears of it."""
@@ -231,18 +275,38 @@ _SHAPING_SETTINGS = (
 )
 
 
+def _report_break(abort: bool) -> Callable[[_C.Communicator, str], None]:
+    """The communicator's on_break: writes the flight record, then with
+    ``abort`` ends the MPI job with the error."""
+
+    def on_break(core: _C.Communicator, message: str) -> None:
+        from .debug import write_flight_record
+
+        write_flight_record(core, core.rank, core.size, message)
+        if abort:
+            from mpi4py import MPI
+
+            sys.stderr.write(f"pyallreduce: rank {core.rank} aborts the MPI job (PYALLREDUCE_ON_ERROR=abort): "
+                             f"{message}\n")
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(1)
+
+    return on_break
+
+
 def _agreed_options(
-    comm: Any, check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None
-) -> tuple[_C.CommunicatorOptions, int]:
-    """This rank's options and largest MPI message, once every rank of
-    ``comm`` has its own and they agree (collective). A rank whose options are
+    comm: Any, check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None, timeout: float | None
+) -> tuple[_C.CommunicatorOptions, int, str]:
+    """This rank's options, largest MPI message and PYALLREDUCE_ON_ERROR, once
+    every rank of ``comm`` has its own and they agree (collective). A rank whose options are
     invalid raises its own error and the others a ValueError naming it; ranks
     whose settings differ all raise the same ValueError, naming the setting.
     Without this, such ranks would exchange messages of different shapes: a
     truncation on some, a hang on others."""
     try:
-        options = communicator_options(check, ring_segment_bytes, cuda_transport)
+        options = communicator_options(check, ring_segment_bytes, cuda_transport, timeout)
         max_message_bytes = mpi_max_message_bytes()
+        on_error = on_error_choice()
         _C.check_options(options)
         settings = tuple(max_message_bytes if name == "max_message_bytes" else getattr(options, name)
                          for name, _ in _SHAPING_SETTINGS)
@@ -263,7 +327,7 @@ def _agreed_options(
                     f"ranks disagree on {name} ({variable}): rank 0 has {expected!r}, rank {rank} has "
                     f"{their!r}; set it alike on every rank"
                 )
-    return options, max_message_bytes
+    return options, max_message_bytes, on_error
 
 
 _excepthook_installed = False

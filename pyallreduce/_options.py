@@ -20,6 +20,14 @@ logger = logging.getLogger("pyallreduce")
 #   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
 #   PYALLREDUCE_CUDA_TRANSPORT      how CUDA buffers travel: "nccl", "mpi" (staged through
 #                                   pinned host memory) or "auto" (NCCL where it loads)
+#   PYALLREDUCE_TIMEOUT             seconds a call may wait for its peers (default 300; 0: forever)
+#   PYALLREDUCE_ON_ERROR            "raise" (default) or "abort": what a rank does when a call breaks
+#                                   its communicator (see README, "When something goes wrong")
+#   PYALLREDUCE_DEBUG_DIR           where each rank writes its flight record when a call breaks
+#                                   (default: a summary on stderr)
+
+DEFAULT_TIMEOUT_S = 300.0
+ON_ERROR_CHOICES = ("raise", "abort")
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -85,10 +93,41 @@ def configure_logging() -> None:
         logger.addHandler(_debug_handler)
 
 
+def timeout_seconds(timeout: float | None) -> float:
+    """``timeout`` (seconds), else PYALLREDUCE_TIMEOUT, else the default; 0 means forever."""
+    if timeout is None:
+        text = os.environ.get("PYALLREDUCE_TIMEOUT", "").strip()
+        if text == "":
+            return DEFAULT_TIMEOUT_S
+        try:
+            timeout = float(text)
+        except ValueError:
+            raise ValueError(f"PYALLREDUCE_TIMEOUT={text!r} is not a number of seconds") from None
+        where = f"PYALLREDUCE_TIMEOUT={text!r}"
+    else:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        where = f"timeout={timeout!r}"
+    if not timeout >= 0 or timeout == float("inf"):
+        raise ValueError(f"{where}: expected a non-negative, finite number of seconds (0 waits forever)")
+    return float(timeout)
+
+
+def on_error_choice() -> str:
+    text = os.environ.get("PYALLREDUCE_ON_ERROR", "raise").strip().lower() or "raise"
+    if text not in ON_ERROR_CHOICES:
+        raise ValueError(f"PYALLREDUCE_ON_ERROR={text!r}: expected one of {', '.join(ON_ERROR_CHOICES)}")
+    return text
+
+
 def communicator_options(
-    check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None = None
+    check: bool | None,
+    ring_segment_bytes: int | None,
+    cuda_transport: str | None = None,
+    timeout: float | None = None,
 ) -> _C.CommunicatorOptions:
     options = _C.CommunicatorOptions()
+    options.timeout_s = timeout_seconds(timeout)
     options.check_arguments = env_flag("PYALLREDUCE_CHECK", True) if check is None else bool(check)
     options.ring_segment_bytes = (
         _positive_int("PYALLREDUCE_RING_SEGMENT_BYTES", options.ring_segment_bytes)

@@ -60,11 +60,18 @@ class ProgressThread:
 
     def stop(self) -> None:
         """Lets queued calls finish, then ends the thread."""
+        thread = self.close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def close(self) -> threading.Thread | None:
+        """Lets queued calls finish and the thread end, without waiting for
+        it (safe from the thread itself, or from a finalizer); returns it."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._jobs.put(None)
-            thread.join()
+        return thread
 
     def _run(self) -> None:
         while True:
@@ -72,14 +79,23 @@ class ProgressThread:
             if job is None:
                 return
             call, future = job
+            # The job's closure holds its communicator: drop it before
+            # waiting for the next, so that a communicator nobody holds any
+            # more can be collected (which ends this thread).
+            del job
             try:
                 result = call()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                del call
                 self._finished()
                 future.set_exception(exc)
+                del exc
             else:
+                del call
                 self._finished()
                 future.set_result(result)
+                del result
+            del future
 
     def _finished(self) -> None:
         # Counted before the future completes, so that a caller woken by it sees

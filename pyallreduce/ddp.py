@@ -71,15 +71,22 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     ``ddp_model.register_comm_hook(state, allreduce_hook)``.
 
     Returns at once. An error in the allreduce (which, with the communicator's
-    argument check on, every rank sees) becomes the future's exception, and
-    DDP raises it from ``backward()``.
+    argument check on, every rank sees; a timeout names the rank that held
+    the call up) fails the future, and DDP raises it from ``backward()`` as a
+    RuntimeError whose message holds the error's type and message.
     """
     buffer = bucket.buffer()
-    result: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+    # A CUDA bucket's future names its device, so that whoever waits on it
+    # waits for the work on that device's streams.
+    outcome: torch.futures.Future = torch.futures.Future(devices=[buffer.device] if buffer.is_cuda else None)
+    # torch's Future.set_exception fails a future for Python callers only; DDP
+    # reads the value in C++, so an error travels as the value and a `then`
+    # raises it, which fails the future DDP holds for C++ too.
+    result: torch.futures.Future[torch.Tensor] = outcome.then(_value_or_raise)
     if buffer.layout != torch.strided:
         # Every rank's model has its sparse gradients in the same buckets, so
         # every rank refuses the same bucket and none waits for another.
-        result.set_exception(TypeError(
+        outcome.set_result(TypeError(
             f"pyallreduce's DDP hook reduces dense gradients only, and this bucket is {buffer.layout}: "
             "use torch's default hook for models with sparse gradients (nn.Embedding(sparse=True))"))
         return result
@@ -107,9 +114,16 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     buffer.copy_(wire)
         except BaseException as exc:  # noqa: BLE001 - handed to DDP through the future
-            result.set_exception(exc)
+            outcome.set_result(exc)
         else:
-            result.set_result(buffer)
+            outcome.set_result(buffer)
 
     pending.add_done_callback(complete)
     return result
+
+
+def _value_or_raise(done: torch.futures.Future):
+    value = done.value()
+    if isinstance(value, BaseException):
+        raise value
+    return value

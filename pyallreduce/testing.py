@@ -8,10 +8,12 @@ instead of waiting for it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from . import _C
-from ._communicator import Communicator
+from ._communicator import Communicator, _report_break
 from ._options import communicator_options
 
 T = TypeVar("T")
@@ -36,6 +38,22 @@ class LocalWorldError(RuntimeError):
         self.rank = rank
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A fault the in-process transport injects into one rank's sends.
+
+    ``message`` counts the rank's sends from 0 (the argument check's messages
+    included). ``kind``: "stall" posts that send ``seconds`` late (a rank that
+    stops there for a while), "slow" posts every send from it on ``seconds``
+    late, "short" makes it one byte shorter than its receiver expects.
+    """
+
+    rank: int
+    kind: str
+    message: int = 0
+    seconds: float = 0.0
+
+
 def spawn_local(
     world_size: int,
     fn: Callable[[Communicator], T],
@@ -45,6 +63,8 @@ def spawn_local(
     grouped: bool = False,
     cuda_transport: str | None = None,
     timeout: float = 120.0,
+    call_timeout: float | None = None,
+    faults: Sequence[Fault] = (),
 ) -> list[T]:
     """Run ``fn(comm)`` on ``world_size`` threads, one per rank of an in-process world.
 
@@ -60,11 +80,18 @@ def spawn_local(
     of them have met their partners (as a CUDA stream passes an NCCL group).
     An algorithm that would deadlock over NCCL then deadlocks here too, and
     the world's timeout reports it.
+
+    ``timeout`` bounds the whole run; ``call_timeout`` is the communicators'
+    own (see :class:`pyallreduce.Communicator`). ``faults`` are injected into
+    the ranks' sends (see :class:`Fault`).
     """
     if not 1 <= world_size <= 1024:
         raise ValueError(f"world_size must be in 1..1024, got {world_size}")
-    options = communicator_options(check, ring_segment_bytes, cuda_transport)
+    options = communicator_options(check, ring_segment_bytes, cuda_transport, call_timeout)
+    options.on_break = _report_break(abort=False)
     world = _C.LocalWorld(world_size, grouped)
+    for fault in faults:
+        world.inject_fault(fault.rank, fault.kind, fault.message, fault.seconds)
     results: list[Any] = [None] * world_size
     errors: list[BaseException | None] = [None] * world_size
     first_failure: list[int] = []

@@ -23,6 +23,17 @@ void HostMemory::copy(void* target, const void* source, size_t bytes) {
   if (bytes > 0) std::memcpy(target, source, bytes);
 }
 
+std::string StepTracker::describe() const {
+  const char* stage = stage_.load(std::memory_order_relaxed);
+  const char* phase = phase_.load(std::memory_order_relaxed);
+  std::string text = stage != nullptr ? stage : "setup";
+  if (phase != nullptr) {
+    text += std::string(" ") + phase + " step " + std::to_string(step_.load(std::memory_order_relaxed) + 1) +
+            " of " + std::to_string(steps_.load(std::memory_order_relaxed));
+  }
+  return text;
+}
+
 void Vector::take_input(MemorySpace& memory) const {
   if (input != data) memory.copy(data, input, bytes(count));
 }

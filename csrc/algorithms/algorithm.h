@@ -3,9 +3,11 @@
 // which transport carries their messages or what the elements are.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
+#include <string>
 
 #include "../reduce/reduction.h"
 #include "../transport/transport.h"
@@ -61,11 +63,39 @@ struct Vector {
   void take_input(MemorySpace& memory) const;
 };
 
+// Where a call is, for its error messages and the flight recorder: the
+// communicator names the stage (the argument check, or the algorithm) and
+// the algorithm names each step before it waits in it. Another thread may
+// read it while the call runs.
+class StepTracker {
+ public:
+  void set_stage(const char* stage) {
+    stage_.store(stage, std::memory_order_relaxed);
+    phase_.store(nullptr, std::memory_order_relaxed);
+  }
+  // Step `step` (from 0) of `steps` in `phase`, e.g. ("reduce-scatter", 2, 6).
+  void enter(const char* phase, size_t step, size_t steps) {
+    phase_.store(phase, std::memory_order_relaxed);
+    step_.store(step, std::memory_order_relaxed);
+    steps_.store(steps, std::memory_order_relaxed);
+  }
+  // E.g. "ring reduce-scatter step 3 of 6" (steps counted from 1), or
+  // "argument check" before its first step.
+  std::string describe() const;
+
+ private:
+  std::atomic<const char*> stage_{nullptr};
+  std::atomic<const char*> phase_{nullptr};
+  std::atomic<size_t> step_{0};
+  std::atomic<size_t> steps_{0};
+};
+
 struct AllreduceContext {
   Transport& transport;
   const Combiner& reduction;
   MemorySpace& memory;        // where the vector lives; scratch comes from here
   size_t ring_segment_bytes;  // ring: pipelining granularity
+  StepTracker& steps;
 };
 
 void ring_allreduce(const AllreduceContext& ctx, Vector vec);

@@ -2,8 +2,11 @@
 
 namespace pyallreduce {
 
-PowerOfTwoFold::PowerOfTwoFold(int world_size) : p2(1) {
-  while (p2 * 2 <= world_size) p2 *= 2;
+PowerOfTwoFold::PowerOfTwoFold(int world_size) : p2(1), lg_p2(0) {
+  while (p2 * 2 <= world_size) {
+    p2 *= 2;
+    ++lg_p2;
+  }
   extra = world_size - p2;
 }
 

@@ -17,8 +17,9 @@ namespace pyallreduce {
 
 struct PowerOfTwoFold {
   explicit PowerOfTwoFold(int world_size);
-  int p2;      // ranks taking part in the power-of-two algorithm
-  int extra;   // r = world_size - p2
+  int p2;        // ranks taking part in the power-of-two algorithm
+  int extra;     // r = world_size - p2
+  size_t lg_p2;  // log2(p2): the steps of a pass over the participants
   // Virtual rank of `rank` among the p2 participants, or -1 if it sits out.
   int virtual_rank(int rank) const;
   // The real rank behind virtual rank v: 2v + 1 for the paired ranks, v + r after them.
@@ -39,18 +40,24 @@ void run_folded(const AllreduceContext& ctx, Vector vec, Core core) {
   const bool paired = rank < 2 * fold.extra;
   if (paired && rank % 2 == 0) {
     // Sits out: hand the input to the odd partner, then receive the result.
+    ctx.steps.enter("fold-in", 0, 1);
     t.isend(rank + 1, vec.input, bytes)->wait();
+    ctx.steps.enter("fold-out", 0, 1);
     t.irecv(rank + 1, vec.data, bytes)->wait();
     return;
   }
   if (paired) {
     void* partner = ctx.memory.reserve(bytes);
+    ctx.steps.enter("fold-in", 0, 1);
     t.irecv(rank - 1, partner, bytes)->wait();
     ctx.reduction.combine(partner, vec.input, vec.data, vec.count);  // lower rank on the left
     vec = vec.in_place();
   }
   core(fold.virtual_rank(rank), fold, vec);
-  if (paired) t.isend(rank - 1, vec.data, bytes)->wait();
+  if (paired) {
+    ctx.steps.enter("fold-out", 0, 1);
+    t.isend(rank - 1, vec.data, bytes)->wait();
+  }
 }
 
 }  // namespace pyallreduce

@@ -34,6 +34,7 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       const bool keep_lower = (v & mask) == 0;
       const size_t keep_lo = keep_lower ? lo : mid, keep_hi = keep_lower ? mid : hi;
       const size_t give_lo = keep_lower ? mid : lo, give_hi = keep_lower ? hi : mid;
+      ctx.steps.enter("reduce-scatter", levels.size(), fold.lg_p2);
       exchange(t, fold.real_rank(v ^ mask), current.input_at(give_lo), current.bytes(give_hi - give_lo), incoming,
                current.bytes(keep_hi - keep_lo));
       const char* mine = current.input_at(keep_lo);
@@ -62,6 +63,7 @@ void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
       const bool holds_lower = (v & mask) == 0;
       const size_t other_lo = holds_lower ? hi : level_lo;
       const size_t other_hi = holds_lower ? level_hi : lo;
+      ctx.steps.enter("allgather", fold.lg_p2 - 1 - levels.size(), fold.lg_p2);
       exchange(t, fold.real_rank(v ^ mask), current.at(lo), current.bytes(hi - lo), current.at(other_lo),
                current.bytes(other_hi - other_lo));
       lo = level_lo;

@@ -16,8 +16,10 @@ void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec) {
   run_folded(ctx, vec, [&](int v, const PowerOfTwoFold& fold, Vector current) {
     const size_t bytes = current.bytes(current.count);
     void* incoming = ctx.memory.reserve(bytes);
+    size_t step = 0;
     for (int mask = 1; mask < fold.p2; mask <<= 1) {
       const int partner = v ^ mask;
+      ctx.steps.enter("exchange", step++, fold.lg_p2);
       exchange(ctx.transport, fold.real_rank(partner), current.input, bytes, incoming, bytes);
       if (partner < v) {
         ctx.reduction.combine(incoming, current.input, current.data, current.count);

@@ -82,8 +82,9 @@ void append_chunk(std::vector<Segment>& plan, size_t n, int p, int chunk, size_t
 // with b forwarded: step 0 posts send a and receive b; step 1 send b (landed
 // at step 0) and receive c.
 template <class ReceiveBuffer, class Land>
-void ring_phase(Transport& t, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
+void ring_phase(const AllreduceContext& ctx, const char* phase, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
                 const std::vector<Segment>& incoming, ReceiveBuffer receive_buffer, Land land) {
+  Transport& t = ctx.transport;
   const int right = mod(t.rank() + 1, t.size());
   const int left = mod(t.rank() - 1, t.size());
   const size_t window = std::max<size_t>(1, t.receive_window());
@@ -113,6 +114,7 @@ void ring_phase(Transport& t, const Vector& vec, const void* first_source, const
   };
   for (size_t k = 0; k < incoming.size(); ++k) {
     post_through(k + window - 1);
+    ctx.steps.enter(phase, k, incoming.size());
     receives[k]->wait();
     receives[k].reset();
     land(k);
@@ -149,7 +151,7 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   const size_t window = std::max<size_t>(1, t.receive_window());
   char* slots = static_cast<char*>(ctx.memory.reserve(vec.bytes(segment_elems) * window));
   auto slot = [&](size_t j) { return slots + (j % window) * vec.bytes(segment_elems); };
-  ring_phase(t, vec, vec.input, first, incoming, slot, [&](size_t j) {
+  ring_phase(ctx, "reduce-scatter", vec, vec.input, first, incoming, slot, [&](size_t j) {
     const size_t offset = incoming[j].offset;
     ctx.reduction.combine(slot(j), vec.input_at(offset), vec.at(offset), incoming[j].count);
   });
@@ -163,7 +165,7 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
   incoming.clear();
   append_chunk(first, n, p, owned, segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s, p), segment_elems, s < p - 2);
-  ring_phase(t, vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
+  ring_phase(ctx, "allgather", vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
              [](size_t) {});
 }
 

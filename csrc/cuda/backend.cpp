@@ -39,7 +39,9 @@ class CudaDeviceContext final : public DeviceContext {
     check_cuda(cudaSetDevice(device), "cudaSetDevice");
     check_cuda(cudaEventCreateWithFlags(&previous_call_done_, cudaEventDisableTiming), "cudaEventCreate");
     if (kind == DeviceTransportKind::kNccl) {
-      transport_ = NcclTransport::join(host, order_);
+      auto nccl = NcclTransport::join(host, order_);
+      nccl_ = nccl.get();
+      transport_ = std::move(nccl);
     } else {
       auto staged = std::make_unique<StagedTransport>(host, order_);
       staged_ = staged.get();
@@ -56,8 +58,10 @@ class CudaDeviceContext final : public DeviceContext {
   int device() const override { return order_.device; }
   DeviceTransportKind kind() const override { return kind_; }
 
-  void begin_call(uintptr_t stream) override {
+  void begin_call(uintptr_t stream, Clock::time_point deadline) override {
     check_cuda(cudaSetDevice(order_.device), "cudaSetDevice");
+    if (nccl_ != nullptr) check_previous_nccl_call();
+    call_deadline_ = deadline;
     const auto next = reinterpret_cast<cudaStream_t>(stream);
     if (next != order_.stream) {
       // The scratch memory and pending copies belong to the previous call's
@@ -68,7 +72,10 @@ class CudaDeviceContext final : public DeviceContext {
     if (staged_ != nullptr) staged_->begin_call();
   }
 
-  void end_call() noexcept override { cudaEventRecord(previous_call_done_, order_.stream); }
+  void end_call() noexcept override {
+    cudaEventRecord(previous_call_done_, order_.stream);
+    previous_deadline_ = call_deadline_;
+  }
 
   Transport& transport() override { return *transport_; }
   MemorySpace& workspace() override { return workspace_; }
@@ -82,9 +89,28 @@ class CudaDeviceContext final : public DeviceContext {
   DeviceTransportKind kind_;
   DeviceMemory workspace_;
   DeviceMemory fusion_;
+  // Over NCCL the host never waits for the GPU, so a transfer whose peer
+  // never comes would hold the stream forever unseen: each call first looks
+  // at the previous one's work (without waiting for it) and at NCCL's
+  // asynchronous error state.
+  void check_previous_nccl_call() {
+    nccl_->check_async_error();
+    const cudaError_t state = cudaEventQuery(previous_call_done_);
+    if (state == cudaSuccess) return;
+    if (state != cudaErrorNotReady) check_cuda(state, "cudaEventQuery");
+    if (Clock::now() < previous_deadline_) return;
+    nccl_->abort();
+    throw TimeoutError("the previous call's NCCL transfers had not finished on the GPU by its deadline; the NCCL "
+                       "communicator was aborted",
+                       -1);
+  }
+
   cudaEvent_t previous_call_done_ = nullptr;  // recorded at the end of every call
+  Clock::time_point call_deadline_ = Clock::time_point::max();
+  Clock::time_point previous_deadline_ = Clock::time_point::max();  // of the call previous_call_done_ ends
   std::unique_ptr<Transport> transport_;
   StagedTransport* staged_ = nullptr;  // transport_, when it stages through host memory
+  NcclTransport* nccl_ = nullptr;      // transport_, when it is NCCL
 };
 
 class CudaBackend final : public DeviceBackend {

@@ -80,6 +80,7 @@ RequestPtr NcclTransport::irecv(int peer, void* data, size_t bytes) {
 }
 
 void NcclTransport::issue_pending_group() {
+  if (comm_ == nullptr) throw TransportError("the NCCL communicator was aborted after an earlier failure");
   std::vector<std::shared_ptr<Transfer>> group;
   group.swap(pending_);
   for (const auto& transfer : group) transfer->issued = true;
@@ -93,6 +94,23 @@ void NcclTransport::issue_pending_group() {
   const ncclResult_t end = nccl_.group_end();  // always closes the group, even after a failed post
   check_nccl(nccl_, rc, "ncclSend/ncclRecv");
   check_nccl(nccl_, end, "ncclGroupEnd");
+  check_async_error();
+}
+
+void NcclTransport::check_async_error() const {
+  if (comm_ == nullptr) throw TransportError("the NCCL communicator was aborted after an earlier failure");
+  // ncclInProgress (7): a nonblocking communicator still initializing; not an error.
+  constexpr ncclResult_t kNcclInProgress = 7;
+  ncclResult_t state = kNcclSuccess;
+  check_nccl(nccl_, nccl_.comm_get_async_error(comm_, &state), "ncclCommGetAsyncError");
+  if (state != kNcclSuccess && state != kNcclInProgress) {
+    throw TransportError(std::string("NCCL reported an asynchronous error: ") + nccl_.get_error_string(state));
+  }
+}
+
+void NcclTransport::abort() {
+  if (comm_ != nullptr) nccl_.comm_abort(comm_);
+  comm_ = nullptr;
 }
 
 void NcclTransport::withdraw(const std::shared_ptr<Transfer>& transfer) {

@@ -43,6 +43,12 @@ class NcclTransport final : public Transport {
   };
   // Issues every pending transfer as one group on the stream.
   void issue_pending_group();
+  // Throws TransportError if NCCL has reported an asynchronous error (a peer
+  // gone, a network failure) on this communicator.
+  void check_async_error() const;
+  // Tears the NCCL communicator down without waiting for its work (which
+  // may never finish); every later transfer throws.
+  void abort();
   // Drops a transfer that was never issued (its request is being destroyed
   // while its rank unwinds from an error).
   void withdraw(const std::shared_ptr<Transfer>& transfer);

@@ -1,8 +1,12 @@
 #include "device.h"
 
+#include <atomic>
+
 namespace pyallreduce {
 namespace {
-DeviceBackend* registered_backend = nullptr;  // set once, under the GIL, when _cuda is imported
+// Set once, when _cuda is imported, while other threads' calls (with the GIL
+// released) may read it: atomic, so that they see null or the whole backend.
+std::atomic<DeviceBackend*> registered_backend{nullptr};
 }  // namespace
 
 const char* device_transport_name(DeviceTransportKind kind) {
@@ -20,7 +24,7 @@ DeviceTransportKind device_transport_from_name(const std::string& name) {
   throw InvalidArgument("device transport must be 'nccl', 'mpi' or None, not '" + name + "'");
 }
 
-DeviceBackend* device_backend() { return registered_backend; }
-void set_device_backend(DeviceBackend* backend) { registered_backend = backend; }
+DeviceBackend* device_backend() { return registered_backend.load(std::memory_order_acquire); }
+void set_device_backend(DeviceBackend* backend) { registered_backend.store(backend, std::memory_order_release); }
 
 }  // namespace pyallreduce

@@ -40,8 +40,12 @@ class DeviceContext {
   virtual int device() const = 0;
   virtual DeviceTransportKind kind() const = 0;
   // Starts a call ordered on `stream`: after everything the previous call
-  // enqueued, on whatever stream that was.
-  virtual void begin_call(uintptr_t stream) = 0;
+  // enqueued, on whatever stream that was. The call's host waits end by
+  // `deadline`; work it leaves running on the GPU is checked at the next
+  // call, which throws TimeoutError (tearing the transport down) if that work
+  // is still not done after its deadline, and TransportError if the
+  // transport has reported an asynchronous error.
+  virtual void begin_call(uintptr_t stream, Clock::time_point deadline) = 0;
   // Ends the call begun last (also when it failed): marks where its work ends
   // on its stream, which may be destroyed before the next call.
   virtual void end_call() noexcept = 0;

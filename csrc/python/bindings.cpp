@@ -196,9 +196,18 @@ void loopback(Communicator& comm, py::handle x, py::handle out, py::handle strea
 PYBIND11_MODULE(_C, m) {
   m.doc() = "pyallreduce's C++ core: transports, allreduce algorithms and reductions.";
 
+  // pyallreduce.TimeoutError; like every transport error, a RuntimeError.
+  static PyObject* const timeout_error = PyErr_NewExceptionWithDoc(
+      "pyallreduce.TimeoutError",
+      "A call waited longer than the communicator's timeout. The message says which call, where in its\n"
+      "algorithm, which peer it waited for, and which rank holds the call up.",
+      PyExc_RuntimeError, nullptr);
+  m.attr("TimeoutError") = py::handle(timeout_error);
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const TimeoutError& e) {
+      PyErr_SetString(timeout_error, e.what());
     } catch (const InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const TransportError& e) {
@@ -231,6 +240,8 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
       .def_readwrite("log_selection", &CommunicatorOptions::log_selection)
+      .def_readwrite("timeout_s", &CommunicatorOptions::timeout_s)
+      .def_readwrite("on_break", &CommunicatorOptions::on_break)
       .def_property(
           "device_transport", [](const CommunicatorOptions& o) { return name_or_none(o.device_transport); },
           [](CommunicatorOptions& o, py::handle name) {
@@ -246,7 +257,34 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("size", &LocalWorld::size)
       .def_property_readonly("grouped", &LocalWorld::grouped)
       .def("abort", &LocalWorld::abort, py::arg("reason"),
-           "Wake every rank blocked in this world with an error carrying `reason`.");
+           "Wake every rank blocked in this world with an error carrying `reason`.")
+      .def(
+          "inject_fault",
+          [](LocalWorld& world, int rank, const std::string& kind, size_t message, double seconds) {
+            static const std::pair<const char*, LocalFault::Kind> kinds[] = {
+                {"stall", LocalFault::Kind::kStall}, {"slow", LocalFault::Kind::kSlow},
+                {"short", LocalFault::Kind::kShort}};
+            for (const auto& [name, code] : kinds) {
+              if (kind == name) return world.inject(LocalFault{rank, code, message, seconds});
+            }
+            throw InvalidArgument("fault kind '" + kind + "': expected stall, slow or short");
+          },
+          py::arg("rank"), py::arg("kind"), py::arg("message"), py::arg("seconds") = 0.0,
+          "Make `rank`'s send number `message` (counted from 0, argument checks included) late by `seconds`\n"
+          "('stall'), every send from it on late ('slow'), or one byte short ('short').");
+
+  py::class_<CallRecord>(m, "CallRecord", "One call of a communicator's flight recorder.")
+      .def_readonly("call", &CallRecord::call)
+      .def_property_readonly("operation", [](const CallRecord& r) { return std::string(r.operation); })
+      .def_readonly("count", &CallRecord::count)
+      .def_readonly("dtype", &CallRecord::dtype)
+      .def_readonly("op", &CallRecord::op)
+      .def_readonly("algorithm", &CallRecord::algorithm)
+      .def_property_readonly("state", [](const CallRecord& r) { return std::string(call_state_name(r.state)); })
+      .def_readonly("where", &CallRecord::where)
+      .def_readonly("started_s", &CallRecord::started_s)
+      .def_readonly("ended_s", &CallRecord::ended_s)
+      .def_readonly("error", &CallRecord::error);
 
   py::class_<Communicator>(m, "Communicator")
       .def_static(
@@ -297,7 +335,12 @@ PYBIND11_MODULE(_C, m) {
             return py::make_tuple(chosen, reason);
           },
           py::arg("requested"), py::arg("bytes"), "The algorithm a call of `bytes` would use, and why.")
-      .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.");
+      .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.")
+      .def("flight_record", &Communicator::flight_record,
+           "The last calls (at most 64), oldest first; the running one with the step it is in.")
+      .def_property_readonly("broken_reason", &Communicator::broken_reason,
+                             "Why the communicator is broken, or '' while it works.")
+      .def_property_readonly("timeout_s", [](const Communicator& c) { return c.options().timeout_s; });
 
   m.def(
       "_register_device_backend",

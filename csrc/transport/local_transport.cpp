@@ -11,21 +11,13 @@ namespace {
 // into the receiver's buffer, or records why it cannot.
 void complete(LocalTransfer& send, LocalTransfer& recv) {
   if (send.bytes != recv.bytes) {
-    send.error = recv.error = "message size mismatch: sent " + std::to_string(send.bytes) +
-                              " bytes, receiver expected " + std::to_string(recv.bytes);
+    send.error = recv.error = "message size mismatch: rank " + std::to_string(recv.peer) + " sent " +
+                              std::to_string(send.bytes) + " bytes where rank " + std::to_string(send.peer) +
+                              " expected " + std::to_string(recv.bytes) + "; the ranks are not running the same call";
   } else if (send.bytes > 0) {
     std::memcpy(recv.recv_data, send.send_data, send.bytes);
   }
   send.done = recv.done = true;
-}
-
-// Waits on `channel` until `transfer` is done or the world aborts; throws
-// unless it completed.
-void wait_for(LocalWorld& world, LocalChannel& channel, const LocalTransfer& transfer) {
-  std::unique_lock<std::mutex> lock(channel.mutex);
-  channel.completed.wait(lock, [&] { return transfer.done || world.aborted(); });
-  if (!transfer.done) throw TransportError("in-process world aborted: " + world.abort_reason());
-  if (!transfer.error.empty()) throw TransportError(transfer.error);
 }
 
 class LocalRequest : public Request {
@@ -53,7 +45,7 @@ class LocalRequest : public Request {
 
   void wait() override {
     if (!transfer_->started) transport_.run_pending_group();
-    wait_for(*world_, channel_, *transfer_);
+    transport_.wait_for(channel_, *transfer_);
   }
 
  private:
@@ -75,12 +67,66 @@ void LocalWorld::abort(const std::string& reason) {
   {
     std::lock_guard<std::mutex> guard(reason_mutex_);
     if (abort_reason_.empty()) abort_reason_ = reason;
+    aborted_.store(true);
   }
-  aborted_.store(true);
+  aborting_.notify_all();
+  wake_all();
+}
+
+void LocalWorld::wake_all() {
   for (auto& channel : channels_) {
     std::lock_guard<std::mutex> guard(channel->mutex);  // no waiter can miss the wake-up
     channel->completed.notify_all();
   }
+}
+
+void LocalWorld::inject(const LocalFault& fault) {
+  if (fault.rank < 0 || fault.rank >= size_) {
+    throw InvalidArgument("fault for rank " + std::to_string(fault.rank) + " outside a world of size " +
+                          std::to_string(size_));
+  }
+  std::lock_guard<std::mutex> guard(reason_mutex_);
+  faults_.push_back(fault);
+}
+
+std::optional<LocalFault> LocalWorld::fault_for(int rank, size_t message) {
+  std::lock_guard<std::mutex> guard(reason_mutex_);
+  for (const LocalFault& fault : faults_) {
+    const bool hit = fault.kind == LocalFault::Kind::kSlow ? message >= fault.message : message == fault.message;
+    if (fault.rank == rank && hit) return fault;
+  }
+  return std::nullopt;
+}
+
+void LocalWorld::sleep(double seconds) {
+  std::unique_lock<std::mutex> lock(reason_mutex_);
+  aborting_.wait_for(lock, std::chrono::duration<double>(seconds), [&] { return aborted_.load(); });
+}
+
+void LocalWorld::post_notice(int to, const std::string& bytes) {
+  {
+    std::lock_guard<std::mutex> guard(reason_mutex_);
+    if (notices_.empty()) notices_.resize(static_cast<size_t>(size_));
+    notices_[static_cast<size_t>(to)].push_back(bytes);
+    ++pending_notices_;
+  }
+  wake_all();
+}
+
+std::optional<std::string> LocalWorld::take_notice(int rank) {
+  if (pending_notices_.load() == 0) return std::nullopt;
+  std::lock_guard<std::mutex> guard(reason_mutex_);
+  if (notices_.empty() || notices_[static_cast<size_t>(rank)].empty()) return std::nullopt;
+  std::string bytes = std::move(notices_[static_cast<size_t>(rank)].front());
+  notices_[static_cast<size_t>(rank)].pop_front();
+  --pending_notices_;
+  return bytes;
+}
+
+bool LocalWorld::has_notice(int rank) {
+  if (pending_notices_.load() == 0) return false;
+  std::lock_guard<std::mutex> guard(reason_mutex_);
+  return !notices_.empty() && !notices_[static_cast<size_t>(rank)].empty();
 }
 
 std::string LocalWorld::abort_reason() {
@@ -108,6 +154,15 @@ RequestPtr LocalTransport::isend(int peer, const void* data, size_t bytes) {
   auto transfer = std::make_shared<LocalTransfer>();
   transfer->send_data = data;
   transfer->bytes = bytes;
+  transfer->peer = peer;
+  transfer->is_send = true;
+  if (const std::optional<LocalFault> fault = world_->fault_for(rank_, sends_++)) {
+    if (fault->kind == LocalFault::Kind::kShort) {
+      transfer->bytes = bytes > 0 ? bytes - 1 : 0;
+    } else {
+      world_->sleep(fault->seconds);
+    }
+  }
   return post(world_->channel(rank_, peer), std::move(transfer), /*is_send=*/true);
 }
 
@@ -116,6 +171,7 @@ RequestPtr LocalTransport::irecv(int peer, void* data, size_t bytes) {
   auto transfer = std::make_shared<LocalTransfer>();
   transfer->recv_data = data;
   transfer->bytes = bytes;
+  transfer->peer = peer;
   return post(world_->channel(peer, rank_), std::move(transfer), /*is_send=*/false);
 }
 
@@ -152,7 +208,42 @@ void LocalTransport::run_pending_group() {
   std::vector<Pending> group;
   group.swap(pending_);
   for (const Pending& p : group) start(*p.channel, p.transfer, p.is_send);
-  for (const Pending& p : group) wait_for(*world_, *p.channel, *p.transfer);
+  for (const Pending& p : group) wait_for(*p.channel, *p.transfer);
+}
+
+void LocalTransport::wait_for(LocalChannel& channel, const LocalTransfer& transfer) {
+  std::unique_lock<std::mutex> lock(channel.mutex);
+  auto finished = [&] { return transfer.done || world_->aborted() || world_->has_notice(rank_); };
+  PendingWait pending{transfer.is_send, transfer.peer, transfer.bytes, Clock::now()};
+  while (!finished()) {
+    if (deadline() == Clock::time_point::max()) {
+      channel.completed.wait(lock);
+    } else if (channel.completed.wait_until(lock, deadline()) == std::cv_status::timeout && !finished()) {
+      lock.unlock();
+      check_wait(pending);  // throws TimeoutError
+      lock.lock();
+    }
+  }
+  if (transfer.done) {
+    if (!transfer.error.empty()) throw TransportError(transfer.error);
+    return;
+  }
+  if (world_->aborted()) throw TransportError("in-process world aborted: " + world_->abort_reason());
+  lock.unlock();
+  check_notices(pending);  // throws PeerGaveUp
+}
+
+void LocalTransport::post_notice(const Notice& notice) {
+  const std::string bytes = encode_notice(notice);
+  for (int peer = 0; peer < world_->size(); ++peer) {
+    if (peer != rank_) world_->post_notice(peer, bytes);
+  }
+}
+
+std::optional<Notice> LocalTransport::receive_notice() {
+  std::optional<std::string> bytes = world_->take_notice(rank_);
+  if (!bytes) return std::nullopt;
+  return decode_notice(*bytes);
 }
 
 void LocalTransport::withdraw_pending(const std::shared_ptr<LocalTransfer>& transfer) {

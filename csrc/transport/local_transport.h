@@ -14,6 +14,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@ namespace pyallreduce {
 struct LocalTransfer {
   const void* send_data = nullptr;  // set for a send
   void* recv_data = nullptr;        // set for a receive
+  int peer = -1;                    // the other side
+  bool is_send = false;
   size_t bytes = 0;
   bool done = false;
   bool started = true;  // false while it waits in a grouped rank's pending group
@@ -37,6 +40,21 @@ struct LocalChannel {
   std::condition_variable completed;
   std::deque<std::shared_ptr<LocalTransfer>> unmatched_sends;
   std::deque<std::shared_ptr<LocalTransfer>> unmatched_recvs;
+};
+
+// A fault the in-process world injects into one rank's sends, for tests of
+// what its peers see. Sends are counted per rank from 0, the argument check's
+// messages included.
+struct LocalFault {
+  enum class Kind {
+    kStall,  // send number `message` is posted `seconds` late (a rank that stops there for a while)
+    kSlow,   // every send from number `message` on is posted `seconds` late
+    kShort,  // send number `message` carries one byte less than its receiver expects
+  };
+  int rank;
+  Kind kind;
+  size_t message;
+  double seconds = 0;
 };
 
 // The state the threads of one in-process world share.
@@ -53,13 +71,30 @@ class LocalWorld {
   bool aborted() const { return aborted_.load(); }
   std::string abort_reason();
 
+  void inject(const LocalFault& fault);
+  // The fault for `rank`'s send number `message`, if any.
+  std::optional<LocalFault> fault_for(int rank, size_t message);
+  // Sleeps `seconds`, or less if the world aborts meanwhile.
+  void sleep(double seconds);
+
+  // Notices between ranks (see Transport::post_notice): posting one wakes
+  // every waiting rank, which then finds it.
+  void post_notice(int to, const std::string& bytes);
+  std::optional<std::string> take_notice(int rank);
+  bool has_notice(int rank);
+
  private:
+  void wake_all();
   int size_;
   bool grouped_;
   std::vector<std::unique_ptr<LocalChannel>> channels_;
   std::atomic<bool> aborted_{false};
-  std::mutex reason_mutex_;
+  std::mutex reason_mutex_;  // also guards the faults and notices
+  std::condition_variable aborting_;
   std::string abort_reason_;
+  std::vector<LocalFault> faults_;
+  std::vector<std::deque<std::string>> notices_;  // by receiving rank
+  std::atomic<int> pending_notices_{0};
 };
 
 class LocalTransport : public Transport {
@@ -70,12 +105,19 @@ class LocalTransport : public Transport {
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
   size_t receive_window() const override { return world_->grouped() ? 1 : Transport::receive_window(); }
+  void post_notice(const Notice& notice) override;
 
   // Grouped worlds: starts the pending group and waits until all of it is
   // done (or the world aborts).
   void run_pending_group();
   // Drops a transfer that was never started from the pending group.
   void withdraw_pending(const std::shared_ptr<LocalTransfer>& transfer);
+  // Waits on `channel` until `transfer` is done; throws TransportError if it
+  // failed or the world aborted, and as check_wait() does.
+  void wait_for(LocalChannel& channel, const LocalTransfer& transfer);
+
+ protected:
+  std::optional<Notice> receive_notice() override;
 
  private:
   struct Pending {
@@ -89,6 +131,7 @@ class LocalTransport : public Transport {
   void start(LocalChannel& channel, const std::shared_ptr<LocalTransfer>& transfer, bool is_send);
   std::shared_ptr<LocalWorld> world_;
   int rank_;
+  size_t sends_ = 0;  // posted so far, for LocalFault
   std::vector<Pending> pending_;  // grouped worlds: posted since the last wait
 };
 

@@ -2,34 +2,123 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include "../types.h"
 
 namespace pyallreduce {
 
-void check_mpi(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
+namespace {
+
+// Data travels with this tag, notices with kNoticeTag: a notice never matches
+// a data receive.
+constexpr int kDataTag = 0;
+constexpr int kNoticeTag = 1;
+
+// Polls of a wait before it starts yielding the core between polls (MPICH's
+// MPIR_CVAR_POLLS_BEFORE_YIELD default).
+constexpr unsigned kPollsBeforeYield = 1000;
+
+// How long a dropped request's cancellation may take before MPI is left to
+// finish it alone (see ~MpiRequest).
+constexpr auto kCancelGrace = std::chrono::seconds(1);
+
+std::string mpi_error_text(int code) {
   char message[MPI_MAX_ERROR_STRING];
   int length = 0;
-  MPI_Error_string(rc, message, &length);
-  throw TransportError(std::string(what) + " failed: " + std::string(message, length));
+  MPI_Error_string(code, message, &length);
+  return std::string(message, length);
 }
-
-namespace {
 
 // One logical transfer: a single MPI request, or several when the transfer
 // was split into pieces of at most max_message_bytes.
 class MpiRequest : public Request {
  public:
-  explicit MpiRequest(size_t pieces) : requests_(pieces, MPI_REQUEST_NULL) {}
+  MpiRequest(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece)
+      : transport_(transport), is_send_(is_send), peer_(peer), bytes_(bytes), max_piece_(max_piece),
+        requests_(piece_count(bytes, max_piece), MPI_REQUEST_NULL) {}
   MPI_Request* slot(size_t i) { return &requests_[i]; }
+
+  // A request dropped before it completed (its call is unwinding from an
+  // error) is cancelled, so that MPI writes into no buffer the call is about
+  // to release; a receive that had already matched is waited out. What
+  // cannot be cancelled in time (a send being read by its peer) is handed to
+  // MPI, which only reads its buffer.
+  ~MpiRequest() override {
+    if (std::all_of(requests_.begin(), requests_.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; })) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    for (MPI_Request& r : requests_) {
+      if (r != MPI_REQUEST_NULL) MPI_Cancel(&r);
+    }
+    const Clock::time_point give_up = Clock::now() + kCancelGrace;
+    int done = 0;
+    while (MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE) ==
+               MPI_SUCCESS &&
+           !done && Clock::now() < give_up) {
+    }
+    for (MPI_Request& r : requests_) {
+      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+    }
+  }
+
+  // Polls until every piece is done, checking between polls for the
+  // deadline and for peers' notices (Transport::check_wait). A receive
+  // checks that each piece got exactly the bytes expected: a shorter message
+  // means the ranks disagree on the call, and is never read as data.
   void wait() override {
-    check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
-              "MPI_Waitall");
+    MPI_Status one_status;
+    std::vector<MPI_Status> statuses(requests_.size() > 1 ? requests_.size() : 0);
+    MPI_Status* status = requests_.size() > 1 ? statuses.data() : &one_status;
+    const int n = static_cast<int>(requests_.size());
+    int done = 0;
+    int rc = MPI_Testall(n, requests_.data(), &done, status);
+    PendingWait pending{is_send_, peer_, bytes_};
+    for (unsigned polls = 1; rc == MPI_SUCCESS && !done; ++polls) {
+      if (polls % 64 == 0) transport_.check_wait(pending);
+      // Past a short spin, each poll gives the core away once, so that a peer
+      // sharing it (more ranks than cores) can make the progress waited for;
+      // MPICH's own blocking waits do the same.
+      if (polls > kPollsBeforeYield) std::this_thread::yield();
+      rc = MPI_Testall(n, requests_.data(), &done, status);
+    }
+    for (int i = 0; i < n; ++i) {
+      const int code = rc == MPI_ERR_IN_STATUS ? status[i].MPI_ERROR : rc;
+      if (rc != MPI_SUCCESS && code != MPI_SUCCESS && code != MPI_ERR_PENDING) fail(code);
+      if (is_send_) continue;
+      int received = 0;
+      MPI_Get_count(&status[i], MPI_BYTE, &received);
+      const size_t expected = piece_length(bytes_, max_piece_, static_cast<size_t>(i));
+      if (static_cast<size_t>(received) != expected) {
+        throw TransportError("message size mismatch: received " + std::to_string(received) + " bytes from rank " +
+                             std::to_string(peer_) + " where " + std::to_string(expected) +
+                             " were expected; the ranks are not running the same call");
+      }
+    }
   }
 
  private:
+  [[noreturn]] void fail(int code) const {
+    int error_class = code;
+    MPI_Error_class(code, &error_class);
+    const std::string what = is_send_ ? "sending " + std::to_string(bytes_) + " bytes to rank " + std::to_string(peer_)
+                                      : "receiving " + std::to_string(bytes_) + " bytes from rank " +
+                                            std::to_string(peer_);
+    if (error_class == MPI_ERR_TRUNCATE) {
+      throw TransportError("message size mismatch " + what + ": rank " + std::to_string(peer_) +
+                           " sent more; the ranks are not running the same call");
+    }
+    throw TransportError("MPI failed " + what + ": " + mpi_error_text(code));
+  }
+
+  MpiTransport& transport_;
+  bool is_send_;
+  int peer_;
+  size_t bytes_;
+  size_t max_piece_;
   std::vector<MPI_Request> requests_;
 };
 
@@ -37,10 +126,10 @@ class MpiRequest : public Request {
 // Example: 5 GiB with max_piece = 2^31 - 1 gives pieces at offsets 0,
 // 2^31 - 1 and 2^32 - 2, the last 1 GiB + 2 bytes long.
 template <class PostPiece>
-RequestPtr post_in_pieces(size_t bytes, size_t max_piece, PostPiece post_piece) {
-  const size_t pieces = piece_count(bytes, max_piece);
-  auto request = std::make_unique<MpiRequest>(pieces);
-  for (size_t i = 0; i < pieces; ++i) {
+RequestPtr post_in_pieces(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece,
+                          PostPiece post_piece) {
+  auto request = std::make_unique<MpiRequest>(transport, is_send, peer, bytes, max_piece);
+  for (size_t i = 0; i < piece_count(bytes, max_piece); ++i) {
     post_piece(i * max_piece, static_cast<int>(piece_length(bytes, max_piece, i)), request->slot(i));
   }
   return request;
@@ -55,6 +144,10 @@ void require_mpi_running() {
 }
 
 }  // namespace
+
+void check_mpi(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) throw TransportError(std::string(what) + " failed: " + mpi_error_text(rc));
+}
 
 MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
     : max_message_bytes_(max_message_bytes) {
@@ -72,23 +165,64 @@ MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
 MpiTransport::~MpiTransport() {
   int finalized = 0;
   MPI_Finalized(&finalized);
-  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+  if (finalized) return;
+  for (NoticeSend& send : notice_sends_) {
+    int done = 0;
+    MPI_Test(&send.request, &done, MPI_STATUS_IGNORE);
+    if (!done) {
+      MPI_Cancel(&send.request);
+      MPI_Request_free(&send.request);
+    }
+  }
+  if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
 RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
   require_mpi_running();
   const char* base = static_cast<const char*>(data);
-  return post_in_pieces(bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
-    check_mpi(MPI_Isend(base + offset, length, MPI_BYTE, peer, 0, comm_, r), "MPI_Isend");
+  return post_in_pieces(*this, true, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
+    check_mpi(MPI_Isend(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Isend");
   });
 }
 
 RequestPtr MpiTransport::irecv(int peer, void* data, size_t bytes) {
   require_mpi_running();
   char* base = static_cast<char*>(data);
-  return post_in_pieces(bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
-    check_mpi(MPI_Irecv(base + offset, length, MPI_BYTE, peer, 0, comm_, r), "MPI_Irecv");
+  return post_in_pieces(*this, false, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
+    check_mpi(MPI_Irecv(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Irecv");
   });
+}
+
+void MpiTransport::post_notice(const Notice& notice) {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  notice_sends_.remove_if([](NoticeSend& send) {
+    int done = 0;
+    MPI_Test(&send.request, &done, MPI_STATUS_IGNORE);
+    return done != 0;
+  });
+  const std::string bytes = encode_notice(notice);
+  for (int peer = 0; peer < size_; ++peer) {
+    if (peer == rank_) continue;
+    NoticeSend& send = notice_sends_.emplace_back(NoticeSend{bytes});
+    MPI_Isend(send.bytes.data(), static_cast<int>(send.bytes.size()), MPI_BYTE, peer, kNoticeTag, comm_,
+              &send.request);
+  }
+}
+
+std::optional<Notice> MpiTransport::receive_notice() {
+  int arrived = 0;
+  MPI_Message message = MPI_MESSAGE_NULL;
+  MPI_Status status;
+  if (MPI_Improbe(MPI_ANY_SOURCE, kNoticeTag, comm_, &arrived, &message, &status) != MPI_SUCCESS || !arrived) {
+    return std::nullopt;
+  }
+  int length = 0;
+  MPI_Get_count(&status, MPI_BYTE, &length);
+  std::string bytes(static_cast<size_t>(length), '\0');
+  check_mpi(MPI_Mrecv(bytes.data(), length, MPI_BYTE, &message, MPI_STATUS_IGNORE), "MPI_Mrecv");
+  return decode_notice(bytes);
 }
 
 std::string MpiTransport::library_version() {

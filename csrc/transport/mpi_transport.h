@@ -3,6 +3,7 @@
 
 #include <mpi.h>
 
+#include <list>
 #include <string>
 
 #include "transport.h"
@@ -23,12 +24,22 @@ class MpiTransport : public Transport {
   int size() const override { return size_; }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
+  void post_notice(const Notice& notice) override;
 
   // The MPI library's own description, e.g. "MPICH Version: 5.0.2 ...".
   static std::string library_version();
 
+ protected:
+  std::optional<Notice> receive_notice() override;
+
  private:
+  // A notice's bytes stay alive until its send completes.
+  struct NoticeSend {
+    std::string bytes;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
   MPI_Comm comm_ = MPI_COMM_NULL;
+  std::list<NoticeSend> notice_sends_;
   int rank_ = 0;
   int size_ = 0;
   size_t max_message_bytes_;

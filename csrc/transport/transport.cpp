@@ -1,8 +1,76 @@
 #include "transport.h"
 
 #include <algorithm>
+#include <sstream>
 
 namespace pyallreduce {
+
+// Fields separated by the ASCII unit separator; the text, last, is the rest
+// of the message. Example: rank 2 timed out in call 7 at 1796000000.25 s,
+// waiting on rank 1 since 1796000000.00 s:
+// "2\x1f7\x1f1\x1f1796000000.250000\x1f1796000000.000000\x1fcall 7 (allreduce ...) failed ...".
+constexpr char kSeparator = '\x1f';
+
+std::string encode_notice(const Notice& notice) {
+  std::ostringstream out;
+  out.precision(6);
+  out << notice.rank << kSeparator << notice.call << kSeparator << notice.waiting_on << kSeparator << std::fixed
+      << notice.posted_s << kSeparator << notice.waiting_since_s << kSeparator << notice.text;
+  return out.str();
+}
+
+Notice decode_notice(const std::string& bytes) {
+  Notice notice;
+  std::istringstream in(bytes);
+  char separator[5] = {};
+  if (!(in >> notice.rank).get(separator[0]) || !(in >> notice.call).get(separator[1]) ||
+      !(in >> notice.waiting_on).get(separator[2]) || !(in >> notice.posted_s).get(separator[3]) ||
+      !(in >> notice.waiting_since_s).get(separator[4]) ||
+      std::any_of(std::begin(separator), std::end(separator), [](char c) { return c != kSeparator; })) {
+    throw TransportError("received a malformed notice of " + std::to_string(bytes.size()) + " bytes");
+  }
+  notice.text = bytes.substr(static_cast<size_t>(in.tellg()));
+  return notice;
+}
+
+double PendingWait::waited_s() const {
+  return since == Clock::time_point{} ? 0 : std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+PeerGaveUp::PeerGaveUp(const Notice& notice, const PendingWait& wait)
+    : TransportError("rank " + std::to_string(notice.rank) + " gave up on call " + std::to_string(notice.call) +
+                     ": " + notice.text),
+      notice_(notice),
+      waiting_for_(wait.peer),
+      waited_s_(wait.waited_s()) {}
+
+const std::map<int, Notice>& Transport::collect_notices() {
+  while (std::optional<Notice> notice = receive_notice()) notices_.emplace(notice->rank, std::move(*notice));
+  return notices_;
+}
+
+void Transport::check_notices(const PendingWait& wait) {
+  const auto& notices = collect_notices();
+  if (notices.empty()) return;
+  const auto it = notices.find(wait.peer);
+  throw PeerGaveUp(it != notices.end() ? it->second : notices.begin()->second, wait);
+}
+
+void Transport::check_wait(PendingWait& wait) {
+  const Clock::time_point now = Clock::now();
+  if (wait.since == Clock::time_point{}) wait.since = now;
+  if (now >= next_notice_check_) {
+    next_notice_check_ = now + std::chrono::milliseconds(1);
+    check_notices(wait);
+  }
+  if (now >= deadline_) {
+    const std::string bytes = std::to_string(wait.bytes) + " bytes";
+    const std::string peer = "rank " + std::to_string(wait.peer);
+    throw TimeoutError(wait.is_send ? "timed out waiting for " + peer + " to receive " + bytes
+                                    : "timed out waiting to receive " + bytes + " from " + peer,
+                       wait.peer, wait.waited_s());
+  }
+}
 
 void wait_all(std::vector<RequestPtr>& requests) {
   for (RequestPtr& request : requests) request->wait();

@@ -12,13 +12,65 @@
 // two waits only transfers whose partners are posted between the partners'
 // own corresponding waits, as a pairwise exchange does; receive_window()
 // says how far a pipeline may post receives ahead of that.
+//
+// Deadlines and notices: every wait of a call returns by the call's deadline
+// or throws TimeoutError naming the peer it waited for. A rank that gives up
+// on a call (a timeout, a transport error) posts a notice to every peer out
+// of band, and a peer's wait that sees it throws PeerGaveUp at once instead
+// of waiting for its own deadline.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "../types.h"
+
 namespace pyallreduce {
+
+using Clock = std::chrono::steady_clock;
+
+// What a rank tells its peers when it gives up on a call.
+struct Notice {
+  int rank = -1;         // the rank that gave up
+  uint64_t call = 0;     // the sequence number of its call on the communicator
+  int waiting_on = -1;   // the peer it was waiting for when it gave up, or -1 for another failure
+  double posted_s = 0;   // when it gave up, in seconds since the epoch
+  double waiting_since_s = 0;  // since when it had been waiting on `waiting_on`, likewise
+  std::string text;      // what happened, for people
+};
+// A notice as bytes on the wire, and back; decode throws TransportError on a
+// malformed message.
+std::string encode_notice(const Notice& notice);
+Notice decode_notice(const std::string& bytes);
+
+// What a blocked wait waits for, for its errors.
+struct PendingWait {
+  bool is_send;
+  int peer;
+  size_t bytes;
+  Clock::time_point since{};  // set by its first Transport::check_wait
+  double waited_s() const;
+};
+
+// Thrown by `wait` when a peer has posted a notice.
+class PeerGaveUp : public TransportError {
+ public:
+  PeerGaveUp(const Notice& notice, const PendingWait& wait);
+  const Notice& notice() const { return notice_; }
+  int waiting_for() const { return waiting_for_; }
+  double waited_s() const { return waited_s_; }
+
+ private:
+  Notice notice_;
+  int waiting_for_;
+  double waited_s_;
+};
 
 class Request {
  public:
@@ -43,6 +95,36 @@ class Transport {
   // while one is being reduced; a grouped transport allows 1, which makes
   // every wait close the group {receive k, send k} of a lockstep exchange.
   virtual size_t receive_window() const { return 4; }
+
+  // Every wait from now on throws TimeoutError once `deadline` has passed
+  // (Clock::time_point::max(): never). A transport that wraps another passes
+  // it on; one whose waits never block the host ignores it.
+  virtual void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
+  Clock::time_point deadline() const { return deadline_; }
+
+  // Sends `notice` to every peer without waiting (best effort: a dead peer
+  // never reads it). Transports that cannot carry notices drop them.
+  virtual void post_notice(const Notice&) {}
+  // Takes in every notice that has arrived; returns all received so far, by rank.
+  const std::map<int, Notice>& collect_notices();
+
+  // Throws PeerGaveUp if any peer has posted a notice: the one `wait`
+  // waits for, if it has.
+  void check_notices(const PendingWait& wait);
+  // Called by a wait loop between polls (at least every few microseconds):
+  // throws PeerGaveUp if a notice has arrived (looked for about once a
+  // millisecond) and TimeoutError describing `wait` once the deadline has
+  // passed.
+  void check_wait(PendingWait& wait);
+
+ protected:
+  // One notice that has arrived, if any.
+  virtual std::optional<Notice> receive_notice() { return std::nullopt; }
+
+ private:
+  Clock::time_point deadline_ = Clock::time_point::max();
+  Clock::time_point next_notice_check_{};
+  std::map<int, Notice> notices_;
 };
 
 // Waits for every request in the list, then clears it.

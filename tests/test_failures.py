@@ -1,0 +1,166 @@
+"""Failures in the middle of a call, injected into the in-process transport:
+a rank that stops for a while at one of its messages, one that is slow, one
+whose message is short. Every surviving rank must raise within the timeout
+plus the culprit search (at most the timeout again), with a message naming
+the call, its step and the culprit; the communicator is broken afterwards,
+and the flight recorder and pyallreduce.debug tell the same story."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pyallreduce
+from pyallreduce.testing import Fault, spawn_local
+
+TIMEOUT = 1.0
+# The timeout, then at most as long again looking for the culprit, and slack
+# for a loaded machine.
+BOUND = 2 * TIMEOUT + 3.0
+
+
+def run_calls(calls, algorithm="auto", count=40_000, async_calls=False):
+    """A rank's body: `calls` allreduces; returns (exception or None, seconds to it)."""
+
+    def body(comm):
+        x = np.ones(count, np.float32)
+        started = time.monotonic()
+        try:
+            for _ in range(calls):
+                if async_calls:
+                    comm.allreduce_async(x, algorithm=algorithm).result()
+                else:
+                    comm.allreduce(x, algorithm=algorithm)
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            return exc, time.monotonic() - started, comm.flight_record(), comm.broken
+        return None, time.monotonic() - started, comm.flight_record(), comm.broken
+
+    return body
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 5])
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling", "recursive_doubling"])
+def test_a_rank_that_stops_is_named_by_every_other_rank(world, algorithm):
+    culprit = world - 1
+    # Its sixth send: past the first call's argument check, in the data phase
+    # of the first or second call.
+    stall = Fault(rank=culprit, kind="stall", message=5, seconds=2 * TIMEOUT + 2)
+    results = spawn_local(world, run_calls(3, algorithm), call_timeout=TIMEOUT, faults=[stall])
+    for rank, (error, seconds, record, broken) in enumerate(results):
+        assert error is not None, f"rank {rank} finished although rank {culprit} stopped"
+        text = str(error)
+        if rank == culprit:
+            # It comes back after the others gave up; its own call then fails at once.
+            assert isinstance(error, RuntimeError), text
+            continue
+        assert isinstance(error, pyallreduce.TimeoutError), text
+        assert isinstance(error, RuntimeError)
+        assert seconds < BOUND, (rank, seconds)
+        assert f"failed on rank {rank} at " in text and " step " in text, text
+        assert f"Culprit: rank {culprit}," in text, text
+        assert record[-1]["state"] == "failed" and record[-1]["error"] == text, record[-1]
+        assert broken == text
+
+
+def test_the_late_rank_learns_that_it_was_late():
+    stall = Fault(rank=1, kind="stall", message=0, seconds=2 * TIMEOUT + 1)
+    results = spawn_local(3, run_calls(1), call_timeout=TIMEOUT, faults=[stall])
+    error = results[1][0]
+    assert isinstance(error, pyallreduce.TimeoutError), error
+    assert "Culprit: rank 1, which was not waiting when rank " in str(error), error
+
+
+def test_a_slow_rank_that_makes_the_call_outlast_the_timeout_is_named():
+    slow = Fault(rank=0, kind="slow", message=0, seconds=0.2)
+    results = spawn_local(3, run_calls(20, "ring"), call_timeout=TIMEOUT, faults=[slow])
+    for rank in (1, 2):
+        error, seconds, _, _ = results[rank]
+        assert isinstance(error, pyallreduce.TimeoutError), error
+        assert "Culprit: rank 0," in str(error), error
+        assert seconds < 20 * 0.2 * 8, seconds  # well before the slow rank would have finished
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_a_short_message_fails_every_rank_at_once_naming_the_sender(world):
+    short = Fault(rank=1, kind="short", message=4)
+    results = spawn_local(world, run_calls(3, "ring"), call_timeout=30.0, faults=[short])
+    for rank, (error, seconds, _, _) in enumerate(results):
+        assert isinstance(error, RuntimeError) and not isinstance(error, pyallreduce.TimeoutError), error
+        assert "message size mismatch: rank 1 sent" in str(error), error
+        assert seconds < 5, seconds  # told by the failing rank's notice, not by the 30 s timeout
+
+
+def test_asynchronous_calls_carry_the_timeout_to_their_future():
+    stall = Fault(rank=2, kind="stall", message=5, seconds=2 * TIMEOUT + 1)
+    results = spawn_local(3, run_calls(3, "ring", async_calls=True), call_timeout=TIMEOUT, faults=[stall])
+    for rank in (0, 1):
+        error = results[rank][0]
+        assert isinstance(error, pyallreduce.TimeoutError), error
+        assert "Culprit: rank 2," in str(error), error
+
+
+def test_a_broken_communicator_refuses_every_later_call_at_once():
+    stall = Fault(rank=1, kind="stall", message=2, seconds=2 * TIMEOUT + 1)
+
+    def body(comm):
+        x = np.ones(1000)
+        with pytest.raises(RuntimeError) as first:
+            for _ in range(3):
+                comm.allreduce(x)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="this communicator is broken") as later:
+            comm.allreduce(x)
+        assert time.monotonic() - started < 0.5
+        assert str(first.value) in str(later.value)
+        with pytest.raises(RuntimeError, match="this communicator is broken"):
+            comm.allreduce_coalesced([x, x])
+        return True
+
+    assert spawn_local(3, body, call_timeout=TIMEOUT, faults=[stall]) == [True] * 3
+
+
+def test_the_flight_record_holds_the_last_calls():
+    def body(comm):
+        for count in range(70):
+            comm.allreduce(np.ones(count + 1))
+        return comm.flight_record()
+
+    for record in spawn_local(2, body):
+        assert [call["call"] for call in record] == list(range(7, 71))
+        assert all(call["state"] == "done" and call["operation"] == "allreduce" for call in record)
+        assert record[-1]["count"] == 70 and record[-1]["dtype"] == "float64"
+        assert all(call["started_s"] <= call["ended_s"] for call in record)
+
+
+def test_records_written_on_failure_are_lined_up_by_pyallreduce_debug(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("PYALLREDUCE_DEBUG_DIR", str(tmp_path))
+    stall = Fault(rank=2, kind="stall", message=5, seconds=2 * TIMEOUT + 1)
+    spawn_local(3, run_calls(3, "ring"), call_timeout=TIMEOUT, faults=[stall])
+    files = sorted(tmp_path.glob("pyallreduce-rank*.json"))
+    assert len(files) == 3
+    record = json.loads(files[0].read_text())
+    assert record["rank"] == 0 and record["size"] == 3 and "Culprit: rank 2," in record["error"]
+    report = subprocess.run([sys.executable, "-m", "pyallreduce.debug", str(tmp_path)], capture_output=True,
+                            text=True, check=True).stdout
+    assert "rank 0 of 3" in report and "rank 2 of 3" in report
+    assert "first to fail: rank " in report and "Culprit: rank 2," in report, report
+
+
+def test_timeout_values():
+    assert spawn_local(1, lambda comm: comm.timeout) == [300.0]
+    assert spawn_local(1, lambda comm: comm.timeout, call_timeout=0) == [0.0]
+    with pytest.raises(ValueError, match="non-negative, finite"):
+        spawn_local(1, lambda comm: None, call_timeout=-1)
+    with pytest.raises(TypeError, match="number of seconds"):
+        spawn_local(1, lambda comm: None, call_timeout="5")
+
+
+def test_timeout_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_TIMEOUT", "12.5")
+    assert spawn_local(1, lambda comm: comm.timeout) == [12.5]
+    monkeypatch.setenv("PYALLREDUCE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="PYALLREDUCE_TIMEOUT='soon'"):
+        spawn_local(1, lambda comm: None)
