@@ -32,6 +32,8 @@ class CommunicatorOptions:
     """Called with each distinct call's algorithm and why; None for no log."""
     device_transport: str | None
     """How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI."""
+    timeout_s: float
+    on_break: Callable[[Communicator, str], None] | None
     def __init__(self) -> None: ...
 
 class LocalWorld:
@@ -44,6 +46,27 @@ class LocalWorld:
     def grouped(self) -> bool: ...
     def abort(self, reason: str) -> None:
         """Wake every rank blocked in this world with an error carrying `reason`."""
+    def inject_fault(self, rank: int, kind: str, message: int, seconds: float = 0.0) -> None:
+        """Make `rank`'s send number `message` (counted from 0, argument checks included) late by `seconds`
+        ('stall'), every send from it on late ('slow'), or one byte short ('short')."""
+
+class TimeoutError(RuntimeError):
+    """A call waited longer than the communicator's timeout. The message says which call, where in its
+    algorithm, which peer it waited for, and which rank holds the call up."""
+
+class CallRecord:
+    """One call of a communicator's flight recorder."""
+    call: int
+    operation: str
+    count: int
+    dtype: DType
+    op: ReduceOp
+    algorithm: Algorithm
+    state: str
+    where: str
+    started_s: float
+    ended_s: float
+    error: str
 
 class Communicator:
     @staticmethod
@@ -77,6 +100,13 @@ class Communicator:
         """The algorithm a call of `bytes` would use, and why."""
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
+    def flight_record(self) -> list[CallRecord]:
+        """The last calls (at most 64), oldest first; the running one with the step it is in."""
+    @property
+    def broken_reason(self) -> str:
+        """Why the communicator is broken, or '' while it works."""
+    @property
+    def timeout_s(self) -> float: ...
 
 def check_options(options: CommunicatorOptions) -> None:
     """Raise ValueError where a communicator could not be built with `options`."""
