@@ -384,3 +384,23 @@ def test_a_nan_gradient_makes_its_whole_tensor_nan_on_every_path(contiguous):
     LARS(weights, lr=0.1, momentum=0.9, weight_decay=1e-4).step()
     assert torch.isnan(weights[0]).all()
     assert not torch.isnan(weights[1]).any()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_step_at_lr_0_keeps_the_momentum_as_torch_sgd_does(nesterov):
+    # Without adaptation or weight decay LARS is SGD with momentum; across a
+    # schedule that passes through lr 0, it must stay SGD's trajectory.
+    torch.manual_seed(0)
+    start = torch.randn(6, 5, dtype=torch.float64)
+    ours = start.clone().requires_grad_()
+    theirs = start.clone().requires_grad_()
+    lars = LARS([ours], lr=0.1, momentum=0.9, weight_decay=0.0, skip_adaptation=True, nesterov=nesterov)
+    sgd = torch.optim.SGD([theirs], lr=0.1, momentum=0.9, nesterov=nesterov)
+    for lr in [0.1, 0.2, 0.0, 0.0, 0.15, 0.05]:
+        grad = torch.randn(6, 5, dtype=torch.float64)
+        for optimizer, weight in ((lars, ours), (sgd, theirs)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            weight.grad = grad.clone()
+            optimizer.step()
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)

@@ -43,8 +43,10 @@ class LARS(torch.optim.Optimizer):
 
     When the learning rate changes between steps (a schedule), v is first
     scaled by lr_new / lr_old, Goyal et al.'s momentum correction (remark 2),
-    which keeps the update the same as in the "v = m*v + g; w -= lr*v" form
-    (after a step at lr 0 there is nothing to scale by, and v is kept as is).
+    which keeps the update the same as in the "v = m*v + g; w -= lr*v" form.
+    A step at lr 0 leaves the parameters and keeps the momentum, as
+    torch.optim.SGD does: the gradient is folded into v at the last nonzero
+    lr, which the next step's correction then scales from.
 
     A gradient with a NaN has a NaN norm and so a NaN trust ratio: its whole
     tensor steps to NaN, on the fused paths and the torch path alike.
@@ -105,6 +107,9 @@ class LARS(torch.optim.Optimizer):
     def _step_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         lr, momentum = float(group["lr"]), float(group["momentum"])
         skip = group["skip_adaptation"]
+        if lr == 0 and momentum != 0:
+            self._momentum_at_zero_lr(group, params)
+            return
         weights, grads, buffers, adapt, corrections = [], [], [], [], []
         for p in params:
             state = self.state[p]
@@ -131,6 +136,25 @@ class LARS(torch.optim.Optimizer):
                 torch.autograd.graph.increment_version(p)  # the fused steps write through raw pointers
             else:
                 p.copy_(w)
+
+
+    def _momentum_at_zero_lr(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """torch's SGD at lr 0 leaves the parameters and still folds the
+        gradient into its momentum. v here is the last lr times torch's, so
+        the fold runs at that lr, into a throwaway copy of each parameter,
+        and that lr stays the one the next step corrects from. A parameter
+        with no momentum yet keeps none (its step at lr 0 is zero)."""
+        for p in params:
+            state = self.state[p]
+            last_lr = state.get("momentum_lr")
+            if not last_lr:
+                continue
+            skip = group["skip_adaptation"]
+            lars_step_torch([state.get("master_weight", p).detach().clone()], [p.grad], [state["momentum_buffer"]],
+                            [p.ndim > 1 if skip is None else not skip], [1.0], lr=float(last_lr),
+                            momentum=float(group["momentum"]), weight_decay=float(group["weight_decay"]),
+                            trust_coefficient=float(group["trust_coefficient"]), eps=float(group["eps"]),
+                            nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
 
 
 def lars_step_torch(
