@@ -51,3 +51,16 @@ def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
     # DDP's 25 MiB buckets over 102 MB of gradients, each reported once, in order.
     buckets = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  bucket ")]
     assert buckets == [f"bucket {i}" for i in range(len(buckets))] and len(buckets) >= 4, output[-6000:]
+
+
+def test_soak_leaves_no_thread_behind():
+    result = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.soak", "--scale", "0.02", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "resident set growth:" in output and "8 B latency, timeout armed / disarmed" in output, output
+    threads = next(line for line in result.stdout.splitlines() if line.startswith("threads: "))
+    before, after = (int(word) for word in threads.replace(",", "").split() if word.isdigit())
+    assert after <= before, threads  # 20 communicators dropped without free() took their threads along
