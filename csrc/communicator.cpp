@@ -112,7 +112,6 @@ void Communicator::arm_deadline() {
 template <class Body>
 void Communicator::run_call(const CallInfo& info, Body body) {
   const std::unique_lock<std::mutex> lock = exclusive_use();
-  Transport& t = transport();
   arm_deadline();
   steps_.set_stage(nullptr);
   {
@@ -152,19 +151,18 @@ void Communicator::run_call(const CallInfo& info, Body body) {
   } catch (const std::exception& error) {
     // Thrown on this rank alone (out of memory, say), perhaps with messages
     // half exchanged: the peers cannot go on with it either.
-    const std::string message = "call " + std::to_string(calls_) + " (" + describe_running_call() +
-                                ") failed on rank " + std::to_string(t.rank()) + " at " + steps_.describe() + ": " +
-                                error.what();
+    const std::string message = where_it_failed() + ": " + error.what();
     break_with(message, message);
     throw;
   }
   finish(CallRecord::State::kDone, "");
 }
 
-std::string Communicator::describe_running_call() const {
+std::string Communicator::where_it_failed() const {
   const CallRecord& record = records_[(calls_ - 1) % kRecordedCalls];
-  return std::string(record.operation) + " of " + std::to_string(record.count) + " x " + dtype_name(record.dtype) +
-         ", " + op_name(record.op) + ", " + algorithm_name(record.algorithm);
+  return "call " + std::to_string(calls_) + " (" + record.operation + " of " + std::to_string(record.count) + " x " +
+         dtype_name(record.dtype) + ", " + op_name(record.op) + ", " + algorithm_name(record.algorithm) +
+         ") failed on rank " + std::to_string(transport().rank()) + " at " + steps_.describe();
 }
 
 void Communicator::break_with(const std::string& message, const std::string& notice) {
@@ -197,8 +195,7 @@ void Communicator::break_with(const std::string& message, const std::string& not
 void Communicator::fail(const TransportError& error) {
   Transport& t = transport();
   const auto* timeout = dynamic_cast<const TimeoutError*>(&error);
-  const std::string here = "call " + std::to_string(calls_) + " (" + describe_running_call() + ") failed on rank " +
-                           std::to_string(t.rank()) + " at " + steps_.describe();
+  const std::string here = where_it_failed();
   if (const auto* gave_up = dynamic_cast<const PeerGaveUp*>(&error)) {
     const Notice& theirs = gave_up->notice();
     if (theirs.waiting_on >= 0) {

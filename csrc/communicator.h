@@ -185,7 +185,9 @@ class Communicator {
   // on_break; posts `notice` to the peers unless it is empty (a timeout
   // posts its own first).
   void break_with(const std::string& message, const std::string& notice);
-  std::string describe_running_call() const;
+  // "call 3 (allreduce of 4 x float32, sum, ring) failed on rank 1 at ring
+  // allgather step 2 of 3": the running call, for its errors.
+  std::string where_it_failed() const;
   CallRecord& current_record() { return records_[(calls_ - 1) % kRecordedCalls]; }
   // A small call whose data travels inside the argument check.
   struct CarriedCall {
