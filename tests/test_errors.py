@@ -249,3 +249,21 @@ def test_a_ring_segment_larger_than_any_vector():
 
     expected = [3 * i + 3.0 for i in range(10)]
     assert spawn_local(3, each_rank, ring_segment_bytes=2**62) == [expected] * 3
+
+
+def test_an_in_place_allreduce_bumps_the_autograd_version_like_torch_in_place_ops():
+    def each_rank(comm):
+        leaf = torch.ones(4, requires_grad=True)
+        saved = leaf * 2
+        loss = (saved * saved).sum()  # saves `saved` for backward
+        comm.allreduce(saved.detach())  # a view of the same tensor, written through raw pointers
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        x, out, listed = torch.ones(3), torch.zeros(3), [torch.ones(2), torch.ones(5)]
+        versions = x._version, out._version, [t._version for t in listed]
+        comm.allreduce(x, out=out)
+        comm.allreduce_coalesced(listed)
+        return (x._version - versions[0], out._version - versions[1],
+                [t._version - v for t, v in zip(listed, versions[2])])
+
+    assert spawn_local(2, each_rank) == [(0, 1, [1, 1])] * 2

@@ -112,6 +112,7 @@ py::object allreduce(Communicator& comm, py::handle x, py::handle op, py::handle
     const Algorithm algorithm_code = parse_algorithm(algorithm);
     const Placement placement = placement_of(source, stream);
     void* output = target ? target->data() : source.data();
+    mark_modified({target ? &*target : &source});
     py::gil_scoped_release release;
     comm.allreduce(source.data(), output, source.count(), source.dtype(), op_code, algorithm_code, placement);
   });
@@ -153,6 +154,9 @@ py::object allreduce_coalesced(Communicator& comm, py::handle tensor_list, py::h
     const ReduceOp op_code = parse_op(op);
     const Algorithm algorithm_code = parse_algorithm(algorithm);
     const Placement placement = buffers.empty() ? Placement{} : placement_of(*buffers.front(), stream);
+    std::vector<const PythonBuffer*> written;
+    for (const auto& buffer : buffers) written.push_back(buffer.get());
+    mark_modified(written);
     py::gil_scoped_release release;
     comm.allreduce_coalesced(spans, dtype, op_code, algorithm_code, bucket, placement);
   });

@@ -49,6 +49,8 @@ class PythonBuffer {
   // thread: torch's current stream on its device, or the stream its
   // __cuda_array_interface__ names (none: the legacy default stream, 0).
   uintptr_t stream() const { return stream_; }
+  // The torch tensor read, or a null handle for other objects.
+  pybind11::handle torch_tensor() const { return torch_tensor_; }
 
  private:
   void read_torch(pybind11::handle tensor, const char* role);
@@ -63,8 +65,15 @@ class PythonBuffer {
   uintptr_t stream_ = 0;
   Py_buffer view_{};
   bool holds_view_ = false;
+  pybind11::handle torch_tensor_;  // borrowed: the caller holds it for the call
   pybind11::object keep_alive_;  // the numpy array made from a DLPack object
 };
+
+// Bumps the autograd version counter of every torch tensor among `buffers`
+// (which the call is about to write through raw pointers), as torch's own
+// in-place operations do: a tensor saved for backward then makes backward()
+// raise instead of computing with overwritten values.
+void mark_modified(const std::vector<const PythonBuffer*>& buffers);
 
 // out= must be writable, hold as many elements of the same dtype on the same
 // device, and either be the input itself or not overlap it. Throws Rejection.
