@@ -160,7 +160,9 @@ class Communicator:
                 not partially overlapping ``x``.
 
         Returns:
-            ``out`` if given, else ``x``: bitwise identical on every rank.
+            ``out`` if given, else ``x``: bitwise identical on every rank. A
+            torch tensor written (``out``, or ``x`` in place) has its autograd
+            version counter bumped, as torch's in-place operations do.
 
         Raises:
             TypeError / ValueError: bad arguments, on this rank; with the check
