@@ -61,6 +61,7 @@ LocalWorld::LocalWorld(int size, bool grouped) : size_(size), grouped_(grouped) 
   if (size < 1) throw InvalidArgument("world size must be at least 1, got " + std::to_string(size));
   channels_.reserve(static_cast<size_t>(size) * size);
   for (int i = 0; i < size * size; ++i) channels_.push_back(std::make_unique<LocalChannel>());
+  notices_.resize(static_cast<size_t>(size));
 }
 
 void LocalWorld::abort(const std::string& reason) {
@@ -106,7 +107,6 @@ void LocalWorld::sleep(double seconds) {
 void LocalWorld::post_notice(int to, const std::string& bytes) {
   {
     std::lock_guard<std::mutex> guard(reason_mutex_);
-    if (notices_.empty()) notices_.resize(static_cast<size_t>(size_));
     notices_[static_cast<size_t>(to)].push_back(bytes);
     ++pending_notices_;
   }
@@ -116,7 +116,7 @@ void LocalWorld::post_notice(int to, const std::string& bytes) {
 std::optional<std::string> LocalWorld::take_notice(int rank) {
   if (pending_notices_.load() == 0) return std::nullopt;
   std::lock_guard<std::mutex> guard(reason_mutex_);
-  if (notices_.empty() || notices_[static_cast<size_t>(rank)].empty()) return std::nullopt;
+  if (notices_[static_cast<size_t>(rank)].empty()) return std::nullopt;
   std::string bytes = std::move(notices_[static_cast<size_t>(rank)].front());
   notices_[static_cast<size_t>(rank)].pop_front();
   --pending_notices_;
@@ -126,7 +126,7 @@ std::optional<std::string> LocalWorld::take_notice(int rank) {
 bool LocalWorld::has_notice(int rank) {
   if (pending_notices_.load() == 0) return false;
   std::lock_guard<std::mutex> guard(reason_mutex_);
-  return !notices_.empty() && !notices_[static_cast<size_t>(rank)].empty();
+  return !notices_[static_cast<size_t>(rank)].empty();
 }
 
 std::string LocalWorld::abort_reason() {
