@@ -34,7 +34,11 @@ class CommunicatorOptions:
     """How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI."""
     timeout_s: float
     on_break: Callable[[Communicator, str], None] | None
+    @overload
     def __init__(self) -> None: ...
+    @overload
+    def __init__(self, other: CommunicatorOptions) -> None:
+        """A copy of `other`."""
 
 class LocalWorld:
     def __init__(self, size: int, grouped: bool = False) -> None:
@@ -110,10 +114,11 @@ class Communicator:
 
 def check_options(options: CommunicatorOptions) -> None:
     """Raise ValueError where a communicator could not be built with `options`."""
-def caller_stream(x: object) -> int | None:
-    """The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:
-    torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names
-    (legacy default, 0, when it names none). None for host buffers."""
+def describe_call(x: object, op: object, algorithm: object) -> tuple[int, DType | None, ReduceOp, Algorithm, int | None]:
+    """(count, dtype, op, algorithm, stream) of a call on `x` (a buffer, or a list of them) made on
+    this thread; stream is the CUDA stream (a cudaStream_t as an integer) it is ordered on: torch's
+    current stream on the tensor's device, or the stream a __cuda_array_interface__ names (legacy
+    default, 0, when it names none), None for host buffers. Raises as the call would."""
 def _register_device_backend(backend: object) -> None:
     """Called by pyallreduce._cuda when imported: the backend for CUDA buffers."""
 def mpi_library_version() -> str: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -73,18 +74,23 @@ class Communicator:
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
         options, max_message_bytes, on_error = _agreed_options(comm, check, ring_segment_bytes, cuda_transport, timeout)
-        options.on_break = _report_break(abort=on_error == "abort")
-        self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
+        options.on_break = _report_break(self._progress, abort=on_error == "abort")
+        self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
         _close_when_dropped(self)
         if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
             _abort_on_uncaught_exception()
 
     @classmethod
-    def _wrap(cls, core: _C.Communicator) -> Communicator:
+    def _wrap(cls, rank: int, options: _C.CommunicatorOptions,
+              build: Callable[[_C.CommunicatorOptions], _C.Communicator]) -> Communicator:
+        """Rank ``rank``'s communicator on the core that ``build(options)``
+        makes, once ``options`` (a copy) knows where its queued calls are."""
         comm = cls.__new__(cls)
-        comm._core = core
-        comm._progress = ProgressThread(f"pyallreduce progress, rank {core.rank}")
+        comm._progress = ProgressThread(f"pyallreduce progress, rank {rank}")
+        options = _C.CommunicatorOptions(options)
+        options.on_break = _report_break(comm._progress, abort=False)
+        comm._core = build(options)
         _close_when_dropped(comm)
         return comm
 
@@ -123,11 +129,14 @@ class Communicator:
         """The last calls (at most 64), oldest first, as dicts: call (its
         sequence number), operation, count, dtype, op, algorithm, state
         ("running", "done" or "failed"), where (the step it is or was in),
-        started_s and ended_s (seconds since the epoch), error. See
-        :mod:`pyallreduce.debug`."""
+        started_s and ended_s (seconds since the epoch), error. Then the
+        calls waiting behind them on the progress thread, in the order they
+        will run: state "queued", call, started_s and ended_s None, and
+        queued_s, when they were made (count and dtype None where the call
+        will reject its arguments). See :mod:`pyallreduce.debug`."""
         from .debug import flight_record
 
-        return flight_record(self._core)
+        return flight_record(self._core, self._progress)
 
     @property
     def check(self) -> bool:
@@ -171,7 +180,7 @@ class Communicator:
         """
         # Arguments are read and checked in C++ (csrc/python/buffers.cpp): the
         # whole call costs about what MPI_Allreduce does at small sizes.
-        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out)
+        return self._progress.run_in_order(self._core.allreduce, x, op, algorithm, out, queued_as=_queued_allreduce)
 
     def allreduce_async(self, x: Any, op: Any = "sum", algorithm: str = "auto", out: Any = None) -> Future:
         """:meth:`allreduce` on the communicator's progress thread.
@@ -183,8 +192,8 @@ class Communicator:
         reduced in the order of the stream that was current here, at the call
         (torch's current stream is per thread, and this runs on another).
         """
-        stream = _caller_stream(x)
-        return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream))
+        entry, stream = _queued_call("allreduce", x, op, algorithm)
+        return self._progress.submit(lambda: self._core.allreduce(x, op, algorithm, out, stream), entry)
 
     def allreduce_coalesced(
         self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
@@ -206,15 +215,17 @@ class Communicator:
             TypeError / ValueError: as :meth:`allreduce`, or mixed dtypes.
         """
         tensors = _as_list(tensors)
-        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes)
+        return self._progress.run_in_order(self._core.allreduce_coalesced, tensors, op, algorithm, bucket_bytes,
+                                           queued_as=_queued_allreduce_coalesced)
 
     def allreduce_coalesced_async(
         self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> Future:
         """:meth:`allreduce_coalesced` on the progress thread; see :meth:`allreduce_async`."""
         tensors = _as_list(tensors)
-        stream = _caller_stream(tensors[0]) if isinstance(tensors, list) and tensors else None
-        return self._progress.submit(lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream))
+        entry, stream = _queued_call("allreduce_coalesced", tensors, op, algorithm)
+        return self._progress.submit(
+            lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream), entry)
 
     def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
         """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
@@ -256,14 +267,25 @@ def _as_list(tensors: Any) -> Any:
     return list(tensors) if isinstance(tensors, Iterable) and not isinstance(tensors, (str, bytes)) else tensors
 
 
-def _caller_stream(x: Any) -> int | None:
-    """The stream a call on ``x`` follows, read on the caller's thread; None
-    for a buffer that cannot be read: the queued call then rejects it on the
-    progress thread, where every rank hears of it."""
+def _queued_call(operation: str, x: Any, op: Any, algorithm: Any) -> tuple[tuple[Any, ...], int | None]:
+    """What a call is while it waits on the progress thread (see
+    debug.queued_call), and the stream it follows, both read on the caller's
+    thread. Arguments that cannot be read leave the description None and the
+    stream None: the queued call then rejects them on the progress thread,
+    where every rank hears of it."""
     try:
-        return _C.caller_stream(x)
+        described = _C.describe_call(x, op, algorithm)
     except Exception:  # noqa: BLE001 - raised again by the call itself, through the agreement
-        return None
+        return (operation, None, time.time()), None
+    return (operation, described, time.time()), described[4]
+
+
+def _queued_allreduce(x: Any, op: Any, algorithm: Any, out: Any) -> tuple[Any, ...]:
+    return _queued_call("allreduce", x, op, algorithm)[0]
+
+
+def _queued_allreduce_coalesced(tensors: Any, op: Any, algorithm: Any, bucket_bytes: Any) -> tuple[Any, ...]:
+    return _queued_call("allreduce_coalesced", tensors, op, algorithm)[0]
 
 
 # What shapes a call's messages, and so must be alike on every rank: the
@@ -277,14 +299,15 @@ _SHAPING_SETTINGS = (
 )
 
 
-def _report_break(abort: bool) -> Callable[[_C.Communicator, str], None]:
-    """The communicator's on_break: writes the flight record, then with
-    ``abort`` ends the MPI job with the error."""
+def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communicator, str], None]:
+    """The on_break of a communicator whose calls queue on ``progress``:
+    writes the flight record, then with ``abort`` ends the MPI job with the
+    error."""
 
     def on_break(core: _C.Communicator, message: str) -> None:
-        from .debug import write_flight_record
+        from .debug import flight_record, write_flight_record
 
-        write_flight_record(core, core.rank, core.size, message)
+        write_flight_record(flight_record(core, progress), core.rank, core.size, message)
         if abort:
             from mpi4py import MPI
 

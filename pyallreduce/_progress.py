@@ -14,6 +14,7 @@ it (all ranks exit after the same calls, so they complete together).
 from __future__ import annotations
 
 import atexit
+import collections
 import queue
 import threading
 import weakref
@@ -31,9 +32,12 @@ class ProgressThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._unfinished = 0  # submitted and not yet returned
+        # What each job in _jobs is, in the same order (see submit), or None.
+        self._waiting: collections.deque[Any] = collections.deque()
 
-    def submit(self, call: Callable[[], Any]) -> Future:
-        """Queues ``call``; the future gets its return value or its exception."""
+    def submit(self, call: Callable[[], Any], queued_as: Any = None) -> Future:
+        """Queues ``call``; the future gets its return value or its exception.
+        ``queued_as`` is what :meth:`queued` says of it until it starts."""
         future: Future = Future()
         with self._lock:
             if self._thread is None:
@@ -43,20 +47,29 @@ class ProgressThread:
                 self._thread.start()
                 _started.add(self)
             self._unfinished += 1
-        self._jobs.put((call, future))
+            # Under the lock, so that entries and jobs keep one order.
+            self._waiting.append(queued_as)
+            self._jobs.put((call, future))
         return future
 
-    def run_in_order(self, call: Callable[..., Any], *args: Any) -> Any:
+    def queued(self) -> list[Any]:
+        """What the calls submitted and not yet started were queued as, in order."""
+        with self._lock:
+            return [entry for entry in self._waiting if entry is not None]
+
+    def run_in_order(self, call: Callable[..., Any], *args: Any, queued_as: Callable[..., Any] | None = None) -> Any:
         """Runs ``call(*args)`` after everything submitted so far and returns
         its result: at once when nothing is queued (or when called from the
         progress thread itself, by a future's callback), else through the
-        queue, waiting for it. Arguments rather than a closure keep the common,
+        queue, waiting for it, and meanwhile listed by :meth:`queued` as
+        ``queued_as(*args)``. Arguments rather than closures keep the common,
         direct case cheap: small allreduces take microseconds."""
         # Unlocked read: a thread that submitted earlier calls has already
         # counted them, so it cannot see 0 before they have run.
         if self._unfinished == 0 or threading.current_thread() is self._thread:
             return call(*args)
-        return self.submit(lambda: call(*args)).result()
+        entry = queued_as(*args) if queued_as is not None else None
+        return self.submit(lambda: call(*args), entry).result()
 
     def stop(self) -> None:
         """Lets queued calls finish, then ends the thread."""
@@ -79,6 +92,8 @@ class ProgressThread:
             if job is None:
                 return
             call, future = job
+            with self._lock:
+                self._waiting.popleft()
             # The job's closure holds its communicator: drop it before
             # waiting for the next, so that a communicator nobody holds any
             # more can be collected (which ends this thread).

@@ -1,7 +1,8 @@
 """Flight records: what each rank's communicator was doing when a call broke.
 
 Every communicator keeps its last 64 calls (sequence number, operation, size,
-algorithm, state, the step it was in, times). When a call breaks the
+algorithm, state, the step it was in, times), and knows the calls queued
+behind them on its progress thread, not yet started. When a call breaks the
 communicator (a timeout, a transport error, a peer that gave up), each rank
 writes its record: a summary on stderr, or with ``PYALLREDUCE_DEBUG_DIR`` set,
 a JSON file there per rank (``pyallreduce-rank<R>-<PID>.json``). Then
@@ -20,16 +21,21 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _C
+
+if TYPE_CHECKING:
+    from ._progress import ProgressThread
 
 # Calls of a record shown on stderr (the file holds all of them).
 _STDERR_CALLS = 8
 
 
-def flight_record(core: _C.Communicator) -> list[dict[str, Any]]:
-    """The communicator's last calls as dicts, oldest first."""
+def flight_record(core: _C.Communicator, progress: ProgressThread) -> list[dict[str, Any]]:
+    """The communicator's last calls as dicts, oldest first, then the calls
+    queued on its progress thread (state "queued"; see
+    Communicator.flight_record)."""
     return [
         {
             "call": r.call,
@@ -45,21 +51,35 @@ def flight_record(core: _C.Communicator) -> list[dict[str, Any]]:
             "error": r.error,
         }
         for r in core.flight_record()
-    ]
+    ] + [queued_call(*entry) for entry in progress.queued()]
+
+
+def queued_call(operation: str, described: tuple[Any, ...] | None, queued_s: float) -> dict[str, Any]:
+    """The record of a call queued on the progress thread at ``queued_s``,
+    of which ``_C.describe_call`` said ``described`` (None: its arguments
+    could not be read, and the call will reject them)."""
+    count, dtype, op, algorithm, _ = described if described is not None else (None,) * 5
+    def name(code: Any) -> str | None:
+        return None if code is None else code.name
+
+    return {"call": None, "operation": operation, "count": count, "dtype": name(dtype), "op": name(op),
+            "algorithm": name(algorithm), "state": "queued",
+            "where": "", "started_s": None, "ended_s": None, "error": "", "queued_s": queued_s}
 
 
 def describe_call(call: dict[str, Any]) -> str:
-    text = f"call {call['call']}: {call['operation']} of {call['count']} x {call['dtype']}, {call['op']}, " \
+    number = "queued call" if call["call"] is None else f"call {call['call']}"
+    text = f"{number}: {call['operation']} of {call['count']} x {call['dtype']}, {call['op']}, " \
            f"{call['algorithm']}: {call['state']}"
-    if call["state"] != "done" and call["where"]:
+    if call["state"] not in ("done", "queued") and call["where"]:
         text += f" at {call['where']}"
     return text
 
 
-def write_flight_record(core: _C.Communicator, rank: int, size: int, error: str) -> str | None:
-    """Writes this rank's record (see the module docs); returns the file's path, if one."""
+def write_flight_record(calls: list[dict[str, Any]], rank: int, size: int, error: str) -> str | None:
+    """Writes this rank's record of ``calls`` (see the module docs); returns the file's path, if one."""
     record = {"rank": rank, "size": size, "host": socket.gethostname(), "pid": os.getpid(), "error": error,
-              "calls": flight_record(core)}
+              "calls": calls}
     directory = os.environ.get("PYALLREDUCE_DEBUG_DIR", "").strip()
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -70,7 +90,10 @@ def write_flight_record(core: _C.Communicator, rank: int, size: int, error: str)
         return path
     lines = [f"pyallreduce flight record, rank {rank} of {size} (last {_STDERR_CALLS} calls; "
              "PYALLREDUCE_DEBUG_DIR keeps all of them in a file):"]
-    lines += [f"  {describe_call(call)}" for call in record["calls"][-_STDERR_CALLS:]]
+    started = [call for call in calls if call["state"] != "queued"]
+    lines += [f"  {describe_call(call)}" for call in started[-_STDERR_CALLS:]]
+    if len(started) < len(calls):
+        lines.append(f"  and {len(calls) - len(started)} queued call(s) behind them, never started")
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
     return None
@@ -95,7 +118,8 @@ def diagnose(records: list[dict[str, Any]]) -> list[str]:
     if missing:
         findings.append(f"no record from rank(s) {', '.join(map(str, missing))}: dead, or never reached the "
                         "failure (look at their output first)")
-    last = {r["rank"]: (r["calls"][-1] if r["calls"] else None) for r in records}
+    started = {r["rank"]: [call for call in r["calls"] if call["state"] != "queued"] for r in records}
+    last = {rank: (calls[-1] if calls else None) for rank, calls in started.items()}
     reached = {rank: (call["call"] if call else 0) for rank, call in last.items()}
     furthest = max(reached.values())
     for rank, call in sorted(last.items()):
@@ -109,6 +133,11 @@ def diagnose(records: list[dict[str, Any]]) -> list[str]:
     where = {rank: call["where"] for rank, call in last.items() if call and reached[rank] == furthest}
     if len(set(where.values())) > 1:
         findings += [f"in call {furthest}, rank {rank} was at {w or 'its start'}" for rank, w in sorted(where.items())]
+    for record in records:
+        queued = len(record["calls"]) - len(started[record["rank"]])
+        if queued:
+            behind = f"call {reached[record['rank']]}" if reached[record["rank"]] else "no started call"
+            findings.append(f"rank {record['rank']} has {queued} call(s) queued behind {behind}, never started")
     return findings or ["the ranks' records agree: every rank is at the same call and step"]
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from . import _C
-from ._communicator import Communicator, _report_break
+from ._communicator import Communicator
 from ._options import communicator_options
 
 T = TypeVar("T")
@@ -88,7 +88,6 @@ def spawn_local(
     if not 1 <= world_size <= 1024:
         raise ValueError(f"world_size must be in 1..1024, got {world_size}")
     options = communicator_options(check, ring_segment_bytes, cuda_transport, call_timeout)
-    options.on_break = _report_break(abort=False)
     world = _C.LocalWorld(world_size, grouped)
     for fault in faults:
         world.inject_fault(fault.rank, fault.kind, fault.message, fault.seconds)
@@ -99,7 +98,7 @@ def spawn_local(
 
     def run(rank: int) -> None:
         try:
-            comm = Communicator._wrap(_C.Communicator.local(world, rank, options))
+            comm = Communicator._wrap(rank, options, lambda options: _C.Communicator.local(world, rank, options))
             try:
                 results[rank] = fn(comm)
             finally:

@@ -8,6 +8,7 @@ and the flight recorder and pyallreduce.debug tell the same story."""
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -147,6 +148,86 @@ def test_records_written_on_failure_are_lined_up_by_pyallreduce_debug(tmp_path, 
                             text=True, check=True).stdout
     assert "rank 0 of 3" in report and "rank 2 of 3" in report
     assert "first to fail: rank " in report and "Culprit: rank 2," in report, report
+
+
+def test_the_flight_record_lists_queued_calls_after_the_running_one():
+    """Rank 0 queues calls behind one that waits for rank 1: two asynchronous
+    ones and a synchronous one from another thread. Its record shows the first
+    running and the rest queued, in order, until rank 1 joins."""
+    rank_0_has_looked = threading.Event()
+
+    def body(comm):
+        if comm.rank == 1:
+            rank_0_has_looked.wait(30)
+            comm.allreduce(np.ones(10, np.float32))
+            comm.allreduce(np.ones(11, np.float64), op="max")
+            comm.allreduce_coalesced([np.ones(3, np.float32), np.ones(4, np.float32)])
+            return None
+        futures = [comm.allreduce_async(np.ones(10, np.float32)),
+                   comm.allreduce_async(np.ones(11, np.float64), op="max")]
+        sync_call = threading.Thread(target=comm.allreduce_coalesced, args=([np.ones(3, np.float32),
+                                                                            np.ones(4, np.float32)],))
+        sync_call.start()
+        deadline = time.monotonic() + 30
+        while len(comm._progress.queued()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        record = comm.flight_record()
+        rank_0_has_looked.set()
+        for future in futures:
+            future.result()
+        sync_call.join()
+        return record, comm.flight_record()
+
+    while_waiting, after = spawn_local(2, body)[0]
+    running, *queued = while_waiting
+    assert (running["call"], running["state"], running["count"]) == (1, "running", 10)
+    assert [(c["call"], c["state"], c["operation"], c["count"], c["dtype"], c["op"]) for c in queued] == [
+        (None, "queued", "allreduce", 11, "float64", "max"),
+        (None, "queued", "allreduce_coalesced", 7, "float32", "sum"),
+    ]
+    assert all(c["started_s"] is None and c["ended_s"] is None for c in queued)
+    assert abs(queued[0]["queued_s"] - running["started_s"]) < 10 and queued[0]["queued_s"] <= queued[1]["queued_s"]
+    assert [(c["call"], c["state"]) for c in after] == [(1, "done"), (2, "done"), (3, "done")]
+
+
+def test_a_queued_call_whose_arguments_cannot_be_read_is_listed_without_them():
+    def body(comm):
+        if comm.rank == 0:
+            blocker = comm.allreduce_async(np.ones(5))
+            rejected = comm.allreduce_async("not a buffer")
+            record = comm.flight_record()
+        else:
+            time.sleep(0.5)
+            comm.allreduce(np.ones(5))
+            rejected = comm.allreduce_async(np.ones(5))
+            record = None
+        # The rank that passed it raises TypeError, its peer a ValueError naming it.
+        with pytest.raises(TypeError if comm.rank == 0 else ValueError):
+            rejected.result()
+        return record
+
+    queued = spawn_local(2, body)[0][-1]
+    assert (queued["state"], queued["count"], queued["dtype"], queued["op"]) == ("queued", None, None, None)
+
+
+def test_a_broken_rank_writes_its_queued_calls_too(tmp_path, monkeypatch):
+    """Asynchronous calls queued behind one that breaks are in the record each
+    rank writes, and pyallreduce.debug counts them."""
+    monkeypatch.setenv("PYALLREDUCE_DEBUG_DIR", str(tmp_path))
+    stall = Fault(rank=2, kind="stall", message=2, seconds=2 * TIMEOUT + 1)
+
+    def body(comm):
+        futures = [comm.allreduce_async(np.ones(40_000, np.float32), algorithm="ring") for _ in range(4)]
+        return [type(future.exception(timeout=60)).__name__ for future in futures]
+
+    for errors in spawn_local(3, body, call_timeout=TIMEOUT, faults=[stall]):
+        assert "NoneType" not in errors, errors
+    record = json.loads(next(tmp_path.glob("pyallreduce-rank0-*.json")).read_text())
+    states = [call["state"] for call in record["calls"]]
+    assert states[0] == "failed" and states[1:] == ["queued"] * 3, states
+    report = subprocess.run([sys.executable, "-m", "pyallreduce.debug", str(tmp_path)], capture_output=True,
+                            text=True, check=True).stdout
+    assert "rank 0 has 3 call(s) queued behind call 1, never started" in report, report
 
 
 def test_timeout_values():

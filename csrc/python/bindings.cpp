@@ -168,12 +168,33 @@ py::object name_or_none(const std::optional<DeviceTransportKind>& kind) {
   return kind ? py::object(py::str(device_transport_name(*kind))) : py::object(py::none());
 }
 
-// pyallreduce's caller_stream: the stream a call on `x` would be ordered on
-// if made on this thread, or None for host memory.
-py::object caller_stream(py::handle x) {
+// pyallreduce's describe_call: what a call on `x` (a buffer, or for
+// allreduce_coalesced a list of them) with `op` and `algorithm` would be if
+// made on this thread: (count, dtype, op, algorithm, stream). The count of a
+// list is its tensors' total; its dtype and stream are the first tensor's;
+// the stream is None for host memory. Raises as the call would where it
+// rejects the arguments (without telling other ranks: this reads, it does not
+// communicate).
+py::tuple describe_call(py::handle x, py::handle op, py::handle algorithm) {
   try {
-    const PythonBuffer buffer(x, "x");
-    return buffer.device() < 0 ? py::object(py::none()) : py::object(py::int_(buffer.stream()));
+    size_t count = 0;
+    std::optional<DType> dtype;
+    py::object stream = py::none();
+    auto read = [&](py::handle item, const std::string& role) {
+      const PythonBuffer buffer(item, role.c_str());
+      count += buffer.count();
+      if (dtype) return;
+      dtype = buffer.dtype();
+      if (buffer.device() >= 0) stream = py::int_(buffer.stream());
+    };
+    if (PyList_Check(x.ptr())) {
+      const auto tensors = py::reinterpret_borrow<py::list>(x);
+      for (size_t i = 0; i < tensors.size(); ++i) read(tensors[i], "tensors[" + std::to_string(i) + "]");
+    } else {
+      read(x, "x");
+    }
+    return py::make_tuple(count, dtype ? py::cast(*dtype) : py::object(py::none()), parse_op(op),
+                          parse_algorithm(algorithm), stream);
   } catch (const Rejection& rejection) {
     PyErr_SetString(rejection.exception_type, rejection.message.c_str());
     throw py::error_already_set();
@@ -240,6 +261,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<CommunicatorOptions>(m, "CommunicatorOptions")
       .def(py::init<>())
+      .def(py::init<const CommunicatorOptions&>(), py::arg("other"), "A copy of `other`.")
       .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
@@ -357,10 +379,11 @@ PYBIND11_MODULE(_C, m) {
       py::arg("backend"), "Called by pyallreduce._cuda when imported: the backend for CUDA buffers.");
   m.def("check_options", &check_options, py::arg("options"),
         "Raise ValueError where a communicator could not be built with `options`.");
-  m.def("caller_stream", &caller_stream, py::arg("x"),
-        "The CUDA stream (a cudaStream_t as an integer) a call on `x` made on this thread is ordered on:\n"
-        "torch's current stream on the tensor's device, or the stream a __cuda_array_interface__ names\n"
-        "(legacy default, 0, when it names none). None for host buffers.");
+  m.def("describe_call", &describe_call, py::arg("x"), py::arg("op"), py::arg("algorithm"),
+        "(count, dtype, op, algorithm, stream) of a call on `x` (a buffer, or a list of them) made on\n"
+        "this thread; stream is the CUDA stream (a cudaStream_t as an integer) it is ordered on: torch's\n"
+        "current stream on the tensor's device, or the stream a __cuda_array_interface__ names (legacy\n"
+        "default, 0, when it names none), None for host buffers. Raises as the call would.");
   m.def("mpi_library_version", &MpiTransport::library_version,
         "The MPI library's version string (callable before MPI is initialized).");
   m.def("mpi_built_against", &mpi_built_against, "The MPI headers the extension was compiled with.");
