@@ -22,6 +22,13 @@ timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
 comm = pyallreduce.init(timeout=timeout, **({"torch_backend": "gloo"} if fault == "ddp" else {}))
 
 
+def report(line: str) -> None:
+    """One line in one write: print() writes the text and the newline apart,
+    and under mpiexec another rank's line can land between the two."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def disturb(i: int) -> bool:
     """The culprit's fault before call i; False to skip the call."""
     if comm.rank != culprit or i != 2:
@@ -63,6 +70,6 @@ started = time.monotonic()
 try:
     ddp_steps() if fault == "ddp" else plain_calls()
 except Exception as exc:  # noqa: BLE001 - reported for the test to read
-    print(f"rank {comm.rank}: {type(exc).__name__} after {time.monotonic() - started:.1f} s: {exc}", flush=True)
+    report(f"rank {comm.rank}: {type(exc).__name__} after {time.monotonic() - started:.1f} s: {exc}")
 else:
-    print(f"rank {comm.rank}: ok", flush=True)
+    report(f"rank {comm.rank}: ok")
