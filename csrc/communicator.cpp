@@ -36,6 +36,12 @@ const char* call_state_name(CallRecord::State state) {
 
 void check_options(const CommunicatorOptions& options) {
   parse_size_rules(options.algorithm_rules);
+  for (const SizeRule& rule : parse_size_rules(options.between_hosts_rules)) {
+    if (rule.algorithm == Algorithm::kHierarchical) {
+      throw InvalidArgument("PYALLREDUCE_ALGO_BETWEEN_HOSTS names the algorithm between hosts: a flat one, not "
+                            "hierarchical");
+    }
+  }
   if (options.ring_segment_bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
   if (!(options.timeout_s >= 0)) throw InvalidArgument("timeout must be a non-negative number of seconds");
 }
@@ -43,7 +49,8 @@ void check_options(const CommunicatorOptions& options) {
 Communicator::Communicator(std::unique_ptr<Transport> transport, const CommunicatorOptions& options)
     : transport_(std::move(transport)),
       options_(options),
-      selector_(parse_size_rules(options.algorithm_rules), default_cost_model()),
+      selector_(parse_size_rules(options.algorithm_rules), parse_size_rules(options.between_hosts_rules),
+                default_cost_model(), transport_->layout()),
       records_(kRecordedCalls) {
   check_options(options);
 }
@@ -306,7 +313,8 @@ std::string Communicator::broken_reason() const {
 }
 
 Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
-  return selector_.choose(requested, bytes, size(), options_.ring_segment_bytes, reason);
+  transport();  // throws once freed
+  return selector_.choose(requested, bytes, options_.ring_segment_bytes, reason);
 }
 
 namespace {
@@ -466,14 +474,20 @@ void Communicator::report_invalid_arguments(ArgumentError error) {
 
 void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
   std::string reason;
-  const Algorithm chosen = selector_.choose(requested, count * element_size(dtype), size(), options_.ring_segment_bytes, &reason);
-  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(chosen));
+  const size_t bytes = count * element_size(dtype);
+  const Algorithm chosen = selector_.choose(requested, bytes, options_.ring_segment_bytes, &reason);
+  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(requested));
   if (!logged_.insert(key).second) return;
+  const std::string between =
+      chosen == Algorithm::kHierarchical
+          ? std::string(", ") + algorithm_name(selector_.between_hosts(bytes, options_.ring_segment_bytes)) +
+                " between hosts"
+          : "";
   options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": allreduce of " +
-                         std::to_string(count) + " x " + dtype_name(dtype) + " (" + op_name(op) + ") -> " +
-                         algorithm_name(chosen) +
-                         (carries_payload(chosen, count * element_size(dtype)) ? " inside the argument check" : "") +
-                         " [" + reason + "]");
+                         std::to_string(count) + " x " + dtype_name(dtype) + " (" + op_name(op) + ", " +
+                         algorithm_name(requested) + ") -> " +
+                         algorithm_name(chosen) + between +
+                         (carries_payload(chosen, bytes) ? " inside the argument check" : "") + " [" + reason + "]");
 }
 
 std::optional<DeviceTransportKind> Communicator::device_transport() const {
@@ -508,21 +522,15 @@ Communicator::DeviceCall::DeviceCall(Communicator& comm, const Placement& placem
   context_.begin_call(placement.stream, comm.transport().deadline());
 }
 
-namespace {
-
-// Runs the algorithm `chosen` on one vector, unchecked.
-void run_algorithm(const AllreduceContext& ctx, const void* input, void* output, size_t count,
-                   size_t element_bytes, Algorithm chosen) {
-  const Vector vec{input, output, count, element_bytes};
-  switch (chosen) {
-    case Algorithm::kRing: ring_allreduce(ctx, vec); break;
-    case Algorithm::kHalvingDoubling: halving_doubling_allreduce(ctx, vec); break;
-    case Algorithm::kRecursiveDoubling: recursive_doubling_allreduce(ctx, vec); break;
-    case Algorithm::kAuto: throw InvalidArgument("algorithm selection returned auto");
-  }
+void Communicator::run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input,
+                                 void* output, size_t count, size_t element_bytes, Algorithm chosen) {
+  const size_t bytes = count * element_bytes;
+  const Algorithm between = chosen == Algorithm::kHierarchical
+                                ? selector_.between_hosts(bytes, options_.ring_segment_bytes)
+                                : Algorithm::kRing;
+  run_allreduce(chosen, AllreduceContext{t, reduction, memory, options_.ring_segment_bytes, steps_, between},
+                Vector{input, output, count, element_bytes});
 }
-
-}  // namespace
 
 void Communicator::loopback(const void* input, void* output, size_t bytes, const Placement& placement) {
   const std::unique_lock<std::mutex> lock = exclusive_use();
@@ -539,7 +547,7 @@ void Communicator::loopback(const void* input, void* output, size_t bytes, const
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
   const size_t bytes = count * element_size(dtype);
-  const Algorithm chosen = selector_.choose(algorithm, bytes, size(), options_.ring_segment_bytes);
+  const Algorithm chosen = selector_.choose(algorithm, bytes, options_.ring_segment_bytes);
   run_call(CallInfo{"allreduce", count, dtype, op, chosen}, [&] {
     Transport& t = transport();
     const Reduction reduction(dtype, op, bytes);
@@ -559,15 +567,13 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
     }
     steps_.set_stage(algorithm_name(chosen));
     if (!placement.on_device()) {
-      run_algorithm(AllreduceContext{t, reduction, workspace_, options_.ring_segment_bytes, steps_}, input, output,
-                    count, reduction.element_size(), chosen);
+      run_algorithm(t, reduction, workspace_, input, output, count, reduction.element_size(), chosen);
       return;
     }
     const DeviceCall device(*this, placement);
     const std::unique_ptr<Combiner> kernels = device->reduction(dtype, op);
-    run_algorithm(
-        AllreduceContext{device->transport(), *kernels, device->workspace(), options_.ring_segment_bytes, steps_},
-        input, output, count, reduction.element_size(), chosen);
+    run_algorithm(device->transport(), *kernels, device->workspace(), input, output, count, reduction.element_size(),
+                  chosen);
   });
 }
 
@@ -609,7 +615,6 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
   const size_t element_bytes = element_size(dtype);
   size_t total = 0;
   for (const Span& span : spans) total += span.count;
-  const int p = size();
   // A span of at least direct_bytes is reduced where it lies: packing it would
   // move it through memory twice more (copy in, copy out), which costs more
   // than the per-call latency that fusing saves. Buckets are runs of the
@@ -634,7 +639,7 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
     }
     if (!packed || packed_bytes > 0) {
       buckets.push_back(Bucket{first, end, packed, packed_bytes,
-                               selector_.choose(algorithm, packed_bytes, p, options_.ring_segment_bytes)});
+                               selector_.choose(algorithm, packed_bytes, options_.ring_segment_bytes)});
     }
     first = end;
   }
@@ -661,11 +666,10 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
     for (const Bucket& bucket : buckets) {
       const Reduction host_reduction(dtype, op, bucket.bytes);
       const Combiner& reduction = kernels != nullptr ? *kernels : static_cast<const Combiner&>(host_reduction);
-      const AllreduceContext ctx{t, reduction, workspace, options_.ring_segment_bytes, steps_};
       steps_.set_stage(algorithm_name(bucket.algorithm));
       if (!bucket.packed) {
         const Span& span = spans[bucket.first];
-        run_algorithm(ctx, span.data, span.data, span.count, element_bytes, bucket.algorithm);
+        run_algorithm(t, reduction, workspace, span.data, span.data, span.count, element_bytes, bucket.algorithm);
         continue;
       }
       char* packed = static_cast<char*>(fusion.reserve(bucket.bytes));
@@ -674,7 +678,8 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
         fusion.copy(cursor, spans[i].data, span_bytes(i));
         cursor += span_bytes(i);
       }
-      run_algorithm(ctx, packed, packed, bucket.bytes / element_bytes, element_bytes, bucket.algorithm);
+      run_algorithm(t, reduction, workspace, packed, packed, bucket.bytes / element_bytes, element_bytes,
+                    bucket.algorithm);
       cursor = packed;
       for (size_t i = bucket.first; i < bucket.end; ++i) {
         fusion.copy(spans[i].data, cursor, span_bytes(i));

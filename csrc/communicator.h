@@ -24,6 +24,9 @@ struct CommunicatorOptions {
   bool check_arguments = true;          // PYALLREDUCE_CHECK
   size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
   std::string algorithm_rules;          // PYALLREDUCE_ALGO
+  // hierarchical's flat algorithm between hosts, in the same syntax (by the
+  // call's bytes): PYALLREDUCE_ALGO_BETWEEN_HOSTS; the cost model otherwise.
+  std::string between_hosts_rules;
   // Called once per distinct call with the algorithm that ran and why (the
   // `pyallreduce` Python logger at INFO, e.g. PYALLREDUCE_DEBUG=INFO); empty
   // for no log.
@@ -90,6 +93,8 @@ class Communicator {
 
   int rank() const;
   int size() const;
+  // Which ranks share a host.
+  const HostLayout& layout() const { return transport().layout(); }
 
   // Reduces `count` elements at `input` across all ranks into `output`
   // (which may equal `input`). Collective: every rank calls it with the same
@@ -144,6 +149,10 @@ class Communicator {
   // CUDA backend registered).
   std::optional<DeviceTransportKind> device_transport() const;
   void set_ring_segment_bytes(size_t bytes);
+  // The constants algorithm="auto" uses from now on (see
+  // AlgorithmSelector::set_model); the same on every rank, or the ranks may
+  // choose differently (which the argument check then reports).
+  void set_cost_model(const CostModel& model, const std::string& source) { selector_.set_model(model, source); }
 
   // Releases the transport (for MPI, the duplicated communicator). Every later
   // call raises. Safe to call twice; raises InvalidArgument while another
@@ -226,6 +235,10 @@ class Communicator {
     DeviceContext& context_;
   };
   void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
+  // Runs the concrete algorithm `chosen` on one vector, unchecked (for
+  // hierarchical, with the algorithm between hosts the model picks).
+  void run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input, void* output,
+                     size_t count, size_t element_bytes, Algorithm chosen);
 
   std::unique_ptr<Transport> transport_;
   CommunicatorOptions options_;

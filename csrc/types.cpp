@@ -37,23 +37,30 @@ const char* op_name(ReduceOp op) {
   return "unknown";
 }
 
+const std::vector<Algorithm>& all_algorithms() {
+  static const std::vector<Algorithm> algorithms = {Algorithm::kAuto, Algorithm::kRing, Algorithm::kHalvingDoubling,
+                                                    Algorithm::kRecursiveDoubling, Algorithm::kHierarchical};
+  return algorithms;
+}
+
 const char* algorithm_name(Algorithm algorithm) {
   switch (algorithm) {
     case Algorithm::kAuto: return "auto";
     case Algorithm::kRing: return "ring";
     case Algorithm::kHalvingDoubling: return "halving_doubling";
     case Algorithm::kRecursiveDoubling: return "recursive_doubling";
+    case Algorithm::kHierarchical: return "hierarchical";
   }
   return "unknown";
 }
 
 Algorithm algorithm_from_name(const std::string& name) {
-  for (Algorithm a : {Algorithm::kAuto, Algorithm::kRing, Algorithm::kHalvingDoubling,
-                      Algorithm::kRecursiveDoubling}) {
+  std::string expected;
+  for (Algorithm a : all_algorithms()) {
     if (name == algorithm_name(a)) return a;
+    expected += (expected.empty() ? "" : ", ") + std::string(algorithm_name(a));
   }
-  throw InvalidArgument("unknown allreduce algorithm '" + name +
-                        "' (expected auto, ring, halving_doubling or recursive_doubling)");
+  throw InvalidArgument("unknown allreduce algorithm '" + name + "' (expected one of " + expected + ")");
 }
 
 }  // namespace pyallreduce

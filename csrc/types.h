@@ -7,18 +7,22 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace pyallreduce {
 
 enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16, kInt32, kInt64 };
 enum class ReduceOp : int { kSum, kAvg, kMin, kMax, kProd };
-enum class Algorithm : int { kAuto, kRing, kHalvingDoubling, kRecursiveDoubling };
+enum class Algorithm : int { kAuto, kRing, kHalvingDoubling, kRecursiveDoubling, kHierarchical };
 
 size_t element_size(DType dtype);
 const char* dtype_name(DType dtype);
 const char* op_name(ReduceOp op);
 const char* algorithm_name(Algorithm algorithm);
 Algorithm algorithm_from_name(const std::string& name);  // throws InvalidArgument
+// Every algorithm, auto first: the one list the names, the bindings, the
+// argument parser and the selection read.
+const std::vector<Algorithm>& all_algorithms();
 
 // Bad input from the caller: surfaces in Python as ValueError.
 class InvalidArgument : public std::invalid_argument {

@@ -23,11 +23,13 @@ class Algorithm(enum.Enum):
     ring = 1
     halving_doubling = 2
     recursive_doubling = 3
+    hierarchical = 4
 
 class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
     algorithm_rules: str
+    between_hosts_rules: str
     log_selection: Callable[[str], None] | None
     """Called with each distinct call's algorithm and why; None for no log."""
     device_transport: str | None
@@ -41,9 +43,9 @@ class CommunicatorOptions:
         """A copy of `other`."""
 
 class LocalWorld:
-    def __init__(self, size: int, grouped: bool = False) -> None:
-        """An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics (see
-        pyallreduce.testing.spawn_local)."""
+    def __init__(self, size: int, grouped: bool = False, hosts: list[int] = ...) -> None:
+        """An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics, `hosts` names
+        each rank's host (see pyallreduce.testing.spawn_local)."""
     @property
     def size(self) -> int: ...
     @property
@@ -84,9 +86,14 @@ class Communicator:
     @property
     def size(self) -> int: ...
     @property
+    def hosts(self) -> list[int]:
+        """Each rank's host, numbered from 0 in the order of the hosts' lowest ranks."""
+    @property
     def freed(self) -> bool: ...
     @property
     def check_arguments(self) -> bool: ...
+    def set_cost_model(self, model: CostModel, source: str) -> None:
+        """The constants algorithm="auto" uses from now on, and where they came from (for the log)."""
     ring_segment_bytes: int
     @property
     def device_transport(self) -> str | None:
@@ -143,31 +150,49 @@ def lars_step(
 ) -> None:
     """One fused LARS step over contiguous CPU float32 or float64 tensors, in place."""
 
-class CostModel:
-    """The alpha-beta-gamma cost model of an allreduce (see docs/design.md)."""
+class LinkCost:
+    """What a message costs on one level: inside a host, or between hosts."""
     def __init__(
-        self,
-        alpha_s: float,
-        beta_s_per_byte: float,
-        gamma_s_per_byte: float,
-        rendezvous_bytes: int = ...,
-        rendezvous_s: float = 0.0,
+        self, alpha_s: float, beta_s_per_byte: float, rendezvous_bytes: int = ..., rendezvous_s: float = 0.0
     ) -> None: ...
-    @staticmethod
-    def default() -> CostModel:
-        """The constants that algorithm="auto" uses."""
     @property
-    def alpha_s(self) -> float: ...
+    def alpha_s(self) -> float:
+        """seconds per message"""
     @property
-    def beta_s_per_byte(self) -> float: ...
-    @property
-    def gamma_s_per_byte(self) -> float: ...
+    def beta_s_per_byte(self) -> float:
+        """seconds per byte sent"""
     @property
     def rendezvous_bytes(self) -> int:
         """messages of at least this many bytes go by rendezvous"""
     @property
     def rendezvous_s(self) -> float:
         """extra seconds per rendezvous message"""
-    def predict(self, algorithm: Algorithm, bytes: int, world_size: int, ring_segment_bytes: int = 1048576) -> float:
-        """Predicted seconds for one allreduce of `bytes` over `world_size` ranks, the ring cut into
-        segments of `ring_segment_bytes`."""
+
+def describe_layout(hosts: int | list[int]) -> str:
+    """A layout (each rank's host) as the ranks per host: "2 hosts x 4 ranks", "2 hosts (3, 2 ranks)"."""
+
+class CostModel:
+    """The cost model of an allreduce, per level (see docs/design.md)."""
+    def __init__(self, inside: LinkCost, between: LinkCost, gamma_s_per_byte: float) -> None: ...
+    @staticmethod
+    def default() -> CostModel:
+        """The constants that algorithm="auto" uses."""
+    @property
+    def inside(self) -> LinkCost:
+        """messages between ranks of one host"""
+    @property
+    def between(self) -> LinkCost:
+        """messages between hosts, through one host's link"""
+    @property
+    def gamma_s_per_byte(self) -> float:
+        """seconds per byte combined"""
+    def predict(
+        self, algorithm: Algorithm, bytes: int, hosts: int | list[int], ring_segment_bytes: int = 1048576
+    ) -> float:
+        """Predicted seconds for one allreduce of `bytes` over `hosts`: a world size (one host) or each
+        rank's host (any numbers; equal means shared), the ring cut into segments of
+        `ring_segment_bytes`."""
+    def between_hosts(
+        self, bytes: int, hosts: int | list[int], ring_segment_bytes: int = 1048576
+    ) -> tuple[Algorithm, float]:
+        """hierarchical's algorithm between hosts for a call of `bytes`, and its predicted seconds."""

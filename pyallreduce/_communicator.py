@@ -77,6 +77,7 @@ class Communicator:
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
         options.on_break = _report_break(self._progress, abort=on_error == "abort")
         self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
+        _use_tuning(comm, self._core)
         _close_when_dropped(self)
         if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
             _abort_on_uncaught_exception()
@@ -103,6 +104,13 @@ class Communicator:
     def size(self) -> int:
         """The number of ranks."""
         return self._core.size
+
+    @property
+    def hosts(self) -> list[int]:
+        """Each rank's host: ranks that share memory (MPI_COMM_TYPE_SHARED) have
+        the same number; hosts are numbered from 0 in the order of their
+        lowest ranks. Example: ``[0, 0, 1, 1]`` is two hosts of two ranks."""
+        return self._core.hosts
 
     @property
     def ring_segment_bytes(self) -> int:
@@ -162,9 +170,10 @@ class Communicator:
                 Integer "avg" rounds toward
                 zero; float16/bfloat16 are combined in float32 and rounded once
                 per step; min/max propagate NaN.
-            algorithm: "auto", "ring", "halving_doubling" or "recursive_doubling"
-                (in any case).
-                "auto" follows ``PYALLREDUCE_ALGO`` rules, else the cost model.
+            algorithm: "auto", "ring", "halving_doubling", "recursive_doubling"
+                or "hierarchical" (across hosts: inside each host, then between
+                them; see the README's Algorithms), in any case. "auto" follows
+                ``PYALLREDUCE_ALGO`` rules, else the cost model.
             out: where to put the result instead: same dtype and element count,
                 not partially overlapping ``x``.
 
@@ -294,9 +303,29 @@ _SHAPING_SETTINGS = (
     ("check_arguments", "PYALLREDUCE_CHECK"),
     ("ring_segment_bytes", "PYALLREDUCE_RING_SEGMENT_BYTES"),
     ("algorithm_rules", "PYALLREDUCE_ALGO"),
+    ("between_hosts_rules", "PYALLREDUCE_ALGO_BETWEEN_HOSTS"),
     ("device_transport", "PYALLREDUCE_CUDA_TRANSPORT"),
     ("max_message_bytes", "PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"),
 )
+
+
+def _use_tuning(comm: Any, core: _C.Communicator) -> None:
+    """Gives ``core`` the cost model that pyallreduce.tune measured for its
+    layout, if any: rank 0's, on every rank (collective), so that every rank
+    chooses alike. A tune file rank 0 cannot read raises on every rank."""
+    from . import tune
+
+    if comm.rank == 0:
+        try:
+            found: Any = tune.load(core.hosts)
+        except ValueError as exc:
+            found = str(exc)
+    else:
+        found = None
+    found = comm.bcast(found, root=0)
+    if isinstance(found, str):
+        raise ValueError(found if comm.rank == 0 else f"pyallreduce communicator rejected on rank 0: {found}")
+    core.set_cost_model(found.model(), found.source)
 
 
 def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communicator, str], None]:

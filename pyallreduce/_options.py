@@ -13,6 +13,8 @@ logger = logging.getLogger("pyallreduce")
 # Variables read when a communicator is created:
 #   PYALLREDUCE_ALGO                rules for algorithm="auto", e.g.
 #                                   "recursive_doubling:0-4096;ring:4097-max", or one name
+#   PYALLREDUCE_ALGO_BETWEEN_HOSTS  the same for algorithm="hierarchical"'s flat algorithm between
+#                                   hosts (by the call's bytes); default: the cost model
 #   PYALLREDUCE_CHECK               "0" turns off the cross-rank argument check
 #   PYALLREDUCE_DEBUG               level of the `pyallreduce` logger (INFO, or 1: each distinct
 #                                   call's algorithm and why), with a handler to stderr
@@ -135,6 +137,7 @@ def communicator_options(
         else ring_segment_bytes
     )
     options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
+    options.between_hosts_rules = os.environ.get("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "")
     configure_logging()
     options.log_selection = logger.info if logger.isEnabledFor(logging.INFO) else None
     transport = os.environ.get("PYALLREDUCE_CUDA_TRANSPORT", "auto") if cuda_transport is None else cuda_transport

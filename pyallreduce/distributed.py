@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import ipaddress
 import os
 import socket
 from typing import Any
@@ -24,16 +25,62 @@ from ._communicator import require_mpi_launch
 from ._optional import require
 
 
-def _rendezvous_host() -> str:
-    """The address the other ranks use to reach rank 0's store."""
-    explicit = os.environ.get("MASTER_ADDR")
-    if explicit:
-        return explicit
-    hostname = socket.gethostname()
+def _resolved_host_name() -> str:
     try:
-        return socket.gethostbyname(hostname)
+        return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
+
+
+def interface_addresses() -> list[tuple[str, str]]:
+    """(address, netmask) of this machine's IPv4 interfaces, loopback left
+    out; empty where the system cannot say (Linux's SIOCGIFADDR)."""
+    try:
+        import fcntl
+        import struct
+    except ImportError:
+        return []
+    get_address, get_netmask = 0x8915, 0x891B  # SIOCGIFADDR, SIOCGIFNETMASK
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                address = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), get_address, request)[20:24])
+                netmask = socket.inet_ntoa(fcntl.ioctl(probe.fileno(), get_netmask, request)[20:24])
+            except OSError:  # no IPv4 address on it
+                continue
+            if not ipaddress.ip_address(address).is_loopback:
+                found.append((address, netmask))
+    return found
+
+
+def rendezvous_address(resolved: str, hosts: int, mine: list[tuple[str, str]],
+                       theirs: list[list[tuple[str, str]]]) -> str:
+    """The address the other ranks use to reach rank 0's store: its host
+    name's address (``resolved``), unless that is a loopback address (a
+    common /etc/hosts entry) while the ranks span ``hosts`` > 1 hosts; then
+    the one of rank 0's interface addresses (``mine``) that shares a network
+    with an address of every other rank (``theirs``), else the first.
+
+    Raises:
+        RuntimeError: loopback across hosts, and rank 0 has no other address.
+    """
+    if hosts == 1 or not ipaddress.ip_address(resolved).is_loopback:
+        return resolved
+    if not mine:
+        raise RuntimeError(
+            f"rank 0's host name {socket.gethostname()!r} resolves to {resolved}, a loopback address, but the ranks "
+            f"span {hosts} hosts, and rank 0 has no other IPv4 address; set MASTER_ADDR to an address of rank 0's "
+            "host that the others can reach")
+
+    def network(address: str, netmask: str) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"{address}/{netmask}", strict=False)
+
+    for address, netmask in mine:
+        if all(any(ipaddress.ip_address(a) in network(address, netmask) for a, _ in other) for other in theirs):
+            return address
+    return mine[0][0]
 
 
 def init_process_group(
@@ -67,12 +114,15 @@ def init_process_group(
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.rank, node.size
     node.Free()
+    hosts = comm.allreduce(1 if local_rank == 0 else 0)
+    addresses = comm.gather(interface_addresses(), root=0)
 
     store = None
     address = None
     if comm.rank == 0:
         try:
-            host = _rendezvous_host()
+            host = os.environ.get("MASTER_ADDR") or rendezvous_address(
+                _resolved_host_name(), hosts, addresses[0], [theirs for theirs in addresses[1:] if theirs != addresses[0]])
             store = dist.TCPStore(host, 0, comm.size, is_master=True, wait_for_workers=False)
             address = (host, store.port)
         except Exception as exc:  # noqa: BLE001 - every rank must hear about it

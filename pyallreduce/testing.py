@@ -65,6 +65,7 @@ def spawn_local(
     timeout: float = 120.0,
     call_timeout: float | None = None,
     faults: Sequence[Fault] = (),
+    hosts: Sequence[int] | None = None,
 ) -> list[T]:
     """Run ``fn(comm)`` on ``world_size`` threads, one per rank of an in-process world.
 
@@ -84,11 +85,17 @@ def spawn_local(
     ``timeout`` bounds the whole run; ``call_timeout`` is the communicators'
     own (see :class:`pyallreduce.Communicator`). ``faults`` are injected into
     the ranks' sends (see :class:`Fault`).
+
+    ``hosts`` names each rank's host (any numbers; equal means shared), as an
+    MPI launch across servers would group them: ``[0, 0, 1, 1]`` is two hosts
+    of two ranks. The ranks still share this process; the algorithms, the
+    cost model and ``algorithm="hierarchical"`` see the layout. Default: one
+    host.
     """
     if not 1 <= world_size <= 1024:
         raise ValueError(f"world_size must be in 1..1024, got {world_size}")
     options = communicator_options(check, ring_segment_bytes, cuda_transport, call_timeout)
-    world = _C.LocalWorld(world_size, grouped)
+    world = _C.LocalWorld(world_size, grouped, list(hosts) if hosts is not None else [])
     for fault in faults:
         world.inject_fault(fault.rank, fault.kind, fault.message, fault.seconds)
     results: list[Any] = [None] * world_size

@@ -1,8 +1,10 @@
 """Run by tests/test_mpi.py under `mpiexec -n N [--device cuda]`: the allreduce
 checks over the real MPI transport, on torch tensors and numpy arrays (with
 --device cuda: CUDA tensors, all ranks sharing GPU 0 over the staged MPI
-transport), plus the mismatch errors. Exits non-zero on any failure; prints
-one line per rank on success."""
+transport), plus the mismatch errors. With --hosts H0,H1,... (from
+tests/test_cluster.py, across simulated hosts) it first checks that the
+communicator sees that layout. Exits non-zero on any failure; prints one line
+per rank on success."""
 
 import os
 import sys
@@ -86,6 +88,9 @@ def main() -> None:
         print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
         return
     comm = pyallreduce.init(ring_segment_bytes=4096)
+    if "--hosts" in sys.argv:
+        expected = [int(h) for h in sys.argv[sys.argv.index("--hosts") + 1].split(",")]
+        assert comm.hosts == expected, f"rank {comm.rank} sees hosts {comm.hosts}, not {expected}"
     checks = check_all_algorithms(comm, counts_for(comm.size))
     checks += check_mismatches(comm)
     comm.free()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-ALGORITHMS = ("ring", "halving_doubling", "recursive_doubling", "auto")
+ALGORITHMS = ("ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto")
+# hierarchical's flat algorithms between hosts (PYALLREDUCE_ALGO_BETWEEN_HOSTS).
+FLAT_ALGORITHMS = ("ring", "halving_doubling", "recursive_doubling")
 OPS = ("sum", "avg", "min", "max", "prod")
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int32", "int64")
 INTEGER_DTYPES = ("int32", "int64")

@@ -25,8 +25,9 @@ def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     data = json.loads(record.read_text())
     measured = {m["impl"] for m in data["measurements"]}
     skipped = {s["impl"] for s in data["skipped"]}
-    assert measured | skipped == {"ring", "halving_doubling", "recursive_doubling", "auto", "mpi", "gloo", "naive_ring"}
-    assert {"ring", "halving_doubling", "recursive_doubling", "auto"} <= measured
+    assert measured | skipped == {"ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto", "mpi", "gloo",
+                                  "naive_ring"}
+    assert {"ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto"} <= measured
     assert {m["bytes"] for m in data["measurements"]} == {8, 256, 8192}
     assert all(m["wrong"] == 0 and len(m["samples_us"]) == 3 for m in data["measurements"])
     assert plot.stat().st_size > 0

@@ -106,3 +106,17 @@ def test_the_bench_runs_without_tqdm_when_asked_for_no_progress():
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "# result check: all correct" in result.stdout
+
+
+def test_a_loopback_host_name_across_hosts_picks_an_address_the_others_share_a_network_with():
+    from pyallreduce.distributed import interface_addresses, rendezvous_address
+
+    mine = [("172.17.0.1", "255.255.0.0"), ("10.213.47.1", "255.255.255.0")]
+    theirs = [[("10.213.47.2", "255.255.255.0")], [("10.213.47.3", "255.255.255.0")]]
+    assert rendezvous_address("127.0.1.1", 3, mine, theirs) == "10.213.47.1"
+    assert rendezvous_address("10.0.0.5", 3, mine, theirs) == "10.0.0.5"  # resolves elsewhere: kept
+    assert rendezvous_address("127.0.0.1", 1, mine, theirs) == "127.0.0.1"  # one host: loopback is right
+    assert rendezvous_address("127.0.1.1", 2, mine, [[("192.168.9.9", "255.255.255.0")]]) == "172.17.0.1"
+    with pytest.raises(RuntimeError, match="loopback address, but the ranks span 2 hosts.*MASTER_ADDR"):
+        rendezvous_address("127.0.1.1", 2, [], theirs)
+    assert all(not address.startswith("127.") for address, _ in interface_addresses())

@@ -12,19 +12,20 @@ from hypothesis import strategies as st
 
 from pyallreduce import _C
 from pyallreduce.testing import spawn_local
-from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes
+from reference import ALGORITHMS, DTYPES, FLAT_ALGORITHMS, OPS, check_result, counts_for, rank_inputs, result_bytes
 
 WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16]
 # Small segments make the ring pipeline many segments per chunk even at 1000 elements.
 SEGMENT_BYTES = 512
 
 
-def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False, device="cpu", cuda_transport=None):
+def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False, device="cpu", cuda_transport=None,
+              hosts=None):
     """Runs each (algorithm, op, inputs, out_of_place) case on every rank of one
     in-process world (grouped: with NCCL's group semantics; device "cuda":
-    on CUDA tensors, each rank on a stream of its own); checks each against
-    the reference and bitwise identity, and that an out-of-place call leaves
-    its input alone."""
+    on CUDA tensors, each rank on a stream of its own; hosts: each rank's
+    host); checks each against the reference and bitwise identity, and that
+    an out-of-place call leaves its input alone."""
 
     def each_rank(comm):
         stream = torch.cuda.Stream() if device == "cuda" else None
@@ -43,7 +44,7 @@ def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False
             return [result.cpu() for result in results]
 
     per_rank = spawn_local(world_size, each_rank, ring_segment_bytes=ring_segment_bytes, grouped=grouped,
-                           cuda_transport=cuda_transport, timeout=60)
+                           cuda_transport=cuda_transport, timeout=60, hosts=hosts)
     for index, (algorithm, op, inputs, _) in enumerate(cases):
         rank0 = per_rank[0][index]
         try:
@@ -89,6 +90,52 @@ def test_every_algorithm_keeps_to_nccl_group_semantics(world_size):
     run_cases(world_size, cases, ring_segment_bytes=8, grouped=True)
 
 
+# Hosts as an MPI launch over servers would see them: even, uneven (one host
+# smaller or larger than the rest, so that ranks fold in), interleaved
+# (ranks placed round-robin), one rank per host, and one host.
+LAYOUTS = [
+    [0, 0, 1, 1],
+    [0, 1, 0, 1],
+    [0, 0, 0, 1, 1],
+    [0, 1, 1, 1],
+    [0, 0, 0, 0, 1],
+    [0, 0, 1, 1, 1, 2, 2, 2, 2],
+    [0, 0, 1, 1, 2, 2],
+    [0, 0, 0, 1, 1, 1, 2, 2, 2],
+    [0, 1, 2],
+    [0, 0, 0],
+]
+
+
+@pytest.mark.parametrize("between", FLAT_ALGORITHMS)
+@pytest.mark.parametrize("hosts", LAYOUTS, ids=lambda hosts: "-".join(map(str, hosts)))
+def test_hierarchical_at_every_layout(hosts, between, monkeypatch):
+    """algorithm="hierarchical" with each flat algorithm between hosts, every
+    op, a float, a half and an integer dtype, every count of counts_for, in
+    place and out of place."""
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", between)
+    world_size = len(hosts)
+    cases = []
+    for dtype in ("float32", "bfloat16", "int64"):
+        for op in OPS:
+            for index, count in enumerate(counts_for(world_size)):
+                inputs = rank_inputs(world_size, dtype, op, count)
+                cases.append(("hierarchical", op, inputs, index % 2 == 1))
+    run_cases(world_size, cases, hosts=hosts)
+
+
+@pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 1, 0, 1, 2, 2]], ids=str)
+def test_hierarchical_keeps_to_nccl_group_semantics(hosts, monkeypatch):
+    """As test_every_algorithm_keeps_to_nccl_group_semantics, across hosts,
+    with each flat algorithm between them."""
+    world_size = len(hosts)
+    for between in FLAT_ALGORITHMS:
+        monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", between)
+        cases = [("hierarchical", "sum", rank_inputs(world_size, "float32", "sum", count), count % 2 == 1)
+                 for count in (0, 1, world_size - 1, 13, 1000)]
+        run_cases(world_size, cases, ring_segment_bytes=8, grouped=True, hosts=hosts)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     world_size=st.integers(1, 12),
@@ -99,10 +146,15 @@ def test_every_algorithm_keeps_to_nccl_group_semantics(world_size):
     segment_bytes=st.sampled_from([2, 64, 4096, 1 << 18]),
     seed=st.integers(0, 2**16),
     out_of_place=st.booleans(),
+    hosts_seed=st.integers(0, 2**16),
 )
-def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed, out_of_place):
+def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed, out_of_place,
+                                 hosts_seed):
     inputs = rank_inputs(world_size, dtype, op, count, seed=seed)
-    run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes)
+    # Each rank on one of 1..world_size hosts, at random.
+    rng = np.random.default_rng(hosts_seed)
+    hosts = rng.integers(0, rng.integers(1, world_size + 1), size=world_size).tolist()
+    run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes, hosts=hosts)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])

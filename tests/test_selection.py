@@ -32,7 +32,7 @@ def test_a_bare_name_applies_to_every_size(monkeypatch):
 def test_uncovered_sizes_fall_back_to_the_cost_model(monkeypatch):
     monkeypatch.setenv("PYALLREDUCE_ALGO", "ring:1000-2000")
     name, reason = choices(4, [10])[0]
-    assert reason.startswith("cost model:")
+    assert reason.startswith("cost model for 1 host x 4 ranks, constants built-in:")
 
 
 def test_cost_model_prefers_few_messages_small_and_the_ring_large():
@@ -48,8 +48,9 @@ def test_cost_model_prefers_few_messages_small_and_the_ring_large():
 
 
 def test_a_rendezvous_message_pays_the_step():
-    eager_only = _C.CostModel(2e-6, 1e-10, 1e-10)
-    stepped = _C.CostModel(2e-6, 1e-10, 1e-10, rendezvous_bytes=8192, rendezvous_s=3e-6)
+    eager = _C.LinkCost(2e-6, 1e-10)
+    eager_only = _C.CostModel(eager, eager, 1e-10)
+    stepped = _C.CostModel(_C.LinkCost(2e-6, 1e-10, rendezvous_bytes=8192, rendezvous_s=3e-6), eager, 1e-10)
     rd, ring = _C.Algorithm.recursive_doubling, _C.Algorithm.ring
     assert stepped.predict(rd, 8191, 2) == eager_only.predict(rd, 8191, 2)
     assert stepped.predict(rd, 8192, 2) == pytest.approx(eager_only.predict(rd, 8192, 2) + 3e-6)
@@ -60,6 +61,53 @@ def test_a_rendezvous_message_pays_the_step():
     picked = [name for name, _ in choices(2, [4096, 8192, 16384])]
     assert picked[0] == picked[2] == "recursive_doubling"
     assert picked[1] != "recursive_doubling"
+
+
+def test_hierarchical_is_a_candidate_only_across_hosts_with_several_ranks_each():
+    def picks(hosts, sizes):
+        return [name for name, _ in spawn_local(len(hosts), lambda comm: [comm.choose_algorithm(n) for n in sizes],
+                                                hosts=hosts)[0]]
+
+    sizes = [8, 1 << 16, 1 << 22, 64 << 20]
+    assert "hierarchical" not in picks([0, 0, 0, 0], sizes)  # there it is the ring
+    assert "hierarchical" not in picks([0, 1, 2, 3], sizes)  # there it is a flat algorithm
+    assert picks([0, 0, 1, 1], sizes)[-1] == "hierarchical"
+
+
+def test_the_model_charges_messages_that_share_a_link():
+    model = _C.CostModel.default()
+    ring, hier = _C.Algorithm.ring, _C.Algorithm.hierarchical
+    n = 64 << 20
+    # Host-major, each host's link carries one ring message per step; placed
+    # round-robin, two: the ring takes about twice as long.
+    assert model.predict(ring, n, [0, 1, 0, 1]) == pytest.approx(2 * model.predict(ring, n, [0, 0, 1, 1]), rel=0.1)
+    # Hierarchical sends a host's share, n(H-1)/H each way, where the flat ring
+    # sends 1.5n through each link at 2 x 2.
+    assert model.predict(hier, n, [0, 0, 1, 1]) < model.predict(ring, n, [0, 0, 1, 1]) / 1.3
+    # On one host, hierarchical is the ring.
+    assert model.predict(hier, n, 4) == model.predict(ring, n, 4)
+    algorithm, seconds = model.between_hosts(n, [0, 0, 1, 1])
+    assert algorithm in (_C.Algorithm.ring, _C.Algorithm.halving_doubling) and seconds > 0
+
+
+def test_rules_choose_the_algorithm_between_hosts(monkeypatch, capfd, fresh_logger):
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "recursive_doubling:0-4096;halving_doubling:4097-max")
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
+    spawn_local(4, lambda comm: [comm.allreduce(torch.ones(n), algorithm="hierarchical") for n in (10, 10000)],
+                hosts=[0, 0, 1, 1])
+    err = capfd.readouterr().err
+    assert "-> hierarchical, recursive_doubling between hosts [requested by the caller]" in err
+    assert "-> hierarchical, halving_doubling between hosts [requested by the caller]" in err
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "hierarchical")
+    with pytest.raises(LocalWorldError, match="a flat one, not hierarchical"):
+        spawn_local(1, lambda comm: None)
+
+
+def test_debug_logs_auto_even_after_an_explicit_call_of_the_same_algorithm(monkeypatch, capfd, fresh_logger):
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
+    spawn_local(2, lambda comm: [comm.allreduce(torch.ones(3000), algorithm=a) for a in ("ring", "auto", "auto")])
+    lines = [line for line in capfd.readouterr().err.splitlines() if "rank 0/2" in line]
+    assert len(lines) == 2 and "(sum, ring) -> ring" in lines[0] and "(sum, auto) ->" in lines[1], lines
 
 
 def test_an_explicit_algorithm_wins(monkeypatch):
@@ -111,7 +159,8 @@ def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd, fresh_logge
     spawn_local(2, each_rank)
     lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
     assert len(lines) == 2  # one per rank
-    assert "allreduce of 100 x float32 (sum) -> recursive_doubling inside the argument check [cost model:" in lines[0]
+    assert "allreduce of 100 x float32 (sum, auto) -> recursive_doubling inside the argument check [cost model for " \
+           "1 host x 2 ranks, constants built-in:" in lines[0]
 
 
 def test_the_pyallreduce_logger_gets_the_choices_without_the_variable(monkeypatch, caplog, fresh_logger):
@@ -120,7 +169,7 @@ def test_the_pyallreduce_logger_gets_the_choices_without_the_variable(monkeypatc
     spawn_local(2, lambda comm: comm.allreduce(torch.ones(3000), algorithm="ring"))
     messages = [r.getMessage() for r in caplog.records if r.name == "pyallreduce"]
     assert sorted(m.split(":")[0] for m in messages) == ["rank 0/2", "rank 1/2"]
-    assert all("allreduce of 3000 x float32 (sum) -> ring [requested by the caller]" in m for m in messages), messages
+    assert all("allreduce of 3000 x float32 (sum, ring) -> ring [requested by the caller]" in m for m in messages), messages
 
 
 def test_no_log_below_info(monkeypatch, capfd, fresh_logger):

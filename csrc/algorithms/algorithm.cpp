@@ -34,6 +34,17 @@ std::string StepTracker::describe() const {
   return text;
 }
 
+void run_allreduce(Algorithm algorithm, const AllreduceContext& ctx, Vector vec) {
+  switch (algorithm) {
+    case Algorithm::kRing: return ring_allreduce(ctx, vec);
+    case Algorithm::kHalvingDoubling: return halving_doubling_allreduce(ctx, vec);
+    case Algorithm::kRecursiveDoubling: return recursive_doubling_allreduce(ctx, vec);
+    case Algorithm::kHierarchical: return hierarchical_allreduce(ctx, vec);
+    case Algorithm::kAuto: break;
+  }
+  throw InvalidArgument("run_allreduce needs a concrete algorithm, not auto");
+}
+
 void Vector::take_input(MemorySpace& memory) const {
   if (input != data) memory.copy(data, input, bytes(count));
 }

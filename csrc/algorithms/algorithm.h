@@ -96,10 +96,48 @@ struct AllreduceContext {
   MemorySpace& memory;        // where the vector lives; scratch comes from here
   size_t ring_segment_bytes;  // ring: pipelining granularity
   StepTracker& steps;
+  // hierarchical: the flat algorithm that runs between hosts.
+  Algorithm between_hosts = Algorithm::kRing;
 };
 
+// Every allreduce leaves the finalized result in vec.data on every rank.
 void ring_allreduce(const AllreduceContext& ctx, Vector vec);
 void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
 void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
+void hierarchical_allreduce(const AllreduceContext& ctx, Vector vec);
+// Runs the concrete algorithm `algorithm`.
+void run_allreduce(Algorithm algorithm, const AllreduceContext& ctx, Vector vec);
+
+// The ring's halves, for algorithms built from them. The vector is cut into
+// p chunks; chunk i covers ring_chunk(n, p, i), the first n % p chunks one
+// element longer. Example n = 10, p = 4: sizes 3, 3, 2, 2, from 0, 3, 6, 8.
+struct ElementRange {
+  size_t begin, end;
+};
+ElementRange ring_chunk(size_t n, int p, int i);
+// The chunk rank `rank` holds reduced after the reduce-scatter: its right
+// neighbour's, (rank + 1) mod p (see ring.cpp's worked example).
+int ring_owned_chunk(int rank, int p);
+// Leaves chunk ring_owned_chunk(rank, p) of vec.data reduced over every rank,
+// not finalized; the other chunks of vec.data hold partial results.
+void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec);
+// From chunk ring_owned_chunk(rank, p) of vec.data on every rank (vec in
+// place), the whole vector everywhere.
+void ring_allgather(const AllreduceContext& ctx, Vector vec);
+
+// A combiner that combines as `inner` does and leaves finalizing to the
+// caller: for a reduction run in parts (hierarchical's levels), finalized
+// once over the whole group at the end.
+class PartialCombiner final : public Combiner {
+ public:
+  explicit PartialCombiner(const Combiner& inner) : inner_(inner) {}
+  void combine(const void* left, const void* right, void* out, size_t count) const override {
+    inner_.combine(left, right, out, count);
+  }
+  void finalize(void*, size_t, int) const override {}
+
+ private:
+  const Combiner& inner_;
+};
 
 }  // namespace pyallreduce

@@ -38,14 +38,21 @@
 namespace pyallreduce {
 namespace {
 
-// Chunk i covers [begin(i), begin(i+1)); the first n % p chunks get one extra
-// element. Example n = 10, p = 4: sizes 3, 3, 2, 2, begins 0, 3, 6, 8, 10.
 size_t chunk_begin(size_t n, int p, int i) {
   const size_t index = static_cast<size_t>(i);
   return index * (n / p) + std::min(index, n % p);
 }
 
 int mod(int a, int p) { return ((a % p) + p) % p; }
+
+// A segment is at most the largest chunk (chunk 0; see chunk_begin), so a
+// segment size beyond the vector's means one segment per chunk, and the
+// scratch is at most `window` chunks whatever ring_segment_bytes is.
+// Example n = 10, p = 4 with 1 MiB segments of float32: 3 elements each.
+size_t segment_elements(const AllreduceContext& ctx, const Vector& vec) {
+  const size_t largest_chunk = std::max<size_t>(1, chunk_begin(vec.count, ctx.transport.size(), 1));
+  return std::clamp<size_t>(ctx.ring_segment_bytes / vec.element_size, 1, largest_chunk);
+}
 
 struct Segment {
   size_t offset;  // in elements
@@ -126,25 +133,22 @@ void ring_phase(const AllreduceContext& ctx, const char* phase, const Vector& ve
 
 }  // namespace
 
-void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
+ElementRange ring_chunk(size_t n, int p, int i) { return {chunk_begin(n, p, i), chunk_begin(n, p, i + 1)}; }
+
+int ring_owned_chunk(int rank, int p) { return mod(rank + 1, p); }
+
+void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const int p = t.size();
   const int r = t.rank();
   const size_t n = vec.count;
   if (p == 1) {
     vec.take_input(ctx.memory);
-    ctx.reduction.finalize(vec.data, n, p);
     return;
   }
-  // A segment is at most the largest chunk (chunk 0; see chunk_begin), so a
-  // segment size beyond the vector's means one segment per chunk, and the
-  // scratch below is at most `window` chunks whatever ring_segment_bytes is.
-  // Example n = 10, p = 4 with 1 MiB segments of float32: 3 elements each.
-  const size_t largest_chunk = std::max<size_t>(1, chunk_begin(n, p, 1));
-  const size_t segment_elems = std::clamp<size_t>(ctx.ring_segment_bytes / vec.element_size, 1, largest_chunk);
-
-  // Reduce-scatter: combine what arrives with this rank's input into the
-  // output (the partial sum from the left on the left), then forward it.
+  const size_t segment_elems = segment_elements(ctx, vec);
+  // Combine what arrives with this rank's input into the output (the partial
+  // sum from the left on the left), then forward it.
   std::vector<Segment> first, incoming;
   append_chunk(first, n, p, r, segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s - 1, p), segment_elems, s < p - 2);
@@ -155,18 +159,29 @@ void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
     const size_t offset = incoming[j].offset;
     ctx.reduction.combine(slot(j), vec.input_at(offset), vec.at(offset), incoming[j].count);
   });
+}
 
-  const int owned = mod(r + 1, p);
-  const size_t owned_begin = chunk_begin(n, p, owned);
-  ctx.reduction.finalize(vec.at(owned_begin), chunk_begin(n, p, owned + 1) - owned_begin, p);
-
-  // Allgather: what arrives is already final; receive it in place and forward it.
-  first.clear();
-  incoming.clear();
-  append_chunk(first, n, p, owned, segment_elems, false);
+void ring_allgather(const AllreduceContext& ctx, Vector vec) {
+  Transport& t = ctx.transport;
+  const int p = t.size();
+  const int r = t.rank();
+  const size_t n = vec.count;
+  if (p == 1) return;
+  const size_t segment_elems = segment_elements(ctx, vec);
+  // What arrives is already final: receive it in place and forward it.
+  std::vector<Segment> first, incoming;
+  append_chunk(first, n, p, ring_owned_chunk(r, p), segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s, p), segment_elems, s < p - 2);
   ring_phase(ctx, "allgather", vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
              [](size_t) {});
+}
+
+void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
+  const int p = ctx.transport.size();
+  ring_reduce_scatter(ctx, vec);
+  const ElementRange owned = ring_chunk(vec.count, p, ring_owned_chunk(ctx.transport.rank(), p));
+  ctx.reduction.finalize(vec.at(owned.begin), owned.end - owned.begin, p);
+  ring_allgather(ctx, vec.in_place());
 }
 
 }  // namespace pyallreduce

@@ -4,16 +4,12 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <utility>
+
+#include "fold.h"
 
 namespace pyallreduce {
 namespace {
-
-// The rows of the cost table in docs/design.md, with each message's latency taken from
-// its size. A world size that is not a power of two adds the fold: one message
-// each way with the whole vector, and one combine.
-double fold_cost(const CostModel& m, double n, int p, int p2) {
-  return p == p2 ? 0.0 : 2 * m.message_s(n) + 2 * n * m.beta_s_per_byte + n * m.gamma_s_per_byte;
-}
 
 std::string trim(const std::string& s) {
   const size_t first = s.find_first_not_of(" \t");
@@ -39,26 +35,91 @@ size_t parse_bytes(const std::string& text, const std::string& rule) {
 
 }  // namespace
 
-double CostModel::message_s(double bytes) const {
+double LinkCost::message_s(double bytes) const {
   return alpha_s + (bytes >= static_cast<double>(rendezvous_bytes) ? rendezvous_s : 0.0);
 }
 
-double CostModel::predict(Algorithm algorithm, size_t bytes, int p, size_t ring_segment_bytes) const {
+namespace {
+
+// The step in which every rank `from` of `pairs` sends to its `to`.
+LayoutProfile::Step profile_step(const HostLayout& layout, const std::vector<std::pair<int, int>>& pairs) {
+  LayoutProfile::Step step;
+  std::vector<int> leaving(static_cast<size_t>(layout.hosts())), arriving(leaving.size());
+  for (const auto& [from, to] : pairs) {
+    const int a = layout.host_of(from), b = layout.host_of(to);
+    if (a == b) {
+      step.inside = true;
+      continue;
+    }
+    step.most_through_a_link = std::max({step.most_through_a_link, ++leaving[static_cast<size_t>(a)],
+                                         ++arriving[static_cast<size_t>(b)]});
+  }
+  return step;
+}
+
+}  // namespace
+
+LayoutProfile::LayoutProfile(const HostLayout& layout)
+    : size(layout.size()),
+      hosts(layout.hosts()),
+      fewest_per_host(layout.fewest_ranks_per_host()),
+      most_per_host(layout.most_ranks_per_host()),
+      p2(PowerOfTwoFold(std::max(1, layout.size())).p2) {
+  const PowerOfTwoFold fold(std::max(1, size));
+  std::vector<std::pair<int, int>> pairs;
+  for (int i = 0; i < fold.extra; ++i) pairs.emplace_back(2 * i, 2 * i + 1);
+  this->fold = profile_step(layout, pairs);
+  for (int mask = 1; mask < p2; mask <<= 1) {
+    pairs.clear();
+    for (int v = 0; v < p2; ++v) pairs.emplace_back(fold.real_rank(v), fold.real_rank(v ^ mask));
+    masks.push_back(profile_step(layout, pairs));
+  }
+  pairs.clear();
+  for (int r = 0; r < size && size > 1; ++r) pairs.emplace_back(r, (r + 1) % size);
+  ring = profile_step(layout, pairs);
+  if (hosts > 1 && most_per_host > 1) {
+    std::vector<int> one_each(static_cast<size_t>(hosts));
+    for (int h = 0; h < hosts; ++h) one_each[static_cast<size_t>(h)] = h;
+    one_per_host = std::make_shared<const LayoutProfile>(HostLayout(one_each));
+  }
+}
+
+double CostModel::step_beta(const LayoutProfile::Step& step, int link_sharers) const {
+  double beta = step.inside ? inside.beta_s_per_byte : 0.0;
+  if (step.most_through_a_link > 0) {
+    beta = std::max(beta, step.most_through_a_link * link_sharers * between.beta_s_per_byte);
+  }
+  return beta;
+}
+
+double CostModel::step_s(const LayoutProfile::Step& step, double bytes, int link_sharers) const {
+  double latency = step.inside ? inside.message_s(bytes) : 0.0;
+  if (step.most_through_a_link > 0) latency = std::max(latency, between.message_s(bytes));
+  return latency + bytes * step_beta(step, link_sharers);
+}
+
+double CostModel::predict_flat(Algorithm algorithm, double n, const LayoutProfile& layout, size_t ring_segment_bytes,
+                               int link_sharers) const {
+  const int p = layout.size;
   if (p <= 1) return 0.0;
-  int p2 = 1, lg = 0;
-  while (p2 * 2 <= p) { p2 *= 2; ++lg; }
-  const double n = static_cast<double>(bytes);
-  const double b = beta_s_per_byte, g = gamma_s_per_byte;
+  const double g = gamma_s_per_byte;
+  const size_t lg = layout.masks.size();
+  // A world size that is not a power of two adds the fold: one message each
+  // way with the whole vector, and one combine.
+  const double fold = layout.p2 == p ? 0.0 : 2 * step_s(layout.fold, n, link_sharers) + n * g;
   switch (algorithm) {
-    case Algorithm::kRecursiveDoubling:
-      return lg * message_s(n) + n * lg * (b + g) + fold_cost(*this, n, p, p2);
+    case Algorithm::kRecursiveDoubling: {
+      double t = fold + n * static_cast<double>(lg) * g;
+      for (const auto& step : layout.masks) t += step_s(step, n, link_sharers);
+      return t;
+    }
     case Algorithm::kHalvingDoubling: {
-      // Step k of each half sends n / 2^k: for n = 64 KiB over 4 ranks,
-      // 32 KiB then 16 KiB in the reduce-scatter and again in the allgather.
-      double latency = 0;
-      for (int k = 1; k <= lg; ++k) latency += 2 * message_s(n / (1 << k));
-      const double share = static_cast<double>(p2 - 1) / p2;
-      return latency + 2 * share * n * b + share * n * g + fold_cost(*this, n, p, p2);
+      // Step k (from 1) of each half sends n / 2^k to the partner across bit
+      // lg - k: for n = 64 KiB over 4 ranks, 32 KiB across bit 1, then 16 KiB
+      // across bit 0, in the reduce-scatter and again in the allgather.
+      double t = fold + static_cast<double>(layout.p2 - 1) / layout.p2 * n * g;
+      for (size_t k = 1; k <= lg; ++k) t += 2 * step_s(layout.masks[lg - k], n / static_cast<double>(1ull << k), link_sharers);
+      return t;
     }
     case Algorithm::kRing: {
       // The plain ring row charges sending and combining one after the other.
@@ -66,21 +127,64 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, int p, size_t ring_
       // once the first segment is in, its reduce-scatter costs the slower of
       // the two per byte, not the sum. Example at 2 ranks: 64 MiB is 32 one-MiB
       // segments, and all but the first overlap; 128 KiB is one 64 KiB
-      // segment, and nothing does.
+      // segment, and nothing does. Every step's time is its slowest message's.
       const double share = static_cast<double>(p - 1) / p;
+      const double b = step_beta(layout.ring, link_sharers);
       const double first_segment = std::min(share * n, static_cast<double>(ring_segment_bytes));
-      return 2 * (p - 1) * message_s(n / p) + share * n * b + share * n * std::max(b, g) +
-             first_segment * std::min(b, g);
+      return 2 * (p - 1) * (step_s(layout.ring, n / p, link_sharers) - n / p * b) + share * n * b +
+             share * n * std::max(b, g) + first_segment * std::min(b, g);
     }
+    case Algorithm::kHierarchical:
     case Algorithm::kAuto: break;
   }
-  throw InvalidArgument("the cost model predicts concrete algorithms only");
+  throw InvalidArgument("predict_flat: not a flat algorithm");
+}
+
+Algorithm CostModel::between_hosts(size_t bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
+                                   double* seconds) const {
+  // Each of a host's first fewest_per_host ranks allreduces its slice with
+  // its peers on the other hosts, all at once through the host's link.
+  const double slice = static_cast<double>(bytes) / std::max(1, layout.fewest_per_host);
+  const LayoutProfile& hosts = layout.one_per_host != nullptr ? *layout.one_per_host : layout;
+  Algorithm best = Algorithm::kRing;
+  double best_s = std::numeric_limits<double>::infinity();
+  for (Algorithm a : all_algorithms()) {
+    if (a == Algorithm::kAuto || a == Algorithm::kHierarchical) continue;
+    const double t = predict_flat(a, slice, hosts, ring_segment_bytes, layout.fewest_per_host);
+    if (t < best_s) { best = a; best_s = t; }
+  }
+  if (seconds != nullptr) *seconds = best_s;
+  return best;
+}
+
+double CostModel::predict(Algorithm algorithm, size_t bytes, const LayoutProfile& layout,
+                          size_t ring_segment_bytes) const {
+  const double n = static_cast<double>(bytes);
+  if (algorithm != Algorithm::kHierarchical) return predict_flat(algorithm, n, layout, ring_segment_bytes, 1);
+  if (layout.hosts == 1) return predict_flat(Algorithm::kRing, n, layout, ring_segment_bytes, 1);
+  // See hierarchical.cpp: the fold inside each host (a rank receives from up
+  // to ceil((most - fewest) / fewest) others, one after another), a ring
+  // reduce-scatter and allgather over each host's first `fewest` ranks, and
+  // the slices' allreduce between hosts. Example 3 + 2 ranks: fewest 2, one
+  // rank folds in and out; rings of 2 inside; 2 slices of n/2 between hosts.
+  const int s = layout.fewest_per_host;
+  const double g = gamma_s_per_byte;
+  const int folds = (layout.most_per_host - s + s - 1) / s;
+  const double fold = folds * (2 * (inside.message_s(n) + n * inside.beta_s_per_byte) + n * g);
+  const double chunk = n / s;
+  const double inside_rings =
+      s == 1 ? 0.0 : (s - 1) * (2 * (inside.message_s(chunk) + chunk * inside.beta_s_per_byte) + chunk * g);
+  double between_s = 0;
+  between_hosts(bytes, layout, ring_segment_bytes, &between_s);
+  return fold + inside_rings + between_s;
 }
 
 CostModel default_cost_model() {
-  return CostModel{/*alpha_s=*/2.0e-6, /*beta_s_per_byte=*/1.0 / 16.0e9,
-                   /*gamma_s_per_byte=*/1.0 / 21.0e9, /*rendezvous_bytes=*/8192,
-                   /*rendezvous_s=*/2.7e-6};
+  const LinkCost shared_memory{/*alpha_s=*/2.0e-6, /*beta_s_per_byte=*/1.0 / 16.0e9, /*rendezvous_bytes=*/8192,
+                               /*rendezvous_s=*/2.7e-6};
+  const LinkCost network{/*alpha_s=*/10.0e-6, /*beta_s_per_byte=*/1.0 / 1.25e9,
+                         /*rendezvous_bytes=*/std::numeric_limits<size_t>::max(), /*rendezvous_s=*/0.0};
+  return CostModel{shared_memory, network, /*gamma_s_per_byte=*/1.0 / 21.0e9};
 }
 
 std::vector<SizeRule> parse_size_rules(const std::string& text) {
@@ -117,8 +221,15 @@ std::vector<SizeRule> parse_size_rules(const std::string& text) {
   return rules;
 }
 
-Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world_size,
-                                     size_t ring_segment_bytes, std::string* reason) const {
+Algorithm AlgorithmSelector::between_hosts(size_t bytes, size_t ring_segment_bytes) const {
+  for (const SizeRule& rule : between_hosts_rules_) {
+    if (bytes >= rule.min_bytes && bytes <= rule.max_bytes) return rule.algorithm;
+  }
+  return model_.between_hosts(bytes, profile_, ring_segment_bytes);
+}
+
+Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, size_t ring_segment_bytes,
+                                     std::string* reason) const {
   if (requested != Algorithm::kAuto) {
     if (reason != nullptr) *reason = "requested by the caller";
     return requested;
@@ -135,15 +246,18 @@ Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, int world
   }
   Algorithm best = Algorithm::kRing;
   double best_time = std::numeric_limits<double>::infinity();
-  if (reason != nullptr) *reason = "cost model:";
-  for (Algorithm a : {Algorithm::kRecursiveDoubling, Algorithm::kHalvingDoubling, Algorithm::kRing}) {
-    const double t = model_.predict(a, bytes, world_size, ring_segment_bytes);
+  if (reason != nullptr) *reason = "cost model for " + layout_text_ + ", constants " + model_source_ + ":";
+  // Fewer messages first, so that ties keep the earlier.
+  for (Algorithm a : {Algorithm::kRecursiveDoubling, Algorithm::kHalvingDoubling, Algorithm::kRing,
+                      Algorithm::kHierarchical}) {
+    if (a == Algorithm::kHierarchical && profile_.one_per_host == nullptr) continue;  // the ring, or a flat one
+    const double t = model_.predict(a, bytes, profile_, ring_segment_bytes);
     if (reason != nullptr) {
       char item[96];
       std::snprintf(item, sizeof item, " %s %.1f us", algorithm_name(a), t * 1e6);
       *reason += item;
     }
-    if (t < best_time) { best = a; best_time = t; }  // ties keep the earlier (fewer messages)
+    if (t < best_time) { best = a; best_time = t; }
   }
   return best;
 }

@@ -46,12 +46,12 @@ std::unique_ptr<NcclTransport> NcclTransport::join(Transport& host, const Stream
                          "PYALLREDUCE_CUDA_TRANSPORT=mpi");
   }
   broadcast_from_rank0(host, &id, sizeof id);
-  return std::make_unique<NcclTransport>(*nccl, order, id, host.rank(), host.size());
+  return std::make_unique<NcclTransport>(*nccl, order, id, host.rank(), host.layout());
 }
 
 NcclTransport::NcclTransport(const NcclLibrary& nccl, const StreamOrder& order, const ncclUniqueId& id, int rank,
-                             int size)
-    : nccl_(nccl), order_(order), rank_(rank), size_(size) {
+                             const HostLayout& layout)
+    : Transport(layout), nccl_(nccl), order_(order), rank_(rank), size_(layout.size()) {
   check_cuda(cudaSetDevice(order_.device), "cudaSetDevice");
   check_nccl(nccl_, nccl_.comm_init_rank(&comm_, size_, id, rank_),
              "ncclCommInitRank (NCCL needs a GPU of its own for every rank: ranks sharing one GPU must use "

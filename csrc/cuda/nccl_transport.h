@@ -22,7 +22,8 @@ class NcclTransport final : public Transport {
   // communicator on its device. Throws TransportError on every rank if NCCL
   // fails to load on any of them.
   static std::unique_ptr<NcclTransport> join(Transport& host, const StreamOrder& order);
-  NcclTransport(const NcclLibrary& nccl, const StreamOrder& order, const ncclUniqueId& id, int rank, int size);
+  NcclTransport(const NcclLibrary& nccl, const StreamOrder& order, const ncclUniqueId& id, int rank,
+                const HostLayout& layout);
   ~NcclTransport() override;
   NcclTransport(const NcclTransport&) = delete;
   NcclTransport& operator=(const NcclTransport&) = delete;

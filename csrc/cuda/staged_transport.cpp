@@ -53,7 +53,8 @@ class StagedReceive final : public Request {
 
 }  // namespace
 
-StagedTransport::StagedTransport(Transport& host, const StreamOrder& order) : host_(host), order_(order) {
+StagedTransport::StagedTransport(Transport& host, const StreamOrder& order)
+    : Transport(host.layout()), host_(host), order_(order) {
   check_cuda(cudaEventCreateWithFlags(&receives_copied_, cudaEventDisableTiming), "cudaEventCreate");
 }
 

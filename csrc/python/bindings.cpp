@@ -253,11 +253,8 @@ PYBIND11_MODULE(_C, m) {
       .value("min", ReduceOp::kMin)
       .value("max", ReduceOp::kMax)
       .value("prod", ReduceOp::kProd);
-  py::enum_<Algorithm>(m, "Algorithm")
-      .value("auto", Algorithm::kAuto)
-      .value("ring", Algorithm::kRing)
-      .value("halving_doubling", Algorithm::kHalvingDoubling)
-      .value("recursive_doubling", Algorithm::kRecursiveDoubling);
+  py::enum_<Algorithm> algorithm_enum(m, "Algorithm");
+  for (Algorithm a : all_algorithms()) algorithm_enum.value(algorithm_name(a), a);
 
   py::class_<CommunicatorOptions>(m, "CommunicatorOptions")
       .def(py::init<>())
@@ -265,6 +262,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
+      .def_readwrite("between_hosts_rules", &CommunicatorOptions::between_hosts_rules)
       .def_readwrite("log_selection", &CommunicatorOptions::log_selection)
       .def_readwrite("timeout_s", &CommunicatorOptions::timeout_s)
       .def_readwrite("on_break", &CommunicatorOptions::on_break)
@@ -277,9 +275,10 @@ PYBIND11_MODULE(_C, m) {
           "How CUDA buffers travel: 'nccl', 'mpi', or None for NCCL where libnccl.so.2 loads, else MPI.");
 
   py::class_<LocalWorld, std::shared_ptr<LocalWorld>>(m, "LocalWorld")
-      .def(py::init<int, bool>(), py::arg("size"), py::arg("grouped") = false,
-           "An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics (see\n"
-           "pyallreduce.testing.spawn_local).")
+      .def(py::init<int, bool, const std::vector<int>&>(), py::arg("size"), py::arg("grouped") = false,
+           py::arg("hosts") = std::vector<int>{},
+           "An in-process world of `size` ranks; `grouped` keeps NCCL's group semantics, `hosts` names\n"
+           "each rank's host (see pyallreduce.testing.spawn_local).")
       .def_property_readonly("size", &LocalWorld::size)
       .def_property_readonly("grouped", &LocalWorld::grouped)
       .def("abort", &LocalWorld::abort, py::arg("reason"),
@@ -333,9 +332,19 @@ PYBIND11_MODULE(_C, m) {
           "Rank `rank` of an in-process world; each rank must run on its own thread.")
       .def_property_readonly("rank", &Communicator::rank)
       .def_property_readonly("size", &Communicator::size)
+      .def_property_readonly(
+          "hosts",
+          [](const Communicator& c) {
+            std::vector<int> hosts;
+            for (int r = 0; r < c.size(); ++r) hosts.push_back(c.layout().host_of(r));
+            return hosts;
+          },
+          "Each rank's host, numbered from 0 in the order of the hosts' lowest ranks.")
       .def_property_readonly("freed", &Communicator::freed)
       .def_property_readonly("check_arguments",
                              [](const Communicator& c) { return c.options().check_arguments; })
+      .def("set_cost_model", &Communicator::set_cost_model, py::arg("model"), py::arg("source"),
+           "The constants algorithm=\"auto\" uses from now on, and where they came from (for the log).")
       .def_property("ring_segment_bytes",
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
@@ -390,26 +399,61 @@ PYBIND11_MODULE(_C, m) {
   m.def("streaming_vector_bytes", &streaming_vector_bytes,
         "The vector size from which out-of-place combines write around the cache.");
   bind_optim(m);
-  py::class_<CostModel>(m, "CostModel",
-                        "The alpha-beta-gamma cost model of an allreduce (see docs/design.md).")
-      .def(py::init([](double alpha_s, double beta_s_per_byte, double gamma_s_per_byte, size_t rendezvous_bytes,
-                       double rendezvous_s) {
-             if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && gamma_s_per_byte >= 0 && rendezvous_s >= 0)) {
+  py::class_<LinkCost>(m, "LinkCost", "What a message costs on one level: inside a host, or between hosts.")
+      .def(py::init([](double alpha_s, double beta_s_per_byte, size_t rendezvous_bytes, double rendezvous_s) {
+             if (!(alpha_s >= 0 && beta_s_per_byte >= 0 && rendezvous_s >= 0)) {
                throw InvalidArgument("cost model constants must be non-negative");
              }
-             return CostModel{alpha_s, beta_s_per_byte, gamma_s_per_byte, rendezvous_bytes, rendezvous_s};
+             return LinkCost{alpha_s, beta_s_per_byte, rendezvous_bytes, rendezvous_s};
            }),
-           py::arg("alpha_s"), py::arg("beta_s_per_byte"), py::arg("gamma_s_per_byte"),
+           py::arg("alpha_s"), py::arg("beta_s_per_byte"),
            py::arg("rendezvous_bytes") = std::numeric_limits<size_t>::max(), py::arg("rendezvous_s") = 0.0)
-      .def_static("default", &default_cost_model, "The constants that algorithm=\"auto\" uses.")
-      .def_readonly("alpha_s", &CostModel::alpha_s, "seconds per message")
-      .def_readonly("beta_s_per_byte", &CostModel::beta_s_per_byte, "seconds per byte sent")
-      .def_readonly("gamma_s_per_byte", &CostModel::gamma_s_per_byte, "seconds per byte combined")
-      .def_readonly("rendezvous_bytes", &CostModel::rendezvous_bytes,
+      .def_readonly("alpha_s", &LinkCost::alpha_s, "seconds per message")
+      .def_readonly("beta_s_per_byte", &LinkCost::beta_s_per_byte, "seconds per byte sent")
+      .def_readonly("rendezvous_bytes", &LinkCost::rendezvous_bytes,
                     "messages of at least this many bytes go by rendezvous")
-      .def_readonly("rendezvous_s", &CostModel::rendezvous_s, "extra seconds per rendezvous message")
-      .def("predict", &CostModel::predict, py::arg("algorithm"), py::arg("bytes"), py::arg("world_size"),
-           py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
-           "Predicted seconds for one allreduce of `bytes` over `world_size` ranks, the ring cut into\n"
-           "segments of `ring_segment_bytes`.");
+      .def_readonly("rendezvous_s", &LinkCost::rendezvous_s, "extra seconds per rendezvous message");
+  // A layout from Python: a world size (one host) or each rank's host.
+  auto layout_of = [](py::handle hosts) {
+    if (PyLong_Check(hosts.ptr())) {
+      const int size = hosts.cast<int>();
+      if (size < 1) throw InvalidArgument("a world has at least one rank");
+      return HostLayout::single_host(size);
+    }
+    const auto host_of = hosts.cast<std::vector<int>>();
+    if (host_of.empty()) throw InvalidArgument("a world has at least one rank");
+    return HostLayout(host_of);
+  };
+  m.def(
+      "describe_layout", [=](py::handle hosts) { return layout_of(hosts).describe(); }, py::arg("hosts"),
+      "A layout (each rank's host) as the ranks per host: \"2 hosts x 4 ranks\", \"2 hosts (3, 2 ranks)\".");
+  py::class_<CostModel>(m, "CostModel", "The cost model of an allreduce, per level (see docs/design.md).")
+      .def(py::init([](const LinkCost& inside, const LinkCost& between, double gamma_s_per_byte) {
+             if (!(gamma_s_per_byte >= 0)) throw InvalidArgument("cost model constants must be non-negative");
+             return CostModel{inside, between, gamma_s_per_byte};
+           }),
+           py::arg("inside"), py::arg("between"), py::arg("gamma_s_per_byte"))
+      .def_static("default", &default_cost_model, "The constants that algorithm=\"auto\" uses.")
+      .def_readonly("inside", &CostModel::inside, "messages between ranks of one host")
+      .def_readonly("between", &CostModel::between, "messages between hosts, through one host's link")
+      .def_readonly("gamma_s_per_byte", &CostModel::gamma_s_per_byte, "seconds per byte combined")
+      .def(
+          "predict",
+          [=](const CostModel& model, Algorithm algorithm, size_t bytes, py::handle hosts, size_t segment) {
+            return model.predict(algorithm, bytes, LayoutProfile(layout_of(hosts)), segment);
+          },
+          py::arg("algorithm"), py::arg("bytes"), py::arg("hosts"),
+          py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
+          "Predicted seconds for one allreduce of `bytes` over `hosts`: a world size (one host) or each\n"
+          "rank's host (any numbers; equal means shared), the ring cut into segments of\n"
+          "`ring_segment_bytes`.")
+      .def(
+          "between_hosts",
+          [=](const CostModel& model, size_t bytes, py::handle hosts, size_t segment) {
+            double seconds = 0;
+            const Algorithm chosen = model.between_hosts(bytes, LayoutProfile(layout_of(hosts)), segment, &seconds);
+            return py::make_tuple(chosen, seconds);
+          },
+          py::arg("bytes"), py::arg("hosts"), py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
+          "hierarchical's algorithm between hosts for a call of `bytes`, and its predicted seconds.");
 }

@@ -328,8 +328,8 @@ std::optional<std::string> spelled_name(py::handle name) {
 
 // Matches `name` against the values' names (and the aliases) in any case.
 // The common call, a lowercase str, is matched without building a string.
-template <class Enum>
-Enum parse_name(py::handle name, const char* what, ArgumentError code, std::initializer_list<Enum> values,
+template <class Enum, class Values = std::initializer_list<Enum>>
+Enum parse_name(py::handle name, const char* what, ArgumentError code, const Values& values,
                 const char* (*name_of)(Enum), std::initializer_list<std::pair<const char*, Enum>> aliases = {}) {
   if (PyUnicode_Check(name.ptr())) {
     for (Enum v : values) {
@@ -365,10 +365,7 @@ ReduceOp parse_op(py::handle op) {
 }
 
 Algorithm parse_algorithm(py::handle algorithm) {
-  return parse_name(algorithm, "algorithm", ArgumentError::kBadAlgorithm,
-                    {Algorithm::kAuto, Algorithm::kRing, Algorithm::kHalvingDoubling,
-                     Algorithm::kRecursiveDoubling},
-                    algorithm_name);
+  return parse_name(algorithm, "algorithm", ArgumentError::kBadAlgorithm, all_algorithms(), algorithm_name);
 }
 
 }  // namespace pyallreduce

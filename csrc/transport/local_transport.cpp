@@ -57,8 +57,22 @@ class LocalRequest : public Request {
 
 }  // namespace
 
-LocalWorld::LocalWorld(int size, bool grouped) : size_(size), grouped_(grouped) {
+namespace {
+
+HostLayout world_layout(int size, const std::vector<int>& host_of) {
   if (size < 1) throw InvalidArgument("world size must be at least 1, got " + std::to_string(size));
+  if (host_of.empty()) return HostLayout::single_host(size);
+  if (host_of.size() != static_cast<size_t>(size)) {
+    throw InvalidArgument("hosts names " + std::to_string(host_of.size()) + " ranks' hosts for a world of " +
+                          std::to_string(size));
+  }
+  return HostLayout(host_of);
+}
+
+}  // namespace
+
+LocalWorld::LocalWorld(int size, bool grouped, const std::vector<int>& host_of)
+    : size_(size), grouped_(grouped), layout_(world_layout(size, host_of)) {
   channels_.reserve(static_cast<size_t>(size) * size);
   for (int i = 0; i < size * size; ++i) channels_.push_back(std::make_unique<LocalChannel>());
   notices_.resize(static_cast<size_t>(size));
@@ -135,7 +149,7 @@ std::string LocalWorld::abort_reason() {
 }
 
 LocalTransport::LocalTransport(std::shared_ptr<LocalWorld> world, int rank)
-    : world_(std::move(world)), rank_(rank) {
+    : Transport(world->layout()), world_(std::move(world)), rank_(rank) {
   if (rank < 0 || rank >= world_->size()) {
     throw InvalidArgument("rank " + std::to_string(rank) + " is outside a world of size " +
                           std::to_string(world_->size()));

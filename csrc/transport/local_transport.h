@@ -60,8 +60,11 @@ struct LocalFault {
 // The state the threads of one in-process world share.
 class LocalWorld {
  public:
-  LocalWorld(int size, bool grouped);
+  // `host_of` (one entry per rank, or empty for one host) says which ranks
+  // the world's communicators treat as sharing a host (see HostLayout).
+  LocalWorld(int size, bool grouped, const std::vector<int>& host_of = {});
   int size() const { return size_; }
+  const HostLayout& layout() const { return layout_; }
   bool grouped() const { return grouped_; }
   LocalChannel& channel(int from, int to) { return *channels_[static_cast<size_t>(from * size_ + to)]; }
 
@@ -87,6 +90,7 @@ class LocalWorld {
   void wake_all();
   int size_;
   bool grouped_;
+  HostLayout layout_;
   std::vector<std::unique_ptr<LocalChannel>> channels_;
   std::atomic<bool> aborted_{false};
   std::mutex reason_mutex_;  // also guards the faults and notices

@@ -149,8 +149,29 @@ void check_mpi(int rc, const char* what) {
   if (rc != MPI_SUCCESS) throw TransportError(std::string(what) + " failed: " + mpi_error_text(rc));
 }
 
+namespace {
+
+// Which ranks of `comm` share memory (MPI_COMM_TYPE_SHARED: a host), each
+// host named by its lowest rank. Collective over `comm`.
+HostLayout shared_memory_layout(MPI_Comm comm) {
+  int rank = 0, size = 0;
+  check_mpi(MPI_Comm_rank(comm, &rank), "MPI_Comm_rank");
+  check_mpi(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  MPI_Comm host = MPI_COMM_NULL;
+  check_mpi(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &host), "MPI_Comm_split_type");
+  int lowest = rank;
+  const int rc = MPI_Allreduce(&rank, &lowest, 1, MPI_INT, MPI_MIN, host);
+  MPI_Comm_free(&host);
+  check_mpi(rc, "MPI_Allreduce (the lowest rank of each host)");
+  std::vector<int> host_of(static_cast<size_t>(size));
+  check_mpi(MPI_Allgather(&lowest, 1, MPI_INT, host_of.data(), 1, MPI_INT, comm), "MPI_Allgather (hosts)");
+  return HostLayout(host_of);
+}
+
+}  // namespace
+
 MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
-    : max_message_bytes_(max_message_bytes) {
+    : Transport(shared_memory_layout(comm)), max_message_bytes_(max_message_bytes) {
   if (max_message_bytes == 0 || max_message_bytes > static_cast<size_t>(INT_MAX)) {
     throw InvalidArgument("max_message_bytes must be in 1..INT_MAX");
   }

@@ -33,6 +33,68 @@ Notice decode_notice(const std::string& bytes) {
   return notice;
 }
 
+HostLayout::HostLayout(const std::vector<int>& host_of) {
+  std::map<int, int> number;  // a rank's host name -> its host's index here
+  for (size_t r = 0; r < host_of.size(); ++r) {
+    const auto found = number.emplace(host_of[r], static_cast<int>(ranks_on_.size()));
+    if (found.second) ranks_on_.emplace_back();
+    const int host = found.first->second;
+    host_of_.push_back(host);
+    local_index_.push_back(static_cast<int>(ranks_on_[static_cast<size_t>(host)].size()));
+    ranks_on_[static_cast<size_t>(host)].push_back(static_cast<int>(r));
+  }
+}
+
+int HostLayout::fewest_ranks_per_host() const {
+  size_t fewest = ranks_on_.empty() ? 0 : ranks_on_.front().size();
+  for (const auto& ranks : ranks_on_) fewest = std::min(fewest, ranks.size());
+  return static_cast<int>(fewest);
+}
+
+int HostLayout::most_ranks_per_host() const {
+  size_t most = 0;
+  for (const auto& ranks : ranks_on_) most = std::max(most, ranks.size());
+  return static_cast<int>(most);
+}
+
+HostLayout HostLayout::subset(const std::vector<int>& members) const {
+  std::vector<int> host_of;
+  for (int rank : members) host_of.push_back(this->host_of(rank));
+  return HostLayout(host_of);
+}
+
+std::string HostLayout::describe() const {
+  const int fewest = fewest_ranks_per_host();
+  const auto plural = [](int n, const char* what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); };
+  if (fewest == most_ranks_per_host()) return plural(hosts(), "host") + " x " + plural(fewest, "rank");
+  std::string text = plural(hosts(), "host") + " (";
+  for (int h = 0; h < hosts(); ++h) text += (h ? ", " : "") + std::to_string(ranks_on(h).size());
+  return text + " ranks)";
+}
+
+GroupTransport::GroupTransport(Transport& parent, std::vector<int> members)
+    : Transport(parent.layout().subset(members)), parent_(parent), members_(std::move(members)) {
+  const auto mine = std::find(members_.begin(), members_.end(), parent.rank());
+  if (mine == members_.end()) throw InvalidArgument("GroupTransport: this rank is not a member of the group");
+  rank_ = static_cast<int>(mine - members_.begin());
+}
+
+int GroupTransport::parent_rank(int peer) const {
+  if (peer < 0 || peer >= size()) {
+    throw InvalidArgument("GroupTransport: peer " + std::to_string(peer) + " outside a group of " +
+                          std::to_string(size()));
+  }
+  return members_[static_cast<size_t>(peer)];
+}
+
+RequestPtr GroupTransport::isend(int peer, const void* data, size_t bytes) {
+  return parent_.isend(parent_rank(peer), data, bytes);
+}
+
+RequestPtr GroupTransport::irecv(int peer, void* data, size_t bytes) {
+  return parent_.irecv(parent_rank(peer), data, bytes);
+}
+
 double PendingWait::waited_s() const {
   return since == Clock::time_point{} ? 0 : std::chrono::duration<double>(Clock::now() - since).count();
 }

@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../types.h"
@@ -72,6 +73,35 @@ class PeerGaveUp : public TransportError {
   double waited_s_;
 };
 
+// Which ranks share a host (memory, and the host's network link): host h's
+// ranks, in increasing order, are ranks_on(h); hosts are numbered in the
+// order of their lowest ranks. Example: ranks on hosts a, b, a, b, c give
+// host_of {0, 1, 0, 1, 2}, ranks_on(0) = {0, 2}, local_index(2) = 1.
+class HostLayout {
+ public:
+  // `host_of[r]` names rank r's host by any number; only equality matters.
+  explicit HostLayout(const std::vector<int>& host_of);
+  // Every one of `size` ranks on one host.
+  static HostLayout single_host(int size) { return HostLayout(std::vector<int>(static_cast<size_t>(size), 0)); }
+  int size() const { return static_cast<int>(host_of_.size()); }
+  int hosts() const { return static_cast<int>(ranks_on_.size()); }
+  int host_of(int rank) const { return host_of_[static_cast<size_t>(rank)]; }
+  const std::vector<int>& ranks_on(int host) const { return ranks_on_[static_cast<size_t>(host)]; }
+  // Rank's position among the ranks of its host.
+  int local_index(int rank) const { return local_index_[static_cast<size_t>(rank)]; }
+  int fewest_ranks_per_host() const;
+  int most_ranks_per_host() const;
+  // The layout of the ranks `members` (ranks here), in that order.
+  HostLayout subset(const std::vector<int>& members) const;
+  // E.g. "2 hosts x 2 ranks" or "3 hosts (3, 2, 2 ranks)".
+  std::string describe() const;
+
+ private:
+  std::vector<int> host_of_;
+  std::vector<std::vector<int>> ranks_on_;
+  std::vector<int> local_index_;
+};
+
 class Request {
  public:
   virtual ~Request() = default;
@@ -83,9 +113,12 @@ using RequestPtr = std::unique_ptr<Request>;
 
 class Transport {
  public:
+  explicit Transport(HostLayout layout) : layout_(std::move(layout)) {}
   virtual ~Transport() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // Which of the ranks share a host.
+  const HostLayout& layout() const { return layout_; }
   // `data` must stay valid (and, for isend, unchanged) until wait() returns.
   virtual RequestPtr isend(int peer, const void* data, size_t bytes) = 0;
   virtual RequestPtr irecv(int peer, void* data, size_t bytes) = 0;
@@ -122,9 +155,30 @@ class Transport {
   virtual std::optional<Notice> receive_notice() { return std::nullopt; }
 
  private:
+  HostLayout layout_;
   Clock::time_point deadline_ = Clock::time_point::max();
   Clock::time_point next_notice_check_{};
   std::map<int, Notice> notices_;
+};
+
+// Ranks `members` of `parent` (in the order that numbers them here) as a
+// transport of their own, for algorithms that run on part of a group: rank i
+// here is rank members[i] there. Transfers, deadlines and notices are the
+// parent's, so errors name the parent's ranks. Only members may use it.
+class GroupTransport final : public Transport {
+ public:
+  GroupTransport(Transport& parent, std::vector<int> members);
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(members_.size()); }
+  RequestPtr isend(int peer, const void* data, size_t bytes) override;
+  RequestPtr irecv(int peer, void* data, size_t bytes) override;
+  size_t receive_window() const override { return parent_.receive_window(); }
+
+ private:
+  int parent_rank(int peer) const;
+  Transport& parent_;
+  std::vector<int> members_;
+  int rank_;
 };
 
 // Waits for every request in the list, then clears it.

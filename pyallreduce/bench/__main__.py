@@ -7,11 +7,13 @@ Columns follow nccl-tests: size, count, type, redop, then for out-of-place and
 in-place calls the time (median over iterations of the slowest rank), its 99th
 percentile, algbw = size/time and busbw = algbw * 2(p-1)/p in GB/s (1e9), and
 #wrong, the elements that differ from a float64 reference. Beside them, the
-cost model's prediction (from alpha, beta, gamma and the rendezvous step
-measured at the start) and
-mem%: the time a memory-bandwidth bound allows (4x the message bytes at the
-a += b rate, measured at the start on all ranks at once) as a share of the
-measured time. With --runs R the whole sweep is repeated R times, interleaved,
+cost model's prediction (from the constants pyallreduce.tune measures at the
+start: inside a host, and between hosts where there are several), mem%: the
+time a memory-bandwidth bound allows (4x the message bytes at the a += b
+rate, measured at the start on all ranks at once) as a share of the measured
+time, and across hosts link%: the time the link bound allows (each host sends
+2n(H-1)/H bytes through its link at the measured rate between hosts) as a
+share of the measured time. With --runs R the whole sweep is repeated R times, interleaved,
 and the table shows medians over runs; the closing summary gives ratios with
 their range across runs.
 """
@@ -125,6 +127,8 @@ def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Mea
             p99_us=float(np.percentile(samples, 99)), algbw=algbw, busbw=algbw * report.bus_factor(p), wrong=wrong,
             model_us=predict_us(algorithm, nbytes) if algorithm is not None else None,
             memory_limit_pct=100 * cal.memory_limit_s(nbytes) * 1e6 / median if median > 0 else 0.0,
+            link_limit_pct=(100 * cal.link_limit_s(nbytes) * 1e6 / median
+                            if median > 0 and cal.link_limit_s(nbytes) is not None else None),
         ))
     return measurements
 
@@ -142,11 +146,11 @@ def benchmark(args: argparse.Namespace) -> None:
     itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
     sizes = [s for s in sweep(args.minbytes, args.maxbytes, args.stepfactor) if s >= itemsize]
 
-    cal = calibration.calibrate(world)
+    cal = calibration.calibrate(world, comm.hosts)
     model = cal.model()
 
     def predict_us(algorithm, nbytes: int) -> float:
-        return model.predict(algorithm, nbytes, world.size, comm.ring_segment_bytes) * 1e6
+        return model.predict(algorithm, nbytes, comm.hosts, comm.ring_segment_bytes) * 1e6
 
     impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world, args.device)
     results = report.Results(header(args, world, cal))
@@ -155,13 +159,8 @@ def benchmark(args: argparse.Namespace) -> None:
     say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
     if args.device == "cuda":
         say(f"# buffers on {h['device']}; pyallreduce's CUDA transport: {comm.cuda_transport or 'not loaded yet'}")
-    rendezvous = (
-        f"rendezvous +{cal.rendezvous_s * 1e6:.2f} us from {cal.rendezvous_bytes} B"
-        if cal.rendezvous_s
-        else "no rendezvous step"
-    )
-    say(f"# calibration: alpha {cal.alpha_s * 1e6:.2f} us, beta 1/({1e-9 / cal.beta_s_per_byte if cal.beta_s_per_byte else 0:.1f} GB/s), "
-        f"gamma 1/({1e-9 / cal.gamma_s_per_byte:.1f} GB/s), {rendezvous}; memory (a += b, all ranks at once) {cal.memory_bytes_per_s / 1e9:.1f} GB/s per rank")
+    for line in cal.describe():
+        say(f"# {line}")
     for note in notes:
         say(f"# {note}")
     runnable = []

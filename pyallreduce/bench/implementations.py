@@ -19,7 +19,7 @@ from mpi4py import MPI
 from .. import _C
 from .._communicator import Communicator
 
-OURS = ("ring", "halving_doubling", "recursive_doubling", "auto")
+OURS = ("ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto")
 PEERS = ("mpi", "gloo", "naive_ring", "nccl")
 ALL = OURS + PEERS
 

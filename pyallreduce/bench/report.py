@@ -31,6 +31,7 @@ class Measurement:
     wrong: int  # elements differing from the reference, summed over ranks and check iterations
     model_us: float | None  # the cost model's prediction from this run's calibration
     memory_limit_pct: float  # the memory-bandwidth bound's time as a percentage of time_us
+    link_limit_pct: float | None = None  # across hosts, the link bound's time as a percentage of time_us
 
 
 @dataclass
@@ -75,8 +76,8 @@ _SIDE = f"{'time':>9} {'p99':>9} {'algbw':>7} {'busbw':>7} {'#wrong':>6}"
 def table_header() -> str:
     return "\n".join([
         f"#{'':>50}  {'out-of-place':^40}  {'':>14}  {'in-place':^40}",
-        f"# {'size':>11} {'count':>11} {'type':>8} {'redop':>5} {'impl':>18}  {_SIDE}  {'model':>6} {'mem%':>5}  {_SIDE}",
-        f"# {'(B)':>11} {'(elements)':>11} {'':>8} {'':>5} {'':>18}  {'(us)':>9} {'(us)':>9} {'(GB/s)':>7} {'(GB/s)':>7} {'':>6}  {'(us)':>6} {'':>5}  "
+        f"# {'size':>11} {'count':>11} {'type':>8} {'redop':>5} {'impl':>18}  {_SIDE}  {'model':>6} {'mem%':>5} {'link%':>5}  {_SIDE}",
+        f"# {'(B)':>11} {'(elements)':>11} {'':>8} {'':>5} {'':>18}  {'(us)':>9} {'(us)':>9} {'(GB/s)':>7} {'(GB/s)':>7} {'':>6}  {'(us)':>6} {'':>5} {'':>5}  "
         f"{'(us)':>9} {'(us)':>9} {'(GB/s)':>7} {'(GB/s)':>7}",
     ])
 
@@ -93,8 +94,11 @@ def table_row(results: Results, impl: str, nbytes: int) -> str:
     model = results.median(impl, nbytes, "out", "model_us") if first.model_us is not None else None
     model_text = f"{model:>6.1f}" if model is not None else f"{'-':>6}"
     limit = results.median(impl, nbytes, "out", "memory_limit_pct")
+    link = results.median(impl, nbytes, "out", "link_limit_pct") if first.link_limit_pct is not None else None
+    link_text = f"{link:>5.0f}" if link is not None else f"{'-':>5}"
     return (f"  {nbytes:>11} {first.count:>11} {first.type:>8} {first.redop:>5} {impl:>18}  "
-            f"{_side(results, impl, nbytes, 'out')}  {model_text} {limit:>5.0f}  {_side(results, impl, nbytes, 'in')}")
+            f"{_side(results, impl, nbytes, 'out')}  {model_text} {limit:>5.0f} {link_text}  "
+            f"{_side(results, impl, nbytes, 'in')}")
 
 
 # ---- the summary ---------------------------------------------------------------
@@ -131,14 +135,23 @@ def summary(results: Results, impls: list[str], ours: list[str], peers: list[str
         return "\n".join(lines)
     runs = len({m.run for m in results.measurements})
     lines.append(f"#\n# speed-up of auto (out of place; peer time / auto time, median over {runs} run(s) [range]);")
-    lines.append("# mem%: the memory-bandwidth bound as a share of auto's time; auto/best: auto's time over the best fixed algorithm's")
-    columns = [f"vs {p}" for p in present_peers] + ["mem%", "auto/best"]
-    lines.append(f"# {'size (B)':>11}  " + "  ".join(f"{c:>22}" for c in columns))
+    across_hosts = any(m.link_limit_pct is not None for m in results.measurements)
+    lines.append("# mem%: the memory-bandwidth bound as a share of auto's time; auto/best: auto's time over the best "
+                 "fixed algorithm's, best: that algorithm (fastest median)"
+                 + ("; link%: the link bound as a share of auto's time" if across_hosts else ""))
+    columns = [f"vs {p}" for p in present_peers] + ["mem%"] + (["link%"] if across_hosts else []) + ["auto/best"]
+    lines.append(f"# {'size (B)':>11}  " + "  ".join(f"{c:>22}" for c in columns) + f"  {'best':>18}")
+    present_fixed = [a for a in fixed if a in impls]
     for n in sizes:
         cells = [median_range([1 / r for r in _per_run_ratio(results, n, "auto", [p])]) for p in present_peers]
         cells.append(median_range([m.memory_limit_pct for m in results.of("auto", n, "out")]))
-        cells.append(median_range(_per_run_ratio(results, n, "auto", [a for a in fixed if a in impls])) if fixed else "-")
-        lines.append(f"  {n:>11}  " + "  ".join(f"{c:>22}" for c in cells))
+        if across_hosts:
+            cells.append(median_range([m.link_limit_pct for m in results.of("auto", n, "out")
+                                       if m.link_limit_pct is not None]))
+        cells.append(median_range(_per_run_ratio(results, n, "auto", present_fixed)) if present_fixed else "-")
+        times = {a: results.median(a, n, "out", "time_us") for a in present_fixed}
+        best = min((t, a) for a, t in times.items() if t is not None)[1] if any(times.values()) else "-"
+        lines.append(f"  {n:>11}  " + "  ".join(f"{c:>22}" for c in cells) + f"  {best:>18}")
     return "\n".join(lines)
 
 

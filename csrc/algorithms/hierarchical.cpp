@@ -1,0 +1,96 @@
+// Hierarchical allreduce, for ranks spread over hosts: the bytes that cross
+// the network are a host's share, not each rank's, and every rank of a host
+// uses the network at once, each for its own slice (Horovod's hierarchical
+// allreduce; Goyal et al.'s scheme with NCCL inside a server).
+//
+// With H hosts of which the smallest has S ranks, each host's first S ranks
+// ("its core") take part directly, and ranks from local index S on fold in:
+//   1. fold-in: a rank of local index i >= S sends its input to local index
+//      i mod S of its host, which combines it (lowest local index first);
+//   2. a ring reduce-scatter inside each host's core: local index i ends
+//      with chunk c = ring_owned_chunk(i, S) of n / S elements, reduced over
+//      its host;
+//   3. between hosts: the ranks of local index i on every host (one per
+//      host, all holding chunk c) allreduce that chunk with the algorithm
+//      chosen for the level, then finalize it once, over all P ranks;
+//   4. a ring allgather inside each core: every core rank has the result;
+//   5. fold-out: each folded rank receives it from the rank it folded into.
+// Each host's link carries 2n(H-1)/H bytes out with the ring between hosts,
+// where a flat ring over host-major ranks carries that per rank of the host.
+//
+// Worked example, 2 hosts with 3 and 2 ranks: ranks {0, 1, 2} and {3, 4},
+// so S = 2, and rank 2 (local index 2) folds into rank 0 (2 mod 2 = 0).
+// Cores {0, 1} and {3, 4} each reduce-scatter into 2 chunks: local index 0
+// (ranks 0, 3) holds chunk 1, local index 1 (ranks 1, 4) chunk 0. Ranks 0
+// and 3 allreduce chunk 1, ranks 1 and 4 chunk 0, at the same time over the
+// network; the cores allgather, and rank 0 sends the result to rank 2.
+//
+// Every element's final value is computed by one flat allreduce (bitwise
+// identical on its ranks) and copied from there, so every rank gets the same
+// bits. A single host is the ring; one rank per host is the flat algorithm.
+#include <vector>
+
+#include "algorithm.h"
+
+namespace pyallreduce {
+
+void hierarchical_allreduce(const AllreduceContext& ctx, Vector vec) {
+  Transport& t = ctx.transport;
+  const HostLayout& layout = t.layout();
+  const int me = t.rank();
+  const int host = layout.host_of(me);
+  const int local = layout.local_index(me);
+  const int core_size = layout.fewest_ranks_per_host();
+  const std::vector<int>& host_ranks = layout.ranks_on(host);
+  const size_t bytes = vec.bytes(vec.count);
+
+  if (local >= core_size) {
+    const int into = host_ranks[static_cast<size_t>(local % core_size)];
+    ctx.steps.enter("fold-in", 0, 1);
+    t.isend(into, vec.input, bytes)->wait();
+    ctx.steps.enter("fold-out", 0, 1);
+    t.irecv(into, vec.data, bytes)->wait();
+    return;
+  }
+  std::vector<int> folded;  // the ranks that fold into this one, lowest first
+  for (size_t j = static_cast<size_t>(local + core_size); j < host_ranks.size(); j += static_cast<size_t>(core_size)) {
+    folded.push_back(host_ranks[j]);
+  }
+  for (size_t k = 0; k < folded.size(); ++k) {
+    void* theirs = ctx.memory.reserve(bytes);
+    ctx.steps.enter("fold-in", k, folded.size());
+    t.irecv(folded[k], theirs, bytes)->wait();
+    ctx.reduction.combine(vec.input, theirs, vec.data, vec.count);  // lower rank on the left
+    vec = vec.in_place();
+  }
+
+  if (ctx.between_hosts == Algorithm::kHierarchical || ctx.between_hosts == Algorithm::kAuto) {
+    throw InvalidArgument("hierarchical allreduce needs a flat algorithm between hosts");
+  }
+  const PartialCombiner partial(ctx.reduction);
+  std::vector<int> core(host_ranks.begin(), host_ranks.begin() + core_size);
+  GroupTransport inside(t, core);
+  const AllreduceContext inside_ctx{inside, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  ctx.steps.set_stage("hierarchical, inside the host:");
+  ring_reduce_scatter(inside_ctx, vec);
+
+  const ElementRange chunk = ring_chunk(vec.count, core_size, ring_owned_chunk(local, core_size));
+  std::vector<int> peers;  // local index `local` on every host, in host order
+  for (int h = 0; h < layout.hosts(); ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
+  GroupTransport between(t, peers);
+  const AllreduceContext between_ctx{between, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  char* slice = vec.at(chunk.begin);
+  ctx.steps.set_stage("hierarchical, between hosts:");
+  run_allreduce(ctx.between_hosts, between_ctx, Vector{slice, slice, chunk.end - chunk.begin, vec.element_size});
+  ctx.reduction.finalize(slice, chunk.end - chunk.begin, t.size());
+
+  ctx.steps.set_stage("hierarchical, inside the host:");
+  ring_allgather(inside_ctx, vec.in_place());
+  ctx.steps.set_stage("hierarchical");
+  for (size_t k = 0; k < folded.size(); ++k) {
+    ctx.steps.enter("fold-out", k, folded.size());
+    t.isend(folded[k], vec.data, bytes)->wait();
+  }
+}
+
+}  // namespace pyallreduce

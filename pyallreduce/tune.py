@@ -1,0 +1,316 @@
+"""The cost model's constants, measured where the job runs.
+
+    mpiexec -n 4 python -m pyallreduce.tune          # measure, and save for this layout
+    python -m pyallreduce.tune --predict --hosts 32 --ranks-per-host 8 --link 10gbit
+
+Measured, per level: between two ranks of one host, and between ranks of two
+hosts, alpha (half an 8-byte ping-pong), beta (a 16 MiB ping-pong, per byte)
+and the rendezvous step (the largest jump in one-way time from one message
+size to the next that the extra bytes do not explain); gamma from a float32
+a += b on every rank at once. The file (``PYALLREDUCE_TUNE_FILE``, default
+``~/.cache/pyallreduce/tune.json``) keeps one entry per layout ("2 hosts x 4
+ranks"): every communicator over MPI whose layout has an entry uses it for
+``algorithm="auto"``, rank 0's copy on every rank. Where the layout has none,
+``auto`` uses the built-in constants (``_C.CostModel.default()``: shared
+memory measured on one host, a conservative guess for the network); a level
+the layout lacks (between hosts, on one host) keeps its built-in constants.
+
+``--predict`` prints the model's time per algorithm for a layout of any size,
+from the file's entry for it if there is one, else the built-in constants,
+with ``--link`` setting the bandwidth between hosts: where halving/doubling
+or hierarchical overtakes the ring, on clusters larger than this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import _C
+
+PING_PONG_SMALL_BYTES = 8
+PING_PONG_LARGE_BYTES = 16 << 20
+# Where MPI libraries switch from eager sends to rendezvous: from 1 KiB (shared
+# memory) to a few MiB (UCX over TCP). Only sizes whose bytes cost at most
+# RENDEZVOUS_SEARCH_ALPHAS alphas are searched: beyond, a handshake is lost in
+# the transfer time, and the one-way time rises with the caches instead.
+RENDEZVOUS_SEARCH_BYTES = [1 << k for k in range(10, 23)]
+RENDEZVOUS_SEARCH_ALPHAS = 4
+NO_RENDEZVOUS_BYTES = 2**63 - 1
+GAMMA_TEST_BYTES = 64 << 20
+FILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a message costs on one level, as _C.LinkCost."""
+
+    alpha_s: float
+    beta_s_per_byte: float
+    rendezvous_bytes: int = NO_RENDEZVOUS_BYTES
+    rendezvous_s: float = 0.0
+
+    def cost(self) -> _C.LinkCost:
+        return _C.LinkCost(self.alpha_s, self.beta_s_per_byte, self.rendezvous_bytes, self.rendezvous_s)
+
+    @classmethod
+    def of(cls, cost: _C.LinkCost) -> Link:
+        return cls(cost.alpha_s, cost.beta_s_per_byte, cost.rendezvous_bytes, cost.rendezvous_s)
+
+    def describe(self) -> str:
+        rendezvous = ("eager at every size" if self.rendezvous_bytes >= NO_RENDEZVOUS_BYTES
+                      else f"rendezvous from {self.rendezvous_bytes} B, +{self.rendezvous_s * 1e6:.2f} us")
+        rate = 1e-9 / self.beta_s_per_byte if self.beta_s_per_byte else float("inf")
+        return f"alpha {self.alpha_s * 1e6:.2f} us, {rate:.2f} GB/s, {rendezvous}"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The cost model's constants for one layout, and where they came from."""
+
+    inside: Link
+    between: Link
+    gamma_s_per_byte: float
+    source: str  # "measured on ...", or "built-in"
+
+    def model(self) -> _C.CostModel:
+        return _C.CostModel(self.inside.cost(), self.between.cost(), self.gamma_s_per_byte)
+
+    @classmethod
+    def built_in(cls) -> Tuning:
+        model = _C.CostModel.default()
+        return cls(Link.of(model.inside), Link.of(model.between), model.gamma_s_per_byte, "built-in")
+
+
+def layout_key(hosts: list[int]) -> str:
+    """The file's key for a layout: the number of ranks on each host, as
+    "2 hosts x 4 ranks" or "2 hosts (3, 2 ranks)" (_C's own description)."""
+    return _C.describe_layout(hosts)
+
+
+def tune_file() -> Path:
+    explicit = os.environ.get("PYALLREDUCE_TUNE_FILE", "").strip()
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(cache) / "pyallreduce" / "tune.json"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"version": FILE_VERSION, "layouts": {}}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"pyallreduce tune file {path} cannot be read ({exc}); remove it or set "
+                         "PYALLREDUCE_TUNE_FILE to another") from None
+    if not isinstance(content, dict) or content.get("version") != FILE_VERSION or not isinstance(
+            content.get("layouts"), dict):
+        raise ValueError(f"pyallreduce tune file {path} is not a version {FILE_VERSION} tune file; run "
+                         "python -m pyallreduce.tune again, or set PYALLREDUCE_TUNE_FILE to another")
+    return content
+
+
+def load(hosts: list[int], path: Path | None = None) -> Tuning:
+    """The tuning for the layout ``hosts`` (each rank's host) from the file,
+    or the built-in constants where it has none."""
+    path = tune_file() if path is None else path
+    entry = _read(path)["layouts"].get(layout_key(hosts))
+    if entry is None:
+        return Tuning.built_in()
+    try:
+        return Tuning(Link(**entry["inside"]), Link(**entry["between"]), float(entry["gamma_s_per_byte"]),
+                      f"measured {entry['measured']} on {entry['machine']} ({path})")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"pyallreduce tune file {path}: the entry for {layout_key(hosts)} is malformed ({exc}); "
+                         "run python -m pyallreduce.tune again") from None
+
+
+def save(hosts: list[int], tuning: Tuning, machine: str, path: Path | None = None) -> Path:
+    path = tune_file() if path is None else path
+    content = _read(path)
+    content["layouts"][layout_key(hosts)] = {
+        "inside": asdict(tuning.inside),
+        "between": asdict(tuning.between),
+        "gamma_s_per_byte": tuning.gamma_s_per_byte,
+        "measured": datetime.date.today().isoformat(),
+        "machine": machine,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(content, indent=1) + "\n")
+    temporary.replace(path)  # whole, even if another job writes at the same time
+    return path
+
+
+def _half_ping_pong(world: Any, a: int, b: int, nbytes: int, repeats: int) -> float:
+    """Median one-way time between ranks a and b of ``world`` (the others wait)."""
+    import numpy as np
+
+    message = np.zeros(nbytes, np.uint8)
+    samples = []
+    for _ in range(repeats):
+        world.Barrier()
+        start = time.perf_counter()
+        if world.rank == a:
+            world.Send(message, dest=b)
+            world.Recv(message, source=b)
+        elif world.rank == b:
+            world.Recv(message, source=a)
+            world.Send(message, dest=a)
+        samples.append((time.perf_counter() - start) / 2)
+    return float(statistics.median(world.bcast(samples, root=a)))
+
+
+def _repeats(nbytes: int) -> int:
+    """Enough ping-pongs for a stable median, at most about a second's worth on a slow link."""
+    return 300 if nbytes <= 64 << 10 else 30
+
+
+def measure_link(world: Any, a: int, b: int) -> Link:
+    """Alpha, beta and the rendezvous step between ranks a and b (collective)."""
+    alpha = _half_ping_pong(world, a, b, PING_PONG_SMALL_BYTES, repeats=2000)
+    large = _half_ping_pong(world, a, b, PING_PONG_LARGE_BYTES, repeats=10)
+    beta = max(large - alpha, 0.0) / PING_PONG_LARGE_BYTES
+    # The step is the largest rise in one-way time from one size to the next
+    # that its extra bytes do not explain. Example: if 4 KiB takes 1.6 us and
+    # 8 KiB 4.4 us, the rise is 2.8 us, of which the extra 4 KiB at beta
+    # explains, say, 0.3, so messages from 8 KiB on pay 2.5 us more. A rise
+    # under alpha / 2 is noise, and then there is no step.
+    sizes = [n for n in RENDEZVOUS_SEARCH_BYTES if n * beta <= RENDEZVOUS_SEARCH_ALPHAS * alpha]
+    sizes = sizes if len(sizes) >= 2 else RENDEZVOUS_SEARCH_BYTES[:2]
+    times = [_half_ping_pong(world, a, b, n, _repeats(n)) for n in sizes]
+    rises = [later - earlier - (larger - smaller) * beta
+             for earlier, later, smaller, larger in zip(times, times[1:], sizes, sizes[1:])]
+    steepest = max(range(len(rises)), key=rises.__getitem__)
+    if rises[steepest] < alpha / 2:
+        return Link(alpha, beta)
+    return Link(alpha, beta, sizes[steepest + 1], rises[steepest])
+
+
+def measure_gamma(world: Any) -> float:
+    """Seconds per byte of a float32 a += b over 64 MiB on every rank at
+    once: the median of the slowest rank's (collective)."""
+    import numpy as np
+    from mpi4py import MPI
+
+    a = np.ones(GAMMA_TEST_BYTES // 4, np.float32)
+    b = np.ones_like(a)
+    samples = []
+    for _ in range(7):
+        world.Barrier()
+        start = time.perf_counter()
+        a += b
+        samples.append(time.perf_counter() - start)
+    slowest = np.empty(len(samples))
+    world.Allreduce(np.array(samples), slowest, op=MPI.MAX)
+    return float(statistics.median(slowest[1:])) / GAMMA_TEST_BYTES  # the first touches fresh pages
+
+
+def measure(world: Any, hosts: list[int]) -> Tuning:
+    """Every constant this layout has a level for (collective over ``world``,
+    whose rank r runs on host hosts[r]); the others stay built in."""
+    built_in = Tuning.built_in()
+    by_host: dict[int, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        by_host.setdefault(host, []).append(rank)
+    shared = next((ranks for ranks in by_host.values() if len(ranks) > 1), None)
+    inside = measure_link(world, shared[0], shared[1]) if shared else built_in.inside
+    # Each host's first rank: with several hosts, between two of them.
+    firsts = [ranks[0] for ranks in by_host.values()]
+    between = measure_link(world, firsts[0], firsts[1]) if len(firsts) > 1 else built_in.between
+    machine = f"{socket.gethostname()}, {len(by_host)} host(s)"
+    return Tuning(inside, between, measure_gamma(world), f"measured {datetime.date.today()} on {machine}")
+
+
+def link_rate_bytes_per_s(text: str) -> float:
+    """A link rate such as "1gbit", "100mbit" or "25gbit" in bytes per second."""
+    units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
+    lowered = text.strip().lower()
+    for unit, scale in units.items():
+        if lowered.endswith(unit):
+            try:
+                return float(lowered[: -len(unit)]) * scale / 8
+            except ValueError:
+                break
+    raise argparse.ArgumentTypeError(f"link rate {text!r}: expected N[k|m|g]bit, e.g. 10gbit")
+
+
+def predict_table(tuning: Tuning, hosts: list[int], sizes: list[int], segment: int) -> list[str]:
+    """The model's time per algorithm at each size, and the fastest."""
+    model = tuning.model()
+    algorithms = [a for a in _C.Algorithm.__members__.values() if a != _C.Algorithm.auto]
+    layout = sorted(set(hosts))
+    if len(layout) == 1 or len(hosts) == len(layout):
+        algorithms = [a for a in algorithms if a != _C.Algorithm.hierarchical]  # there it is a flat one
+    lines = [f"{'bytes':>12} " + " ".join(f"{a.name:>18}" for a in algorithms) + "  fastest"]
+    for n in sizes:
+        times = [model.predict(a, n, hosts, segment) for a in algorithms]
+        best = min(range(len(times)), key=times.__getitem__)
+        name = algorithms[best].name
+        if algorithms[best] == _C.Algorithm.hierarchical:
+            name += f" ({model.between_hosts(n, hosts, segment)[0].name} between hosts)"
+        lines.append(f"{n:>12} " + " ".join(f"{t * 1e6:>15.1f} us" for t in times) + f"  {name}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pyallreduce.tune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--predict", action="store_true",
+                        help="print the model's predictions for --hosts x --ranks-per-host instead of measuring")
+    parser.add_argument("--hosts", type=int, default=2, help="--predict: hosts (default 2)")
+    parser.add_argument("--ranks-per-host", type=int, default=1, help="--predict: ranks on each host (default 1)")
+    parser.add_argument("--link", type=link_rate_bytes_per_s, default=None,
+                        help="--predict: the bandwidth between hosts, e.g. 1gbit (default: the tuned or built-in)")
+    parser.add_argument("--file", type=Path, default=None, help="the tune file (default: PYALLREDUCE_TUNE_FILE or "
+                        "~/.cache/pyallreduce/tune.json)")
+    parser.add_argument("--no-save", action="store_true", help="measure and print, but leave the file alone")
+    args = parser.parse_args(argv)
+
+    if args.predict:
+        if args.hosts < 1 or args.ranks_per_host < 1 or args.hosts * args.ranks_per_host > 1 << 20:
+            parser.error("--hosts and --ranks-per-host must be at least 1, and at most 2^20 ranks in all")
+        hosts = [h for h in range(args.hosts) for _ in range(args.ranks_per_host)]
+        tuning = load(hosts, args.file)
+        if args.link is not None:
+            between = Link(tuning.between.alpha_s, 1 / args.link, tuning.between.rendezvous_bytes,
+                           tuning.between.rendezvous_s)
+            tuning = Tuning(tuning.inside, between, tuning.gamma_s_per_byte, tuning.source + ", --link")
+        print(f"# {layout_key(hosts)}; constants {tuning.source}")
+        print(f"#   inside a host: {tuning.inside.describe()}")
+        print(f"#   between hosts: {tuning.between.describe()}")
+        print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+        sizes = [8 << (2 * k) for k in range(15)]  # 8 B .. 2 GiB
+        for line in predict_table(tuning, hosts, sizes, 1 << 20):
+            print(line)
+        return
+
+    from mpi4py import MPI
+
+    import pyallreduce
+
+    world = MPI.COMM_WORLD
+    with pyallreduce.Communicator(world) as comm:
+        hosts = comm.hosts
+    tuning = measure(world, hosts)
+    if world.rank == 0:
+        print(f"# {layout_key(hosts)}; {tuning.source}")
+        print(f"#   inside a host: {tuning.inside.describe()}")
+        print(f"#   between hosts: {tuning.between.describe()}")
+        print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+        if not args.no_save:
+            print(f"# saved for {layout_key(hosts)} in {save(hosts, tuning, tuning.source.split(' on ', 1)[1], args.file)}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
