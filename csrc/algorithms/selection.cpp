@@ -169,7 +169,8 @@ double CostModel::predict(Algorithm algorithm, size_t bytes, const LayoutProfile
   // rank folds in and out; rings of 2 inside; 2 slices of n/2 between hosts.
   const int s = layout.fewest_per_host;
   const double g = gamma_s_per_byte;
-  const int folds = (layout.most_per_host - s + s - 1) / s;
+  const int extra = layout.most_per_host - s;
+  const int folds = (extra + s - 1) / s;  // ceil(extra / s)
   const double fold = folds * (2 * (inside.message_s(n) + n * inside.beta_s_per_byte) + n * g);
   const double chunk = n / s;
   const double inside_rings =
