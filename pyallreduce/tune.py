@@ -232,6 +232,12 @@ def measure(world: Any, hosts: list[int]) -> Tuning:
     return Tuning(inside, between, measure_gamma(world), f"measured {datetime.date.today()} on {machine}")
 
 
+def print_constants(tuning: Tuning) -> None:
+    print(f"#   inside a host: {tuning.inside.describe()}")
+    print(f"#   between hosts: {tuning.between.describe()}")
+    print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+
+
 def link_rate_bytes_per_s(text: str) -> float:
     """A link rate such as "1gbit", "100mbit" or "25gbit" in bytes per second."""
     units = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
@@ -286,9 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                            tuning.between.rendezvous_s)
             tuning = Tuning(tuning.inside, between, tuning.gamma_s_per_byte, tuning.source + ", --link")
         print(f"# {layout_key(hosts)}; constants {tuning.source}")
-        print(f"#   inside a host: {tuning.inside.describe()}")
-        print(f"#   between hosts: {tuning.between.describe()}")
-        print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+        print_constants(tuning)
         sizes = [8 << (2 * k) for k in range(15)]  # 8 B .. 2 GiB
         for line in predict_table(tuning, hosts, sizes, 1 << 20):
             print(line)
@@ -304,9 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     tuning = measure(world, hosts)
     if world.rank == 0:
         print(f"# {layout_key(hosts)}; {tuning.source}")
-        print(f"#   inside a host: {tuning.inside.describe()}")
-        print(f"#   between hosts: {tuning.between.describe()}")
-        print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+        print_constants(tuning)
         if not args.no_save:
             print(f"# saved for {layout_key(hosts)} in {save(hosts, tuning, tuning.source.split(' on ', 1)[1], args.file)}")
         sys.stdout.flush()
