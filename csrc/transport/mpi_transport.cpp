@@ -17,10 +17,6 @@ namespace {
 constexpr int kDataTag = 0;
 constexpr int kNoticeTag = 1;
 
-// Polls of a wait before it starts yielding the core between polls (MPICH's
-// MPIR_CVAR_POLLS_BEFORE_YIELD default).
-constexpr unsigned kPollsBeforeYield = 1000;
-
 // How long a dropped request's cancellation may take before MPI is left to
 // finish it alone (see ~MpiRequest).
 constexpr auto kCancelGrace = std::chrono::seconds(1);
@@ -79,10 +75,14 @@ class MpiRequest : public Request {
     PendingWait pending{is_send_, peer_, bytes_};
     for (unsigned polls = 1; rc == MPI_SUCCESS && !done; ++polls) {
       if (polls % 64 == 0) transport_.check_wait(pending);
-      // Past a short spin, each poll gives the core away once, so that a peer
-      // sharing it (more ranks than cores) can make the progress waited for;
-      // MPICH's own blocking waits do the same.
-      if (polls > kPollsBeforeYield) std::this_thread::yield();
+      // Every unanswered poll gives the core away once, so that whatever
+      // shares it (a peer rank where ranks outnumber cores, the training
+      // thread beside the progress thread) can make the progress waited
+      // for. Where nothing else is runnable the yield returns at once. A
+      // spin of a thousand polls before yielding (MPICH's default for its
+      // own waits) made each step of a call wait out the peer's time slice
+      // with more ranks than cores; bench/RESULTS.md has the measurements.
+      std::this_thread::yield();
       rc = MPI_Testall(n, requests_.data(), &done, status);
     }
     for (int i = 0; i < n; ++i) {
