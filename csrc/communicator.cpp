@@ -21,6 +21,7 @@ const char* argument_error_text(ArgumentError error) {
     case ArgumentError::kBadDevice:
       return "its buffers are on another GPU than the communicator's earlier CUDA calls";
     case ArgumentError::kBadBucketBytes: return "its bucket_bytes is not a positive integer";
+    case ArgumentError::kBadRoot: return "its root is not a rank of the communicator";
   }
   return "unknown error";
 }
@@ -37,6 +38,10 @@ const char* call_state_name(CallRecord::State state) {
 void check_options(const CommunicatorOptions& options) {
   parse_size_rules(options.algorithm_rules);
   for (const SizeRule& rule : parse_size_rules(options.between_hosts_rules)) {
+    if (rule.collective != Collective::kAllreduce) {
+      throw InvalidArgument("PYALLREDUCE_ALGO_BETWEEN_HOSTS names hierarchical allreduce's algorithm between hosts: "
+                            "its rules are for allreduce, not " + std::string(collective_name(rule.collective)));
+    }
     if (rule.algorithm == Algorithm::kHierarchical) {
       throw InvalidArgument("PYALLREDUCE_ALGO_BETWEEN_HOSTS names the algorithm between hosts: a flat one, not "
                             "hierarchical");
@@ -129,6 +134,7 @@ void Communicator::run_call(const CallInfo& info, Body body) {
     record.operation = info.operation;
     record.count = info.count;
     record.dtype = info.dtype;
+    record.reduces = info.reduces;
     record.op = info.op;
     record.algorithm = info.algorithm;
     record.state = CallRecord::State::kRunning;
@@ -168,8 +174,8 @@ void Communicator::run_call(const CallInfo& info, Body body) {
 std::string Communicator::where_it_failed() const {
   const CallRecord& record = records_[(calls_ - 1) % kRecordedCalls];
   return "call " + std::to_string(calls_) + " (" + record.operation + " of " + std::to_string(record.count) + " x " +
-         dtype_name(record.dtype) + ", " + op_name(record.op) + ", " + algorithm_name(record.algorithm) +
-         ") failed on rank " + std::to_string(transport().rank()) + " at " + steps_.describe();
+         dtype_name(record.dtype) + ", " + (record.reduces ? std::string(op_name(record.op)) + ", " : "") +
+         algorithm_name(record.algorithm) + ") failed on rank " + std::to_string(transport().rank()) + " at " + steps_.describe();
 }
 
 void Communicator::break_with(const std::string& message, const std::string& notice) {
@@ -312,9 +318,10 @@ std::string Communicator::broken_reason() const {
   return broken_;
 }
 
-Algorithm Communicator::choose_algorithm(Algorithm requested, size_t bytes, std::string* reason) const {
+Algorithm Communicator::choose_algorithm(Collective collective, Algorithm requested, size_t bytes,
+                                         std::string* reason) const {
   transport();  // throws once freed
-  return selector_.choose(requested, bytes, options_.ring_segment_bytes, reason);
+  return selector_.choose(collective, requested, bytes, options_.ring_segment_bytes, reason);
 }
 
 namespace {
@@ -324,18 +331,18 @@ namespace {
 // field's maximum and (negated) minimum on every rank, so all ranks see the
 // same disagreement and raise together. Besides the call's own signature the
 // fields hold what else shapes its messages (the ring's segment size) and
-// the call's sequence number, which differs where a rank skipped a call. The
-// error field, last, is
-// (rank + 1) * 8 + code, so the maximum names the highest failing rank and
-// its reason.
+// the call's sequence number, which differs where a rank skipped a call, and
+// the collective. The error field, last, is (rank + 1) * kErrorCodes + code,
+// so the maximum names the highest failing rank and its reason.
 //
 // Calls of at most kCarriedPayloadBytes that run recursive doubling carry their
 // data in the same frame: the check and the reduction then share each step's
 // message instead of taking two rounds, which is most of a small call's time.
 // The frame has the same size on every rank whatever it carries, so ranks that
 // disagree still exchange well-formed messages before they raise.
-constexpr int kFields = 9;
+constexpr int kFields = 10;
 constexpr int kErrorField = kFields - 1;
+constexpr int64_t kErrorCodes = 16;  // more than the highest ArgumentError
 constexpr size_t kCarriedPayloadBytes = 1024;
 
 // allreduce_coalesced reduces spans of at least this size in place rather than
@@ -389,9 +396,10 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   Transport& t = transport();
   CheckFrame frame{};
   const int64_t mine_fields[kFields] = {
-      mine.count, mine.dtype, mine.op, mine.algorithm, mine.layout, mine.placement,
+      mine.count, mine.dtype, mine.op, mine.algorithm, mine.shape, mine.placement,
       static_cast<int64_t>(calls_), static_cast<int64_t>(options_.ring_segment_bytes),
-      error == ArgumentError::kNone ? 0 : (t.rank() + 1) * 8 + static_cast<int64_t>(error)};
+      static_cast<int64_t>(mine.collective),
+      error == ArgumentError::kNone ? 0 : (t.rank() + 1) * kErrorCodes + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
     frame.fields[kFields + i] = -mine_fields[i];
@@ -401,20 +409,26 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
   const CheckFrameCombiner combiner(call != nullptr ? &call->reduction : nullptr,
                                     call != nullptr ? call->count : 0);
   steps_.set_stage(call != nullptr ? "argument check (carrying the data)" : "argument check");
-  recursive_doubling_allreduce(AllreduceContext{t, combiner, workspace_, options_.ring_segment_bytes, steps_},
+  recursive_doubling_allreduce(CollectiveContext{t, combiner, workspace_, options_.ring_segment_bytes, steps_},
                                Vector{&frame, &frame, 1, sizeof(CheckFrame)});
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
 
+  const std::string collective = collective_name(mine.collective);
   if (max_of(kErrorField) != 0) {
-    const int64_t failing_rank = max_of(kErrorField) / 8 - 1;
-    const auto reason = static_cast<ArgumentError>(max_of(kErrorField) % 8);
-    return "allreduce rejected on rank " + std::to_string(failing_rank) + ": " +
-           argument_error_text(reason) + " (see that rank's error for details)";
+    const int64_t failing_rank = max_of(kErrorField) / kErrorCodes - 1;
+    const auto reason = static_cast<ArgumentError>(max_of(kErrorField) % kErrorCodes);
+    return collective + " rejected on rank " + std::to_string(failing_rank) + ": " + argument_error_text(reason) +
+           " (see that rank's error for details)";
   }
   if (max_of(6) != min_of(6)) {
     return "ranks are at different calls on this communicator (call " + std::to_string(min_of(6)) + " and call " +
            std::to_string(max_of(6)) + "): a rank skipped a call, or made one the others did not";
+  }
+  if (max_of(8) != min_of(8)) {
+    return std::string("ranks called different collectives at the same call (") +
+           collective_name(static_cast<Collective>(min_of(8))) + " and " +
+           collective_name(static_cast<Collective>(max_of(8))) + ")";
   }
   if (max_of(7) != min_of(7)) {
     return "ranks have different ring segment sizes (" + std::to_string(min_of(7)) + " and " +
@@ -422,26 +436,30 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
            "Communicator.ring_segment_bytes, alike on every rank";
   }
   if (max_of(0) != min_of(0)) {
-    return "ranks passed different element counts to the same allreduce (smallest " +
+    return "ranks passed different element counts to the same " + collective + " (smallest " +
            std::to_string(min_of(0)) + ", largest " + std::to_string(max_of(0)) + ")";
   }
   if (max_of(1) != min_of(1)) {
-    return std::string("ranks passed different dtypes to the same allreduce (") +
+    return "ranks passed different dtypes to the same " + collective + " (" +
            dtype_name(static_cast<DType>(min_of(1))) + " and " +
            dtype_name(static_cast<DType>(max_of(1))) + ")";
   }
   if (max_of(2) != min_of(2)) {
-    return std::string("ranks passed different ops to the same allreduce (") +
+    return "ranks passed different ops to the same " + collective + " (" +
            op_name(static_cast<ReduceOp>(min_of(2))) + " and " +
            op_name(static_cast<ReduceOp>(max_of(2))) + ")";
   }
   if (max_of(3) != min_of(3)) {
-    return std::string("ranks chose different algorithms for the same allreduce (") +
+    return "ranks chose different algorithms for the same " + collective + " (" +
            algorithm_name(static_cast<Algorithm>(min_of(3))) + " and " +
            algorithm_name(static_cast<Algorithm>(max_of(3))) +
            "): pass the same algorithm= and set PYALLREDUCE_ALGO alike on every rank";
   }
   if (max_of(4) != min_of(4)) {
+    if (mine.collective == Collective::kBroadcast) {
+      return "ranks named different roots for the same broadcast (" + std::to_string(min_of(4) - 1) + " and " +
+             std::to_string(max_of(4) - 1) + ")";
+    }
     return "ranks passed tensor lists of different sizes, or different bucket_bytes, to the same "
            "allreduce_coalesced";
   }
@@ -450,7 +468,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
       return code == 0 ? "host memory"
                        : std::string("CUDA over ") + device_transport_name(static_cast<DeviceTransportKind>(code));
     };
-    return "ranks passed buffers in different places to the same allreduce (" + where(min_of(5)) + " and " +
+    return "ranks passed buffers in different places to the same " + collective + " (" + where(min_of(5)) + " and " +
            where(max_of(5)) + "): pass CUDA tensors on every rank or on none, and set "
            "PYALLREDUCE_CUDA_TRANSPORT alike";
   }
@@ -461,8 +479,10 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
 void Communicator::report_invalid_arguments(ArgumentError error) {
   // The rank's own error is what it raises, whatever happens here.
   try {
-    run_call(CallInfo{"rejected call", 0, DType::kFloat32, ReduceOp::kSum, Algorithm::kAuto}, [&] {
-      if (options_.check_arguments) throw Disagreement(agree(Signature{0, 0, 0, 0, 0, 0}, error));
+    run_call(CallInfo{"rejected call", 0, DType::kFloat32, false, ReduceOp::kSum, Algorithm::kAuto}, [&] {
+      if (options_.check_arguments) {
+        throw Disagreement(agree(Signature{Collective::kAllreduce, 0, 0, 0, 0, 0, 0}, error));
+      }
       const std::string message = "call " + std::to_string(calls_) + " was rejected on rank " +
                                   std::to_string(rank()) + ": " + argument_error_text(error) +
                                   " (with PYALLREDUCE_CHECK=0 the ranks cannot agree to skip it)";
@@ -472,22 +492,25 @@ void Communicator::report_invalid_arguments(ArgumentError error) {
   }
 }
 
-void Communicator::log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested) {
+void Communicator::log_choice(const CallInfo& info, Algorithm requested) {
   std::string reason;
-  const size_t bytes = count * element_size(dtype);
-  const Algorithm chosen = selector_.choose(requested, bytes, options_.ring_segment_bytes, &reason);
-  const auto key = std::make_tuple(count, static_cast<int>(dtype), static_cast<int>(op), static_cast<int>(requested));
+  const size_t bytes = info.count * element_size(info.dtype);
+  const Collective collective = collective_from_name(info.operation);
+  const Algorithm chosen = selector_.choose(collective, requested, bytes, options_.ring_segment_bytes, &reason);
+  const auto key = std::make_tuple(static_cast<int>(collective), info.count, static_cast<int>(info.dtype),
+                                   static_cast<int>(info.op), static_cast<int>(requested));
   if (!logged_.insert(key).second) return;
   const std::string between =
       chosen == Algorithm::kHierarchical
           ? std::string(", ") + algorithm_name(selector_.between_hosts(bytes, options_.ring_segment_bytes)) +
                 " between hosts"
           : "";
-  options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": allreduce of " +
-                         std::to_string(count) + " x " + dtype_name(dtype) + " (" + op_name(op) + ", " +
-                         algorithm_name(requested) + ") -> " +
-                         algorithm_name(chosen) + between +
-                         (carries_payload(chosen, bytes) ? " inside the argument check" : "") + " [" + reason + "]");
+  const bool carried = collective == Collective::kAllreduce && carries_payload(chosen, bytes);
+  options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": " + info.operation +
+                         " of " + std::to_string(info.count) + " x " + dtype_name(info.dtype) + " (" +
+                         (info.reduces ? std::string(op_name(info.op)) + ", " : "") + algorithm_name(requested) +
+                         ") -> " + algorithm_name(chosen) + between + (carried ? " inside the argument check" : "") +
+                         " [" + reason + "]");
 }
 
 std::optional<DeviceTransportKind> Communicator::device_transport() const {
@@ -528,7 +551,7 @@ void Communicator::run_algorithm(Transport& t, const Combiner& reduction, Memory
   const Algorithm between = chosen == Algorithm::kHierarchical
                                 ? selector_.between_hosts(bytes, options_.ring_segment_bytes)
                                 : Algorithm::kRing;
-  run_allreduce(chosen, AllreduceContext{t, reduction, memory, options_.ring_segment_bytes, steps_, between},
+  run_allreduce(chosen, CollectiveContext{t, reduction, memory, options_.ring_segment_bytes, steps_, between},
                 Vector{input, output, count, element_bytes});
 }
 
@@ -547,18 +570,18 @@ void Communicator::loopback(const void* input, void* output, size_t bytes, const
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
   const size_t bytes = count * element_size(dtype);
-  const Algorithm chosen = selector_.choose(algorithm, bytes, options_.ring_segment_bytes);
-  run_call(CallInfo{"allreduce", count, dtype, op, chosen}, [&] {
+  const Algorithm chosen = selector_.choose(Collective::kAllreduce, algorithm, bytes, options_.ring_segment_bytes);
+  run_call(CallInfo{"allreduce", count, dtype, true, op, chosen}, [&] {
     Transport& t = transport();
     const Reduction reduction(dtype, op, bytes);
-    if (options_.log_selection) log_choice(count, dtype, op, algorithm);
+    if (options_.log_selection) log_choice(CallInfo{"allreduce", count, dtype, true, op, chosen}, algorithm);
     const ArgumentError objection = placement_error(placement);
     if (options_.check_arguments) {
       const bool carried = !placement.on_device() && carries_payload(chosen, bytes);
       const CarriedCall call{input, output, count, reduction};
       const std::string disagreement =
-          agree(Signature{static_cast<int64_t>(count), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                          static_cast<int64_t>(chosen), 0, placement_code(placement)},
+          agree(Signature{Collective::kAllreduce, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
+                          static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)},
                 objection, carried ? &call : nullptr);
       if (!disagreement.empty()) throw Disagreement(disagreement);
       if (carried) return;
@@ -639,18 +662,19 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
     }
     if (!packed || packed_bytes > 0) {
       buckets.push_back(Bucket{first, end, packed, packed_bytes,
-                               selector_.choose(algorithm, packed_bytes, options_.ring_segment_bytes)});
+                               selector_.choose(Collective::kAllreduce, algorithm, packed_bytes,
+                                                options_.ring_segment_bytes)});
     }
     first = end;
   }
 
-  run_call(CallInfo{"allreduce_coalesced", total, dtype, op, algorithm}, [&] {
+  run_call(CallInfo{"allreduce_coalesced", total, dtype, true, op, algorithm}, [&] {
     const ArgumentError objection = placement_error(placement);
     if (options_.check_arguments) {
       const std::string disagreement =
-          agree(Signature{static_cast<int64_t>(total), static_cast<int64_t>(dtype), static_cast<int64_t>(op),
-                          static_cast<int64_t>(algorithm), layout_hash(spans, bucket_bytes, buckets),
-                          placement_code(placement)},
+          agree(Signature{Collective::kAllreduce, static_cast<int64_t>(total), static_cast<int64_t>(dtype),
+                          static_cast<int64_t>(op), static_cast<int64_t>(algorithm),
+                          layout_hash(spans, bucket_bytes, buckets), placement_code(placement)},
                 objection);
       if (!disagreement.empty()) throw Disagreement(disagreement);
     } else if (objection != ArgumentError::kNone) {
@@ -686,6 +710,98 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
         cursor += span_bytes(i);
       }
     }
+  });
+}
+
+template <class Run>
+void Communicator::run_collective(const CallInfo& info, Algorithm requested, const Signature& signature,
+                                  const Placement& placement, ArgumentError objection, Run run) {
+  run_call(info, [&] {
+    if (options_.log_selection) log_choice(info, requested);
+    if (objection == ArgumentError::kNone) objection = placement_error(placement);
+    if (options_.check_arguments) {
+      const std::string disagreement = agree(signature, objection);
+      if (!disagreement.empty()) throw Disagreement(disagreement);
+    } else if (objection != ArgumentError::kNone) {
+      throw InvalidArgument(std::string(info.operation) + " rejected: " + argument_error_text(objection));
+    }
+    steps_.set_stage(algorithm_name(info.algorithm));
+    if (!placement.on_device()) {
+      const Reduction reduction(info.dtype, info.op, info.count * element_size(info.dtype));
+      run(transport(), workspace_, fusion_, static_cast<const Combiner&>(reduction));
+      return;
+    }
+    const DeviceCall device(*this, placement);
+    const std::unique_ptr<Combiner> kernels = device->reduction(info.dtype, info.op);
+    run(device->transport(), device->workspace(), device->fusion(), *kernels);
+  });
+}
+
+void Communicator::reduce_scatter(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
+                                  Algorithm algorithm, const Placement& placement) {
+  const size_t p = static_cast<size_t>(size());
+  const size_t element_bytes = element_size(dtype);
+  const Algorithm chosen =
+      selector_.choose(Collective::kReduceScatter, algorithm, p * count * element_bytes, options_.ring_segment_bytes);
+  const Signature signature{Collective::kReduceScatter, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
+                            static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)};
+  run_collective(CallInfo{"reduce_scatter", p * count, dtype, true, op, chosen}, algorithm, signature, placement,
+                 ArgumentError::kNone,
+                 [&](Transport& t, MemorySpace& workspace, MemorySpace& staging, const Combiner& reduction) {
+                   // The algorithms reduce a whole vector; this rank's block of it is the result.
+                   char* whole = static_cast<char*>(staging.reserve(p * count * element_bytes));
+                   run_reduce_scatter(chosen,
+                                      CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                      Vector{input, whole, p * count, element_bytes});
+                   workspace.copy(output, whole + static_cast<size_t>(rank()) * count * element_bytes,
+                                  count * element_bytes);
+                 });
+}
+
+void Communicator::allgather(const void* input, void* output, size_t count, DType dtype, Algorithm algorithm,
+                             const Placement& placement) {
+  const size_t p = static_cast<size_t>(size());
+  const size_t element_bytes = element_size(dtype);
+  const Algorithm chosen =
+      selector_.choose(Collective::kAllgather, algorithm, p * count * element_bytes, options_.ring_segment_bytes);
+  const Signature signature{Collective::kAllgather, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
+                            static_cast<int64_t>(chosen), 0, placement_code(placement)};
+  run_collective(CallInfo{"allgather", p * count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,
+                 placement,
+                 ArgumentError::kNone,
+                 [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
+                   char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * count * element_bytes;
+                   if (mine != input) workspace.copy(mine, input, count * element_bytes);
+                   run_allgather(chosen,
+                                 CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                 Vector{output, output, p * count, element_bytes});
+                 });
+}
+
+void Communicator::broadcast(void* data, size_t count, DType dtype, int root, Algorithm algorithm,
+                             const Placement& placement) {
+  const size_t element_bytes = element_size(dtype);
+  const Algorithm chosen =
+      selector_.choose(Collective::kBroadcast, algorithm, count * element_bytes, options_.ring_segment_bytes);
+  const bool root_ok = root >= 0 && root < size();
+  // The root travels as root + 1, so that 0 stays "nothing to compare".
+  const Signature signature{Collective::kBroadcast, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
+                            static_cast<int64_t>(chosen), root_ok ? root + 1 : 0, placement_code(placement)};
+  run_collective(CallInfo{"broadcast", count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,
+                 placement,
+                 root_ok ? ArgumentError::kNone : ArgumentError::kBadRoot,
+                 [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
+                   run_broadcast(chosen,
+                                 CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                 Vector{data, data, count, element_bytes}, root);
+                 });
+}
+
+void Communicator::barrier() {
+  run_call(CallInfo{"barrier", 0, DType::kFloat32, false, ReduceOp::kSum, Algorithm::kAuto}, [&] {
+    const std::string disagreement =
+        agree(Signature{Collective::kBarrier, 0, 0, 0, 0, 0, 0}, ArgumentError::kNone);
+    if (!disagreement.empty()) throw Disagreement(disagreement);
   });
 }
 

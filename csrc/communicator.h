@@ -47,9 +47,10 @@ struct CommunicatorOptions {
 struct CallRecord {
   enum class State { kRunning, kDone, kFailed };
   uint64_t call = 0;            // sequence number on the communicator, from 1
-  const char* operation = "";   // "allreduce", "allreduce_coalesced", ...
+  const char* operation = "";   // "allreduce", "allreduce_coalesced", "allgather", ...
   size_t count = 0;             // elements (coalesced: of all tensors)
   DType dtype = DType::kFloat32;
+  bool reduces = true;          // whether `op` means anything (not for allgather, broadcast, barrier)
   ReduceOp op = ReduceOp::kSum;
   Algorithm algorithm = Algorithm::kAuto;  // as chosen (coalesced: as requested)
   State state = State::kRunning;
@@ -84,6 +85,7 @@ enum class ArgumentError : int {
   kBadOutput = 5,        // out of the wrong size, dtype or overlap
   kBadDevice = 6,        // on another GPU than this communicator's CUDA calls so far
   kBadBucketBytes = 7,   // allreduce_coalesced's bucket_bytes not a positive integer
+  kBadRoot = 8,          // a broadcast's root not a rank of the communicator
 };
 const char* argument_error_text(ArgumentError error);
 
@@ -120,6 +122,28 @@ class Communicator {
   void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
                            size_t bucket_bytes, const Placement& placement = {});
 
+  // The other collectives, checked and placed as allreduce() is, `algorithm`
+  // being one of the collective's (types.cpp) or auto:
+  //
+  // Reduces size() blocks of `count` elements at `input` across all ranks and
+  // leaves block rank() of the result in `output` (count elements; it may be
+  // that block of `input`, or not overlap it). MPI_Reduce_scatter_block.
+  void reduce_scatter(const void* input, void* output, size_t count, DType dtype, ReduceOp op, Algorithm algorithm,
+                      const Placement& placement = {});
+  // Gathers every rank's `count` elements at `input` into `output`, rank r's
+  // as block r of size() blocks; `input` may be this rank's block of
+  // `output`, or not overlap it. MPI_Allgather.
+  void allgather(const void* input, void* output, size_t count, DType dtype, Algorithm algorithm,
+                 const Placement& placement = {});
+  // Copies `count` elements at `data` on rank `root` into `data` on every
+  // rank. MPI_Bcast.
+  void broadcast(void* data, size_t count, DType dtype, int root, Algorithm algorithm,
+                 const Placement& placement = {});
+  // Returns once every rank has called it. It is the argument check's
+  // exchange, which no rank can finish before all have begun it, and it runs
+  // even where checks are off.
+  void barrier();
+
   // Sends `bytes` from `input` to this rank itself and receives them into
   // `output`, as one exchange over the transport that buffers at `placement`
   // travel on: a check that the transport runs (e.g. NCCL at world size 1,
@@ -141,8 +165,10 @@ class Communicator {
   // Why the communicator is broken, or empty while it works.
   std::string broken_reason() const;
 
-  // The algorithm a call of `bytes` would run, and why in `reason` if given.
-  Algorithm choose_algorithm(Algorithm requested, size_t bytes, std::string* reason = nullptr) const;
+  // The algorithm a call of `collective` on `bytes` would run, and why in
+  // `reason` if given (bytes as CostModel::predict counts them).
+  Algorithm choose_algorithm(Collective collective, Algorithm requested, size_t bytes,
+                             std::string* reason = nullptr) const;
 
   const CommunicatorOptions& options() const { return options_; }
   // The transport device calls would use now, or nullopt if none can (no
@@ -162,8 +188,11 @@ class Communicator {
 
  private:
   struct Signature {
+    Collective collective;
     int64_t count, dtype, op, algorithm;
-    int64_t layout;  // a coalesced call's spans and buckets (see layout_hash); 0 otherwise
+    // What else must match: a coalesced call's spans and buckets (see
+    // layout_hash), a broadcast's root; 0 otherwise.
+    int64_t shape;
     int64_t placement;  // 0 for host buffers, else the DeviceTransportKind
   };
   // What a call is, for its record and its errors.
@@ -171,9 +200,17 @@ class Communicator {
     const char* operation;
     size_t count;
     DType dtype;
+    bool reduces;
     ReduceOp op;
     Algorithm algorithm;
   };
+  // The shared body of reduce_scatter, allgather and broadcast: the call
+  // (run_call), its log line, its argument check, then `run(transport, workspace,
+  // staging, reduction)` on host memory or on the device context for
+  // `placement`; staging is a second region for the collective's own use.
+  template <class Run>
+  void run_collective(const CallInfo& info, Algorithm requested, const Signature& signature,
+                      const Placement& placement, ArgumentError objection, Run run);
   // Runs `body` as call number ++calls_: holds busy_, sets the transport's
   // deadline, records the call, and on a failure other than a Disagreement
   // breaks the communicator (see fail()).
@@ -234,8 +271,10 @@ class Communicator {
     static DeviceContext& set_up(Communicator& comm, const Placement& placement);
     DeviceContext& context_;
   };
-  void log_choice(size_t count, DType dtype, ReduceOp op, Algorithm requested);
-  // Runs the concrete algorithm `chosen` on one vector, unchecked (for
+  // Logs (once per distinct call) what `info`'s call, asked for `requested`,
+  // runs and why.
+  void log_choice(const CallInfo& info, Algorithm requested);
+  // Runs the concrete allreduce algorithm `chosen` on one vector, unchecked (for
   // hierarchical, with the algorithm between hosts the model picks).
   void run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input, void* output,
                      size_t count, size_t element_bytes, Algorithm chosen);
@@ -244,10 +283,10 @@ class Communicator {
   CommunicatorOptions options_;
   AlgorithmSelector selector_;
   HostMemory workspace_;  // the algorithms'
-  HostMemory fusion_;     // allreduce_coalesced's packed buckets
+  HostMemory fusion_;     // allreduce_coalesced's packed buckets; the other collectives' staging
   std::unique_ptr<DeviceContext> device_;  // after the first device call
   std::mutex busy_;  // one collective at a time per communicator
-  std::set<std::tuple<size_t, int, int, int>> logged_;
+  std::set<std::tuple<int, size_t, int, int, int>> logged_;  // collective, count, dtype, op, requested
   uint64_t calls_ = 0;  // calls begun, each one's sequence number
   StepTracker steps_;   // of the running call
   std::string broken_;

@@ -13,16 +13,35 @@ namespace pyallreduce {
 
 enum class DType : int { kFloat32, kFloat64, kFloat16, kBFloat16, kInt32, kInt64 };
 enum class ReduceOp : int { kSum, kAvg, kMin, kMax, kProd };
-enum class Algorithm : int { kAuto, kRing, kHalvingDoubling, kRecursiveDoubling, kHierarchical };
+enum class Collective : int { kAllreduce, kReduceScatter, kAllgather, kBroadcast, kBarrier };
+enum class Algorithm : int {
+  kAuto,
+  kRing,
+  kHalvingDoubling,
+  kRecursiveDoubling,
+  kHierarchical,
+  kBinomialTree,
+  kScatterAllgather,
+};
 
 size_t element_size(DType dtype);
 const char* dtype_name(DType dtype);
 const char* op_name(ReduceOp op);
+const char* collective_name(Collective collective);
+Collective collective_from_name(const std::string& name);  // throws InvalidArgument
+const std::vector<Collective>& all_collectives();
 const char* algorithm_name(Algorithm algorithm);
-Algorithm algorithm_from_name(const std::string& name);  // throws InvalidArgument
+// Throws InvalidArgument naming the algorithms of `collective` where `name`
+// is none of them.
+Algorithm algorithm_from_name(const std::string& name, Collective collective = Collective::kAllreduce);
 // Every algorithm, auto first: the one list the names, the bindings, the
-// argument parser and the selection read.
+// argument parser and the selection read (types.cpp, with which collectives
+// each one implements).
 const std::vector<Algorithm>& all_algorithms();
+// Whether `algorithm` implements `collective` (auto implements every one).
+bool implements(Algorithm algorithm, Collective collective);
+// The concrete algorithms of `collective`, in the table's order.
+const std::vector<Algorithm>& algorithms_of(Collective collective);
 
 // Bad input from the caller: surfaces in Python as ValueError.
 class InvalidArgument : public std::invalid_argument {

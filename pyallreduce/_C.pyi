@@ -18,12 +18,24 @@ class ReduceOp(enum.Enum):
     max = 3
     prod = 4
 
+class Collective(enum.Enum):
+    allreduce = 0
+    reduce_scatter = 1
+    allgather = 2
+    broadcast = 3
+    barrier = 4
+
 class Algorithm(enum.Enum):
     auto = 0
-    ring = 1
-    halving_doubling = 2
     recursive_doubling = 3
+    halving_doubling = 2
+    ring = 1
     hierarchical = 4
+    binomial_tree = 5
+    scatter_allgather = 6
+
+def algorithms_of(collective: Collective) -> list[Algorithm]:
+    """The concrete algorithms of a collective, fewest messages first."""
 
 class CommunicatorOptions:
     check_arguments: bool
@@ -66,6 +78,8 @@ class CallRecord:
     operation: str
     count: int
     dtype: DType
+    reduces: bool
+    """whether op means anything for this operation"""
     op: ReduceOp
     algorithm: Algorithm
     state: str
@@ -107,8 +121,20 @@ class Communicator:
         pyallreduce.testing.loopback)."""
     def allreduce(self, x: object, op: object, algorithm: object, out: object, stream: int | None = None) -> object:
         """Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's object. See pyallreduce.Communicator.allreduce."""
-    def choose_algorithm(self, requested: Algorithm, bytes: int) -> tuple[Algorithm, str]:
-        """The algorithm a call of `bytes` would use, and why."""
+    def reduce_scatter(self, x: object, out: object, op: object, algorithm: object, stream: int | None = None) -> object:
+        """Reduce x (world size blocks) across all ranks into out, this rank's block; returns out. See
+        pyallreduce.Communicator.reduce_scatter."""
+    def allgather(self, x: object, out: object, algorithm: object, stream: int | None = None) -> object:
+        """Gather every rank's x into out, rank r's as block r; returns out. See
+        pyallreduce.Communicator.allgather."""
+    def broadcast(self, x: object, root: object, algorithm: object, stream: int | None = None) -> object:
+        """Copy rank root's x into x on every rank; returns x. See pyallreduce.Communicator.broadcast."""
+    def barrier(self) -> None:
+        """Return once every rank has called it."""
+    def choose_algorithm(
+        self, requested: Algorithm, bytes: int, collective: Collective = Collective.allreduce
+    ) -> tuple[Algorithm, str]:
+        """The algorithm a call of `collective` on `bytes` would use, and why."""
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
     def flight_record(self) -> list[CallRecord]:
@@ -121,9 +147,11 @@ class Communicator:
 
 def check_options(options: CommunicatorOptions) -> None:
     """Raise ValueError where a communicator could not be built with `options`."""
-def describe_call(x: object, op: object, algorithm: object) -> tuple[int, DType | None, ReduceOp, Algorithm, int | None]:
-    """(count, dtype, op, algorithm, stream) of a call on `x` (a buffer, or a list of them) made on
-    this thread; stream is the CUDA stream (a cudaStream_t as an integer) it is ordered on: torch's
+def describe_call(
+    x: object, op: object, algorithm: object, collective: Collective = Collective.allreduce
+) -> tuple[int, DType | None, ReduceOp | None, Algorithm, int | None]:
+    """(count, dtype, op, algorithm, stream) of a call of `collective` on `x` (a buffer, or a list of
+    them; op None where the collective has none) made on this thread; stream is the CUDA stream (a cudaStream_t as an integer) it is ordered on: torch's
     current stream on the tensor's device, or the stream a __cuda_array_interface__ names (legacy
     default, 0, when it names none), None for host buffers. Raises as the call would."""
 def _register_device_backend(backend: object) -> None:
@@ -187,11 +215,16 @@ class CostModel:
     def gamma_s_per_byte(self) -> float:
         """seconds per byte combined"""
     def predict(
-        self, algorithm: Algorithm, bytes: int, hosts: int | list[int], ring_segment_bytes: int = 1048576
+        self,
+        algorithm: Algorithm,
+        bytes: int,
+        hosts: int | list[int],
+        ring_segment_bytes: int = 1048576,
+        collective: Collective = Collective.allreduce,
     ) -> float:
-        """Predicted seconds for one allreduce of `bytes` over `hosts`: a world size (one host) or each
-        rank's host (any numbers; equal means shared), the ring cut into segments of
-        `ring_segment_bytes`."""
+        """Predicted seconds for one call of `collective` on `bytes` (an allgather's output, a
+        reduce-scatter's input) over `hosts`: a world size (one host) or each rank's host (any
+        numbers; equal means shared), the ring cut into segments of `ring_segment_bytes`."""
     def between_hosts(
         self, bytes: int, hosts: int | list[int], ring_segment_bytes: int = 1048576
     ) -> tuple[Algorithm, float]:

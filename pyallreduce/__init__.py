@@ -14,7 +14,7 @@ from mpi4py import MPI as _MPI  # noqa: F401
 from . import cuda
 from ._C import TimeoutError  # noqa: A004 - pyallreduce.TimeoutError, a RuntimeError
 from ._build_info import build_info
-from ._communicator import ALGORITHMS, DTYPES, OPS, Communicator, init
+from ._communicator import ALGORITHMS, COLLECTIVE_ALGORITHMS, DTYPES, OPS, Communicator, init
 from ._version import __version__
 
-__all__ = ["ALGORITHMS", "DTYPES", "OPS", "Communicator", "TimeoutError", "__version__", "build_info", "cuda", "init"]
+__all__ = ["ALGORITHMS", "COLLECTIVE_ALGORITHMS", "DTYPES", "OPS", "Communicator", "TimeoutError", "__version__", "build_info", "cuda", "init"]

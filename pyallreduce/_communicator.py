@@ -16,9 +16,12 @@ from ._progress import ProgressThread
 
 DTYPES = tuple(_C.DType.__members__)
 OPS = tuple(_C.ReduceOp.__members__)
-ALGORITHMS = tuple(_C.Algorithm.__members__)
-
-_ALGORITHM_CODES = dict(_C.Algorithm.__members__)
+# allreduce's algorithms, auto first; each collective's are COLLECTIVE_ALGORITHMS[name].
+COLLECTIVE_ALGORITHMS = {
+    name: ("auto", *(a.name for a in _C.algorithms_of(collective)))
+    for name, collective in _C.Collective.__members__.items()
+}
+ALGORITHMS = COLLECTIVE_ALGORITHMS["allreduce"]
 
 # allreduce_coalesced's default bucket: DDP's default bucket_cap_mb.
 BUCKET_BYTES = 25 << 20
@@ -236,12 +239,107 @@ class Communicator:
         return self._progress.submit(
             lambda: self._core.allreduce_coalesced(tensors, op, algorithm, bucket_bytes, stream), entry)
 
-    def choose_algorithm(self, nbytes: int, algorithm: str = "auto") -> tuple[str, str]:
-        """The algorithm a call of ``nbytes`` would run on this communicator, and why."""
-        code = _ALGORITHM_CODES.get(algorithm.lower()) if isinstance(algorithm, str) else None
-        if code is None:
-            raise ValueError(f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}")
-        chosen, reason = self._core.choose_algorithm(code, nbytes)
+    def reduce_scatter(self, x: Any, out: Any, op: Any = "sum", algorithm: str = "auto") -> Any:
+        """Reduce ``x`` element-wise across all ranks and leave this rank's
+        block of the result in ``out`` (MPI_Reduce_scatter_block, torch's
+        ``reduce_scatter_tensor``).
+
+        Collective, with the same checks and errors as :meth:`allreduce`.
+        ``x`` holds ``size`` blocks of ``len(out)`` elements; rank r gets
+        block r. ``out`` may be this rank's block of ``x`` (a view of it) or
+        not overlap ``x`` at all; ``x`` is not written.
+
+        Args:
+            x, op: as for :meth:`allreduce` (``x`` may be read-only).
+            out: ``len(x) / size`` elements of x's dtype on x's device.
+            algorithm: "auto", "ring" or "halving_doubling" (recursive
+                halving); "auto" follows ``PYALLREDUCE_ALGO`` rules for
+                ``reduce_scatter:``, else the cost model.
+
+        Returns:
+            ``out``.
+        """
+        return self._progress.run_in_order(self._core.reduce_scatter, x, out, op, algorithm,
+                                           queued_as=_queued_reduce_scatter)
+
+    def reduce_scatter_async(self, x: Any, out: Any, op: Any = "sum", algorithm: str = "auto") -> Future:
+        """:meth:`reduce_scatter` on the progress thread; see :meth:`allreduce_async`."""
+        entry, stream = _queued_call("reduce_scatter", x, op, algorithm)
+        return self._progress.submit(lambda: self._core.reduce_scatter(x, out, op, algorithm, stream), entry)
+
+    def allgather(self, x: Any, out: Any, algorithm: str = "auto") -> Any:
+        """Gather every rank's ``x`` into ``out`` on every rank, rank r's as
+        block r (MPI_Allgather, torch's ``all_gather_into_tensor``).
+
+        Collective, with the same checks and errors as :meth:`allreduce`.
+        ``out`` holds ``size`` blocks of ``len(x)`` elements; ``x`` may be
+        this rank's block of ``out`` (a view of it) or not overlap it.
+
+        Args:
+            x: as for :meth:`allreduce` (may be read-only).
+            out: ``size * len(x)`` elements of x's dtype on x's device.
+            algorithm: "auto", "ring" or "recursive_doubling"; "auto" follows
+                ``PYALLREDUCE_ALGO`` rules for ``allgather:``, else the cost
+                model.
+
+        Returns:
+            ``out``, bitwise identical on every rank.
+        """
+        return self._progress.run_in_order(self._core.allgather, x, out, algorithm, queued_as=_queued_allgather)
+
+    def allgather_async(self, x: Any, out: Any, algorithm: str = "auto") -> Future:
+        """:meth:`allgather` on the progress thread; see :meth:`allreduce_async`."""
+        entry, stream = _queued_call("allgather", x, None, algorithm)
+        return self._progress.submit(lambda: self._core.allgather(x, out, algorithm, stream), entry)
+
+    def broadcast(self, x: Any, root: int = 0, algorithm: str = "auto") -> Any:
+        """Copy rank ``root``'s ``x`` into ``x`` on every rank (MPI_Bcast).
+
+        Collective, with the same checks and errors as :meth:`allreduce`;
+        every rank names the same ``root``.
+
+        Args:
+            x: as for :meth:`allreduce`, written in place on every rank but
+                the root.
+            root: the rank whose ``x`` is sent, 0 <= root < size.
+            algorithm: "auto", "binomial_tree" (lg p steps of the whole
+                vector, for small ones) or "scatter_allgather" (the root
+                scatters blocks, then a ring allgather, for large ones);
+                "auto" follows ``PYALLREDUCE_ALGO`` rules for ``broadcast:``,
+                else the cost model.
+
+        Returns:
+            ``x``.
+        """
+        return self._progress.run_in_order(self._core.broadcast, x, root, algorithm, queued_as=_queued_broadcast)
+
+    def broadcast_async(self, x: Any, root: int = 0, algorithm: str = "auto") -> Future:
+        """:meth:`broadcast` on the progress thread; see :meth:`allreduce_async`."""
+        entry, stream = _queued_call("broadcast", x, None, algorithm)
+        return self._progress.submit(lambda: self._core.broadcast(x, root, algorithm, stream), entry)
+
+    def barrier(self) -> None:
+        """Return once every rank has called it (MPI_Barrier). It is the
+        argument check's exchange alone, so it also fails on every rank
+        where a rank is at another call, and it runs with the check off."""
+        self._progress.run_in_order(self._core.barrier, queued_as=_queued_barrier)
+
+    def barrier_async(self) -> Future:
+        """:meth:`barrier` on the progress thread; see :meth:`allreduce_async`."""
+        return self._progress.submit(self._core.barrier, _queued_barrier())
+
+    def choose_algorithm(self, nbytes: int, algorithm: str = "auto", collective: str = "allreduce") -> tuple[str, str]:
+        """The algorithm a call of ``collective`` on ``nbytes`` would run on
+        this communicator, and why (``nbytes``: the whole vector, a
+        reduce-scatter's input or an allgather's output)."""
+        names = COLLECTIVE_ALGORITHMS.get(collective)
+        if names is None:
+            raise ValueError(f"unknown collective {collective!r}; expected one of {', '.join(COLLECTIVE_ALGORITHMS)}")
+        name = algorithm.lower() if isinstance(algorithm, str) else None
+        if name not in names:
+            raise ValueError(f"unknown {collective} algorithm {algorithm!r}; expected one of {', '.join(names)}")
+        chosen, reason = self._core.choose_algorithm(getattr(_C.Algorithm, name), nbytes,
+                                                     getattr(_C.Collective, collective))
         return chosen.name, reason
 
     def free(self) -> None:
@@ -277,13 +375,15 @@ def _as_list(tensors: Any) -> Any:
 
 
 def _queued_call(operation: str, x: Any, op: Any, algorithm: Any) -> tuple[tuple[Any, ...], int | None]:
-    """What a call is while it waits on the progress thread (see
-    debug.queued_call), and the stream it follows, both read on the caller's
-    thread. Arguments that cannot be read leave the description None and the
-    stream None: the queued call then rejects them on the progress thread,
-    where every rank hears of it."""
+    """What a call of ``operation`` (op None for a collective without one)
+    is while it waits on the progress thread (see debug.queued_call), and
+    the stream it follows, both read on the caller's thread. Arguments that
+    cannot be read leave the description None and the stream None: the
+    queued call then rejects them on the progress thread, where every rank
+    hears of it."""
+    collective = getattr(_C.Collective, operation.removesuffix("_coalesced"))
     try:
-        described = _C.describe_call(x, op, algorithm)
+        described = _C.describe_call(x, op, algorithm, collective)
     except Exception:  # noqa: BLE001 - raised again by the call itself, through the agreement
         return (operation, None, time.time()), None
     return (operation, described, time.time()), described[4]
@@ -295,6 +395,22 @@ def _queued_allreduce(x: Any, op: Any, algorithm: Any, out: Any) -> tuple[Any, .
 
 def _queued_allreduce_coalesced(tensors: Any, op: Any, algorithm: Any, bucket_bytes: Any) -> tuple[Any, ...]:
     return _queued_call("allreduce_coalesced", tensors, op, algorithm)[0]
+
+
+def _queued_reduce_scatter(x: Any, out: Any, op: Any, algorithm: Any) -> tuple[Any, ...]:
+    return _queued_call("reduce_scatter", x, op, algorithm)[0]
+
+
+def _queued_allgather(x: Any, out: Any, algorithm: Any) -> tuple[Any, ...]:
+    return _queued_call("allgather", x, None, algorithm)[0]
+
+
+def _queued_broadcast(x: Any, root: Any, algorithm: Any) -> tuple[Any, ...]:
+    return _queued_call("broadcast", x, None, algorithm)[0]
+
+
+def _queued_barrier() -> tuple[Any, ...]:
+    return ("barrier", (0, None, None, _C.Algorithm.auto, None), time.time())
 
 
 # What shapes a call's messages, and so must be alike on every rank: the

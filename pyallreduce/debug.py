@@ -42,7 +42,7 @@ def flight_record(core: _C.Communicator, progress: ProgressThread) -> list[dict[
             "operation": r.operation,
             "count": r.count,
             "dtype": r.dtype.name,
-            "op": r.op.name,
+            "op": r.op.name if r.reduces else None,
             "algorithm": r.algorithm.name,
             "state": r.state,
             "where": r.where,

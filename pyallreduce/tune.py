@@ -254,7 +254,7 @@ def link_rate_bytes_per_s(text: str) -> float:
 def predict_table(tuning: Tuning, hosts: list[int], sizes: list[int], segment: int) -> list[str]:
     """The model's time per algorithm at each size, and the fastest."""
     model = tuning.model()
-    algorithms = [a for a in _C.Algorithm.__members__.values() if a != _C.Algorithm.auto]
+    algorithms = list(_C.algorithms_of(_C.Collective.allreduce))
     layout = sorted(set(hosts))
     if len(layout) == 1 or len(hosts) == len(layout):
         algorithms = [a for a in algorithms if a != _C.Algorithm.hierarchical]  # there it is a flat one

@@ -1,7 +1,7 @@
 """Run by tests/test_mpi.py under `mpiexec -n N [--device cuda]`: the allreduce
 checks over the real MPI transport, on torch tensors and numpy arrays (with
 --device cuda: CUDA tensors, all ranks sharing GPU 0 over the staged MPI
-transport), plus the mismatch errors. With --hosts H0,H1,... (from
+transport), the other collectives' checks, plus the mismatch errors. With --hosts H0,H1,... (from
 tests/test_cluster.py, across simulated hosts) it first checks that the
 communicator sees that layout. Exits non-zero on any failure; prints one line
 per rank on success."""
@@ -19,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import abort_on_error  # noqa: E402
 import pyallreduce  # noqa: E402
+from collective_checks import (check_allgather, check_broadcast, check_collective_mismatches,  # noqa: E402
+                               check_reduce_scatter, expect_error_everywhere)
 from reference import ALGORITHMS, DTYPES, OPS, check_result, counts_for, rank_inputs, result_bytes  # noqa: E402
 
 world = MPI.COMM_WORLD
@@ -55,29 +57,29 @@ def check_all_algorithms(comm: pyallreduce.Communicator, counts, device: str = "
     return checks
 
 
-def expect_error_everywhere(comm, call, fragment):
-    try:
-        call()
-    except ValueError as exc:
-        assert fragment in str(exc), (fragment, str(exc))
-    else:
-        raise AssertionError(f"rank {comm.rank}: expected ValueError with {fragment!r}")
-
-
 def check_mismatches(comm: pyallreduce.Communicator) -> int:
     if comm.size == 1:
         return 0
     last = comm.size - 1
-    expect_error_everywhere(comm, lambda: comm.allreduce(np.zeros(5 + (comm.rank == last))), "different element counts")
+    expect_error_everywhere(lambda: comm.allreduce(np.zeros(5 + (comm.rank == last))), "different element counts")
     expect_error_everywhere(
-        comm, lambda: comm.allreduce(torch.zeros(5, dtype=torch.float64 if comm.rank == last else torch.float32)), "different dtypes"
+        lambda: comm.allreduce(torch.zeros(5, dtype=torch.float64 if comm.rank == last else torch.float32)), "different dtypes"
     )
-    expect_error_everywhere(comm, lambda: comm.allreduce(torch.zeros(5), op="max" if comm.rank == last else "sum"), "different ops")
+    expect_error_everywhere(lambda: comm.allreduce(torch.zeros(5), op="max" if comm.rank == last else "sum"), "different ops")
     bad = "rejected on rank" if comm.rank != last else "not contiguous"
-    expect_error_everywhere(comm, lambda: comm.allreduce(torch.zeros(4, 4).t() if comm.rank == last else torch.zeros(16)), bad)
+    expect_error_everywhere(lambda: comm.allreduce(torch.zeros(4, 4).t() if comm.rank == last else torch.zeros(16)), bad)
     # The communicator still works after failed calls.
     assert comm.allreduce(torch.ones(3))[0].item() == comm.size
     return 5
+
+
+def check_other_collectives(comm: pyallreduce.Communicator, device: str = "cpu") -> int:
+    """reduce_scatter, allgather and broadcast on a few dtypes and ops (every
+    one of them runs in process, in test_collectives.py)."""
+    counts = [0, 1, 13, 1009]
+    return (check_reduce_scatter(comm, counts, device, ops=("sum", "avg", "max"), dtypes=("float32", "bfloat16", "int64"))
+            + check_allgather(comm, counts, device, dtypes=("float32", "float16"))
+            + check_broadcast(comm, [0, 1, 1009], device, dtypes=("float32",)))
 
 
 def main() -> None:
@@ -85,6 +87,7 @@ def main() -> None:
         with pyallreduce.init(ring_segment_bytes=4096, cuda_transport="mpi") as comm:
             checks = check_all_algorithms(comm, counts_for(comm.size), device="cuda")
             checks += check_all_algorithms(comm, [(3 << 20) + 1], device="cuda")  # several staging pieces
+            checks += check_other_collectives(comm, device="cuda")
         print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
         return
     comm = pyallreduce.init(ring_segment_bytes=4096)
@@ -93,6 +96,8 @@ def main() -> None:
         assert comm.hosts == expected, f"rank {comm.rank} sees hosts {comm.hosts}, not {expected}"
     checks = check_all_algorithms(comm, counts_for(comm.size))
     checks += check_mismatches(comm)
+    checks += check_other_collectives(comm)
+    checks += check_collective_mismatches(comm)
     comm.free()
 
     # Transfers split into many MPI messages must reassemble exactly.

@@ -85,7 +85,7 @@ def test_bad_buffer_on_one_rank(bad_input, message):
         ({"op": "mean"}, "unknown op 'mean'"),
         ({"op": torch.distributed.ReduceOp.BXOR}, "unknown op 'BXOR'"),
         ({"op": 3}, "op must be a string"),
-        ({"algorithm": "tree"}, "unknown algorithm 'tree'"),
+        ({"algorithm": "tree"}, "unknown allreduce algorithm 'tree'"),
         ({"out": torch.zeros(5)}, "out has 5 elements"),
         ({"out": torch.zeros(4, dtype=torch.float64)}, "out has dtype float64"),
     ],

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <new>
+#include <string>
 
 namespace pyallreduce {
 
@@ -34,15 +35,42 @@ std::string StepTracker::describe() const {
   return text;
 }
 
-void run_allreduce(Algorithm algorithm, const AllreduceContext& ctx, Vector vec) {
+void run_allreduce(Algorithm algorithm, const CollectiveContext& ctx, Vector vec) {
   switch (algorithm) {
     case Algorithm::kRing: return ring_allreduce(ctx, vec);
     case Algorithm::kHalvingDoubling: return halving_doubling_allreduce(ctx, vec);
     case Algorithm::kRecursiveDoubling: return recursive_doubling_allreduce(ctx, vec);
     case Algorithm::kHierarchical: return hierarchical_allreduce(ctx, vec);
-    case Algorithm::kAuto: break;
+    default: break;
   }
   throw InvalidArgument("run_allreduce needs a concrete algorithm, not auto");
+}
+
+void run_reduce_scatter(Algorithm algorithm, const CollectiveContext& ctx, Vector vec) {
+  switch (algorithm) {
+    case Algorithm::kRing: return ring_reduce_scatter_blocks(ctx, vec);
+    case Algorithm::kHalvingDoubling: return halving_reduce_scatter_blocks(ctx, vec);
+    default: break;
+  }
+  throw InvalidArgument(std::string("run_reduce_scatter: ") + algorithm_name(algorithm) + " is not a reduce_scatter algorithm");
+}
+
+void run_allgather(Algorithm algorithm, const CollectiveContext& ctx, Vector vec) {
+  switch (algorithm) {
+    case Algorithm::kRing: return ring_allgather_blocks(ctx, vec);
+    case Algorithm::kRecursiveDoubling: return recursive_doubling_allgather_blocks(ctx, vec);
+    default: break;
+  }
+  throw InvalidArgument(std::string("run_allgather: ") + algorithm_name(algorithm) + " is not an allgather algorithm");
+}
+
+void run_broadcast(Algorithm algorithm, const CollectiveContext& ctx, Vector vec, int root) {
+  switch (algorithm) {
+    case Algorithm::kBinomialTree: return binomial_tree_broadcast(ctx, vec, root);
+    case Algorithm::kScatterAllgather: return scatter_allgather_broadcast(ctx, vec, root);
+    default: break;
+  }
+  throw InvalidArgument(std::string("run_broadcast: ") + algorithm_name(algorithm) + " is not a broadcast algorithm");
 }
 
 void Vector::take_input(MemorySpace& memory) const {

@@ -90,9 +90,9 @@ class StepTracker {
   std::atomic<size_t> steps_{0};
 };
 
-struct AllreduceContext {
+struct CollectiveContext {
   Transport& transport;
-  const Combiner& reduction;
+  const Combiner& reduction;  // unused by collectives that do not reduce
   MemorySpace& memory;        // where the vector lives; scratch comes from here
   size_t ring_segment_bytes;  // ring: pipelining granularity
   StepTracker& steps;
@@ -101,12 +101,34 @@ struct AllreduceContext {
 };
 
 // Every allreduce leaves the finalized result in vec.data on every rank.
-void ring_allreduce(const AllreduceContext& ctx, Vector vec);
-void halving_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
-void recursive_doubling_allreduce(const AllreduceContext& ctx, Vector vec);
-void hierarchical_allreduce(const AllreduceContext& ctx, Vector vec);
-// Runs the concrete algorithm `algorithm`.
-void run_allreduce(Algorithm algorithm, const AllreduceContext& ctx, Vector vec);
+void ring_allreduce(const CollectiveContext& ctx, Vector vec);
+void halving_doubling_allreduce(const CollectiveContext& ctx, Vector vec);
+void recursive_doubling_allreduce(const CollectiveContext& ctx, Vector vec);
+void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec);
+
+// The other collectives work on whole vectors of p equal blocks (vec.count a
+// multiple of p; block i is ring_chunk(vec.count, p, i)), rank r's block
+// being block r; the communicator copies blocks in and out of its callers'
+// buffers.
+//
+// A reduce-scatter leaves block r of vec.data reduced over every rank and
+// finalized; the other blocks of vec.data are scratch.
+void ring_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
+void halving_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
+// An allgather starts from block r of vec.data (in place) and leaves every
+// block on every rank.
+void ring_allgather_blocks(const CollectiveContext& ctx, Vector vec);
+void recursive_doubling_allgather_blocks(const CollectiveContext& ctx, Vector vec);
+// A broadcast copies vec.data of rank `root` into vec.data of every rank
+// (vec in place; any count).
+void binomial_tree_broadcast(const CollectiveContext& ctx, Vector vec, int root);
+void scatter_allgather_broadcast(const CollectiveContext& ctx, Vector vec, int root);
+
+// Run the concrete algorithm `algorithm` of each collective.
+void run_allreduce(Algorithm algorithm, const CollectiveContext& ctx, Vector vec);
+void run_reduce_scatter(Algorithm algorithm, const CollectiveContext& ctx, Vector vec);
+void run_allgather(Algorithm algorithm, const CollectiveContext& ctx, Vector vec);
+void run_broadcast(Algorithm algorithm, const CollectiveContext& ctx, Vector vec, int root);
 
 // The ring's halves, for algorithms built from them. The vector is cut into
 // p chunks; chunk i covers ring_chunk(n, p, i), the first n % p chunks one
@@ -118,12 +140,14 @@ ElementRange ring_chunk(size_t n, int p, int i);
 // The chunk rank `rank` holds reduced after the reduce-scatter: its right
 // neighbour's, (rank + 1) mod p (see ring.cpp's worked example).
 int ring_owned_chunk(int rank, int p);
-// Leaves chunk ring_owned_chunk(rank, p) of vec.data reduced over every rank,
-// not finalized; the other chunks of vec.data hold partial results.
-void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec);
-// From chunk ring_owned_chunk(rank, p) of vec.data on every rank (vec in
-// place), the whole vector everywhere.
-void ring_allgather(const AllreduceContext& ctx, Vector vec);
+// Leaves chunk `owned` of vec.data reduced over every rank, not finalized;
+// the other chunks of vec.data hold partial results. `owned` is rank + c
+// (mod p) for one c on every rank, so that neighbours' streams pair up: the
+// allreduce uses ring_owned_chunk(rank, p), the reduce-scatter rank itself.
+void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned);
+// From chunk `owned` of vec.data on every rank (vec in place; `owned` as for
+// ring_reduce_scatter), the whole vector everywhere.
+void ring_allgather(const CollectiveContext& ctx, Vector vec, int owned);
 
 // A combiner that combines as `inner` does and leaves finalizing to the
 // caller: for a reduction run in parts (hierarchical's levels), finalized

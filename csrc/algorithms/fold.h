@@ -24,6 +24,12 @@ struct PowerOfTwoFold {
   int virtual_rank(int rank) const;
   // The real rank behind virtual rank v: 2v + 1 for the paired ranks, v + r after them.
   int real_rank(int v) const { return v < extra ? 2 * v + 1 : v + extra; }
+  // The lowest real rank that virtual rank v stands for (2v and 2v + 1 for
+  // the paired ranks, v + r after them); v = p2 gives the world size, so
+  // virtual ranks [a, b) stand for real ranks [first_stood_for(a),
+  // first_stood_for(b)). Example p = 6: virtual 0 stands for 0 and 1,
+  // virtual 1 for 2 and 3, virtual 2 for 4, virtual 3 for 5.
+  int first_stood_for(int v) const { return v < extra ? 2 * v : v + extra; }
 };
 
 // Folds the vector in, runs `core(virtual_rank, fold, folded)` on the
@@ -32,7 +38,7 @@ struct PowerOfTwoFold {
 // `folded` is `vec`, or for a rank that combined its partner's data, `vec` in
 // place (its input already consumed).
 template <class Core>
-void run_folded(const AllreduceContext& ctx, Vector vec, Core core) {
+void run_folded(const CollectiveContext& ctx, Vector vec, Core core) {
   Transport& t = ctx.transport;
   const PowerOfTwoFold fold(t.size());
   const int rank = t.rank();

@@ -34,7 +34,7 @@
 
 namespace pyallreduce {
 
-void hierarchical_allreduce(const AllreduceContext& ctx, Vector vec) {
+void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
   const int me = t.rank();
@@ -70,22 +70,23 @@ void hierarchical_allreduce(const AllreduceContext& ctx, Vector vec) {
   const PartialCombiner partial(ctx.reduction);
   std::vector<int> core(host_ranks.begin(), host_ranks.begin() + core_size);
   GroupTransport inside(t, core);
-  const AllreduceContext inside_ctx{inside, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  const CollectiveContext inside_ctx{inside, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
   ctx.steps.set_stage("hierarchical, inside the host:");
-  ring_reduce_scatter(inside_ctx, vec);
+  const int owned = ring_owned_chunk(local, core_size);
+  ring_reduce_scatter(inside_ctx, vec, owned);
 
-  const ElementRange chunk = ring_chunk(vec.count, core_size, ring_owned_chunk(local, core_size));
+  const ElementRange chunk = ring_chunk(vec.count, core_size, owned);
   std::vector<int> peers;  // local index `local` on every host, in host order
   for (int h = 0; h < layout.hosts(); ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
   GroupTransport between(t, peers);
-  const AllreduceContext between_ctx{between, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  const CollectiveContext between_ctx{between, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
   char* slice = vec.at(chunk.begin);
   ctx.steps.set_stage("hierarchical, between hosts:");
   run_allreduce(ctx.between_hosts, between_ctx, Vector{slice, slice, chunk.end - chunk.begin, vec.element_size});
   ctx.reduction.finalize(slice, chunk.end - chunk.begin, t.size());
 
   ctx.steps.set_stage("hierarchical, inside the host:");
-  ring_allgather(inside_ctx, vec.in_place());
+  ring_allgather(inside_ctx, vec.in_place(), owned);
   ctx.steps.set_stage("hierarchical");
   for (size_t k = 0; k < folded.size(); ++k) {
     ctx.steps.enter("fold-out", k, folded.size());

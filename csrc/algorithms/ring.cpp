@@ -49,7 +49,7 @@ int mod(int a, int p) { return ((a % p) + p) % p; }
 // segment size beyond the vector's means one segment per chunk, and the
 // scratch is at most `window` chunks whatever ring_segment_bytes is.
 // Example n = 10, p = 4 with 1 MiB segments of float32: 3 elements each.
-size_t segment_elements(const AllreduceContext& ctx, const Vector& vec) {
+size_t segment_elements(const CollectiveContext& ctx, const Vector& vec) {
   const size_t largest_chunk = std::max<size_t>(1, chunk_begin(vec.count, ctx.transport.size(), 1));
   return std::clamp<size_t>(ctx.ring_segment_bytes / vec.element_size, 1, largest_chunk);
 }
@@ -89,7 +89,7 @@ void append_chunk(std::vector<Segment>& plan, size_t n, int p, int chunk, size_t
 // with b forwarded: step 0 posts send a and receive b; step 1 send b (landed
 // at step 0) and receive c.
 template <class ReceiveBuffer, class Land>
-void ring_phase(const AllreduceContext& ctx, const char* phase, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
+void ring_phase(const CollectiveContext& ctx, const char* phase, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
                 const std::vector<Segment>& incoming, ReceiveBuffer receive_buffer, Land land) {
   Transport& t = ctx.transport;
   const int right = mod(t.rank() + 1, t.size());
@@ -137,10 +137,9 @@ ElementRange ring_chunk(size_t n, int p, int i) { return {chunk_begin(n, p, i), 
 
 int ring_owned_chunk(int rank, int p) { return mod(rank + 1, p); }
 
-void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec) {
+void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned) {
   Transport& t = ctx.transport;
   const int p = t.size();
-  const int r = t.rank();
   const size_t n = vec.count;
   if (p == 1) {
     vec.take_input(ctx.memory);
@@ -148,10 +147,14 @@ void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec) {
   }
   const size_t segment_elems = segment_elements(ctx, vec);
   // Combine what arrives with this rank's input into the output (the partial
-  // sum from the left on the left), then forward it.
+  // sum from the left on the left), then forward it. The stream starts one
+  // chunk before the owned one, so that the owned chunk arrives last: with
+  // owned = r + 1 (the allreduce), rank r starts with chunk r, as in the
+  // worked example.
+  const int start = owned - 1;
   std::vector<Segment> first, incoming;
-  append_chunk(first, n, p, r, segment_elems, false);
-  for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s - 1, p), segment_elems, s < p - 2);
+  append_chunk(first, n, p, mod(start, p), segment_elems, false);
+  for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(start - s - 1, p), segment_elems, s < p - 2);
   const size_t window = std::max<size_t>(1, t.receive_window());
   char* slots = static_cast<char*>(ctx.memory.reserve(vec.bytes(segment_elems) * window));
   auto slot = [&](size_t j) { return slots + (j % window) * vec.bytes(segment_elems); };
@@ -161,27 +164,42 @@ void ring_reduce_scatter(const AllreduceContext& ctx, Vector vec) {
   });
 }
 
-void ring_allgather(const AllreduceContext& ctx, Vector vec) {
+void ring_allgather(const CollectiveContext& ctx, Vector vec, int owned) {
   Transport& t = ctx.transport;
   const int p = t.size();
-  const int r = t.rank();
   const size_t n = vec.count;
   if (p == 1) return;
   const size_t segment_elems = segment_elements(ctx, vec);
   // What arrives is already final: receive it in place and forward it.
   std::vector<Segment> first, incoming;
-  append_chunk(first, n, p, ring_owned_chunk(r, p), segment_elems, false);
-  for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(r - s, p), segment_elems, s < p - 2);
+  append_chunk(first, n, p, mod(owned, p), segment_elems, false);
+  for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(owned - s - 1, p), segment_elems, s < p - 2);
   ring_phase(ctx, "allgather", vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
              [](size_t) {});
 }
 
-void ring_allreduce(const AllreduceContext& ctx, Vector vec) {
+void ring_allreduce(const CollectiveContext& ctx, Vector vec) {
   const int p = ctx.transport.size();
-  ring_reduce_scatter(ctx, vec);
-  const ElementRange owned = ring_chunk(vec.count, p, ring_owned_chunk(ctx.transport.rank(), p));
-  ctx.reduction.finalize(vec.at(owned.begin), owned.end - owned.begin, p);
-  ring_allgather(ctx, vec.in_place());
+  const int owned = ring_owned_chunk(ctx.transport.rank(), p);
+  ring_reduce_scatter(ctx, vec, owned);
+  const ElementRange chunk = ring_chunk(vec.count, p, owned);
+  ctx.reduction.finalize(vec.at(chunk.begin), chunk.end - chunk.begin, p);
+  ring_allgather(ctx, vec.in_place(), owned);
+}
+
+// The reduce-scatter collective: chunk r to rank r, so the ring's stream
+// starts at chunk r - 1. Example p = 3, rank 1: send chunk 0, then combine
+// chunk 2 and forward it, then combine chunk 1, which stays.
+void ring_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec) {
+  const int p = ctx.transport.size();
+  const int r = ctx.transport.rank();
+  ring_reduce_scatter(ctx, vec, r);
+  const ElementRange block = ring_chunk(vec.count, p, r);
+  ctx.reduction.finalize(vec.at(block.begin), block.end - block.begin, p);
+}
+
+void ring_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
+  ring_allgather(ctx, vec, ctx.transport.rank());
 }
 
 }  // namespace pyallreduce

@@ -134,10 +134,9 @@ double CostModel::predict_flat(Algorithm algorithm, double n, const LayoutProfil
       return 2 * (p - 1) * (step_s(layout.ring, n / p, link_sharers) - n / p * b) + share * n * b +
              share * n * std::max(b, g) + first_segment * std::min(b, g);
     }
-    case Algorithm::kHierarchical:
-    case Algorithm::kAuto: break;
+    default: break;
   }
-  throw InvalidArgument("predict_flat: not a flat algorithm");
+  throw InvalidArgument("predict_flat: not a flat allreduce algorithm");
 }
 
 Algorithm CostModel::between_hosts(size_t bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
@@ -148,8 +147,8 @@ Algorithm CostModel::between_hosts(size_t bytes, const LayoutProfile& layout, si
   const LayoutProfile& hosts = layout.one_per_host != nullptr ? *layout.one_per_host : layout;
   Algorithm best = Algorithm::kRing;
   double best_s = std::numeric_limits<double>::infinity();
-  for (Algorithm a : all_algorithms()) {
-    if (a == Algorithm::kAuto || a == Algorithm::kHierarchical) continue;
+  for (Algorithm a : algorithms_of(Collective::kAllreduce)) {
+    if (a == Algorithm::kHierarchical) continue;
     const double t = predict_flat(a, slice, hosts, ring_segment_bytes, layout.fewest_per_host);
     if (t < best_s) { best = a; best_s = t; }
   }
@@ -157,9 +156,67 @@ Algorithm CostModel::between_hosts(size_t bytes, const LayoutProfile& layout, si
   return best;
 }
 
-double CostModel::predict(Algorithm algorithm, size_t bytes, const LayoutProfile& layout,
+double CostModel::predict_collective(Collective collective, Algorithm algorithm, double n,
+                                     const LayoutProfile& layout) const {
+  const int p = layout.size;
+  if (p <= 1) return 0.0;
+  const double g = gamma_s_per_byte;
+  const double block = n / p;
+  const size_t lg = layout.masks.size();
+  const bool folds = layout.p2 != p;
+  // A ring step moves one block from every rank to the next.
+  const double ring_steps = (p - 1) * step_s(layout.ring, block, 1);
+  switch (collective) {
+    case Collective::kReduceScatter:
+      if (algorithm == Algorithm::kRing) return ring_steps + (p - 1) * block * g;
+      if (algorithm == Algorithm::kHalvingDoubling) {
+        // The fold hands over the whole vector and returns one block; step k
+        // (from 1) exchanges about n / 2^k across bit lg - k.
+        double t = folds ? step_s(layout.fold, n, 1) + n * g + step_s(layout.fold, block, 1) : 0.0;
+        for (size_t k = 1; k <= lg; ++k) {
+          const double half = n / static_cast<double>(1ull << k);
+          t += step_s(layout.masks[lg - k], half, 1) + half * g;
+        }
+        return t;
+      }
+      break;
+    case Collective::kAllgather:
+      if (algorithm == Algorithm::kRing) return ring_steps;
+      if (algorithm == Algorithm::kRecursiveDoubling) {
+        // The fold hands in one block and returns the whole vector; step k
+        // (from 0) exchanges n 2^k / p2 across bit k.
+        double t = folds ? step_s(layout.fold, block, 1) + step_s(layout.fold, n, 1) : 0.0;
+        for (size_t k = 0; k < lg; ++k) {
+          t += step_s(layout.masks[k], n * static_cast<double>(1ull << k) / layout.p2, 1);
+        }
+        return t;
+      }
+      break;
+    case Collective::kBroadcast:
+      if (algorithm == Algorithm::kBinomialTree) {
+        // ceil(lg p) levels of the whole vector, counted as the exchanges of
+        // the same span (and the fold's, for the last partial level).
+        double t = folds ? step_s(layout.fold, n, 1) : 0.0;
+        for (const auto& step : layout.masks) t += step_s(step, n, 1);
+        return t;
+      }
+      if (algorithm == Algorithm::kScatterAllgather) {
+        // The root sends p - 1 blocks one after another through its link,
+        // then the ring allgather.
+        return 2 * ring_steps;
+      }
+      break;
+    case Collective::kAllreduce:
+    case Collective::kBarrier: break;
+  }
+  throw InvalidArgument(std::string("predict: ") + algorithm_name(algorithm) + " is not a " +
+                        collective_name(collective) + " algorithm");
+}
+
+double CostModel::predict(Collective collective, Algorithm algorithm, size_t bytes, const LayoutProfile& layout,
                           size_t ring_segment_bytes) const {
   const double n = static_cast<double>(bytes);
+  if (collective != Collective::kAllreduce) return predict_collective(collective, algorithm, n, layout);
   if (algorithm != Algorithm::kHierarchical) return predict_flat(algorithm, n, layout, ring_segment_bytes, 1);
   if (layout.hosts == 1) return predict_flat(Algorithm::kRing, n, layout, ring_segment_bytes, 1);
   // See hierarchical.cpp: the fold inside each host (a rank receives from up
@@ -188,36 +245,58 @@ CostModel default_cost_model() {
   return CostModel{shared_memory, network, /*gamma_s_per_byte=*/1.0 / 21.0e9};
 }
 
+namespace {
+
+// A rule's collective, if its text starts with one's name and a colon; the
+// text after it is left in `rest`.
+Collective rule_collective(const std::string& rule, std::string& rest) {
+  const size_t colon = rule.find(':');
+  if (colon != std::string::npos) {
+    const std::string head = trim(rule.substr(0, colon));
+    for (Collective c : all_collectives()) {
+      if (head == collective_name(c)) {
+        rest = trim(rule.substr(colon + 1));
+        return c;
+      }
+    }
+  }
+  rest = rule;
+  return Collective::kAllreduce;
+}
+
+}  // namespace
+
 std::vector<SizeRule> parse_size_rules(const std::string& text) {
   std::vector<SizeRule> rules;
-  const std::string whole = trim(text);
-  if (whole.empty()) return rules;
-  if (whole.find(':') == std::string::npos && whole.find(';') == std::string::npos) {
-    const Algorithm a = algorithm_from_name(whole);
-    if (a == Algorithm::kAuto) return rules;
-    rules.push_back({0, std::numeric_limits<size_t>::max(), a});
-    return rules;
-  }
   size_t start = 0;
-  while (start <= whole.size()) {
+  const std::string whole = trim(text);
+  while (start <= whole.size() && !whole.empty()) {
     const size_t end = std::min(whole.find(';', start), whole.size());
     const std::string rule = trim(whole.substr(start, end - start));
     start = end + 1;
     if (rule.empty()) continue;
-    const size_t colon = rule.find(':');
-    const size_t dash = rule.find('-', colon == std::string::npos ? 0 : colon);
+    std::string rest;
+    const Collective collective = rule_collective(rule, rest);
+    const size_t colon = rest.find(':');
+    if (colon == std::string::npos && rest.find('-') == std::string::npos) {
+      // A bare algorithm name: every size.
+      const Algorithm a = algorithm_from_name(rest, collective);
+      if (a != Algorithm::kAuto) rules.push_back({collective, 0, std::numeric_limits<size_t>::max(), a});
+      continue;
+    }
+    const size_t dash = rest.find('-', colon == std::string::npos ? 0 : colon);
     if (colon == std::string::npos || dash == std::string::npos) {
       throw InvalidArgument("PYALLREDUCE_ALGO rule '" + rule +
-                            "' is not of the form algorithm:min-max (e.g. ring:1048577-max)");
+                            "' is not of the form [collective:]algorithm:min-max (e.g. ring:1048577-max)");
     }
-    const Algorithm a = algorithm_from_name(trim(rule.substr(0, colon)));
+    const Algorithm a = algorithm_from_name(trim(rest.substr(0, colon)), collective);
     if (a == Algorithm::kAuto) {
       throw InvalidArgument("PYALLREDUCE_ALGO rule '" + rule + "' must name a concrete algorithm");
     }
-    const size_t lo = parse_bytes(trim(rule.substr(colon + 1, dash - colon - 1)), rule);
-    const size_t hi = parse_bytes(trim(rule.substr(dash + 1)), rule);
+    const size_t lo = parse_bytes(trim(rest.substr(colon + 1, dash - colon - 1)), rule);
+    const size_t hi = parse_bytes(trim(rest.substr(dash + 1)), rule);
     if (lo > hi) throw InvalidArgument("PYALLREDUCE_ALGO rule '" + rule + "' has min > max");
-    rules.push_back({lo, hi, a});
+    rules.push_back({collective, lo, hi, a});
   }
   return rules;
 }
@@ -229,14 +308,14 @@ Algorithm AlgorithmSelector::between_hosts(size_t bytes, size_t ring_segment_byt
   return model_.between_hosts(bytes, profile_, ring_segment_bytes);
 }
 
-Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, size_t ring_segment_bytes,
-                                     std::string* reason) const {
+Algorithm AlgorithmSelector::choose(Collective collective, Algorithm requested, size_t bytes,
+                                    size_t ring_segment_bytes, std::string* reason) const {
   if (requested != Algorithm::kAuto) {
     if (reason != nullptr) *reason = "requested by the caller";
     return requested;
   }
   for (const SizeRule& rule : rules_) {
-    if (bytes >= rule.min_bytes && bytes <= rule.max_bytes) {
+    if (rule.collective == collective && bytes >= rule.min_bytes && bytes <= rule.max_bytes) {
       if (reason != nullptr) {
         *reason = "PYALLREDUCE_ALGO rule " + std::to_string(rule.min_bytes) + "-" +
                   (rule.max_bytes == std::numeric_limits<size_t>::max() ? std::string("max")
@@ -245,14 +324,13 @@ Algorithm AlgorithmSelector::choose(Algorithm requested, size_t bytes, size_t ri
       return rule.algorithm;
     }
   }
-  Algorithm best = Algorithm::kRing;
+  Algorithm best = Algorithm::kAuto;
   double best_time = std::numeric_limits<double>::infinity();
   if (reason != nullptr) *reason = "cost model for " + layout_text_ + ", constants " + model_source_ + ":";
-  // Fewer messages first, so that ties keep the earlier.
-  for (Algorithm a : {Algorithm::kRecursiveDoubling, Algorithm::kHalvingDoubling, Algorithm::kRing,
-                      Algorithm::kHierarchical}) {
+  // In the table's order (fewer messages first), so that ties keep the earlier.
+  for (Algorithm a : algorithms_of(collective)) {
     if (a == Algorithm::kHierarchical && profile_.one_per_host == nullptr) continue;  // the ring, or a flat one
-    const double t = model_.predict(a, bytes, profile_, ring_segment_bytes);
+    const double t = model_.predict(collective, a, bytes, profile_, ring_segment_bytes);
     if (reason != nullptr) {
       char item[96];
       std::snprintf(item, sizeof item, " %s %.1f us", algorithm_name(a), t * 1e6);

@@ -58,9 +58,12 @@ struct CostModel {
   LinkCost inside;   // between ranks of one host
   LinkCost between;  // between hosts, through one host's link
   double gamma_s_per_byte;
-  // The ring overlaps combining with receiving only across its segments of
+  // One call of `collective` by `algorithm` on `bytes` (the whole vector: a
+  // reduce-scatter's input, an allgather's output). The ring overlaps
+  // combining with receiving only across its segments of
   // `ring_segment_bytes`, so it needs to know them.
-  double predict(Algorithm algorithm, size_t bytes, const LayoutProfile& layout, size_t ring_segment_bytes) const;
+  double predict(Collective collective, Algorithm algorithm, size_t bytes, const LayoutProfile& layout,
+                 size_t ring_segment_bytes) const;
   // hierarchical's algorithm between hosts for a call of `bytes`: the flat
   // one predicted fastest for its slice, and that time in `seconds` if given.
   Algorithm between_hosts(size_t bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
@@ -72,6 +75,9 @@ struct CostModel {
   // concurrent slices).
   double predict_flat(Algorithm algorithm, double bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
                       int link_sharers) const;
+  // The other collectives, flat.
+  double predict_collective(Collective collective, Algorithm algorithm, double bytes,
+                            const LayoutProfile& layout) const;
   // One step of `step`'s messages of `bytes` each: its slowest message's time.
   double step_s(const LayoutProfile::Step& step, double bytes, int link_sharers) const;
   // The per-byte time of the step's slowest message.
@@ -90,6 +96,7 @@ struct CostModel {
 CostModel default_cost_model();
 
 struct SizeRule {
+  Collective collective;
   size_t min_bytes;
   size_t max_bytes;  // inclusive
   Algorithm algorithm;
@@ -97,7 +104,10 @@ struct SizeRule {
 
 // Parses "recursive_doubling:0-4096;halving_doubling:4097-1048576;ring:1048577-max"
 // (ranges in bytes, inclusive, "max" = unbounded) or a bare algorithm name,
-// which applies to every size. Empty text gives no rules. Throws InvalidArgument.
+// which applies to every size, for allreduce; a rule that starts with a
+// collective's name is for that collective ("allgather:ring:0-max",
+// "broadcast:binomial_tree" for every size). Empty text gives no rules.
+// Throws InvalidArgument.
 std::vector<SizeRule> parse_size_rules(const std::string& text);
 
 class AlgorithmSelector {
@@ -110,11 +120,12 @@ class AlgorithmSelector {
         model_(model),
         profile_(layout),
         layout_text_(layout.describe()) {}
-  // Resolves `requested` (kAuto or a concrete algorithm) for one call, and
+  // Resolves `requested` (kAuto or a concrete algorithm of `collective`) for
+  // one call of `bytes` (as CostModel::predict counts them), and
   // says why in `reason` when given one (the per-call path passes none).
   // Hierarchical is a candidate only where hosts have several ranks and there
   // are several hosts (elsewhere it is the ring, or a flat algorithm).
-  Algorithm choose(Algorithm requested, size_t bytes, size_t ring_segment_bytes,
+  Algorithm choose(Collective collective, Algorithm requested, size_t bytes, size_t ring_segment_bytes,
                    std::string* reason = nullptr) const;
   // hierarchical's algorithm between hosts for a call of `bytes`: the
   // rules', else the cost model's.

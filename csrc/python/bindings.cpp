@@ -163,6 +163,71 @@ py::object allreduce_coalesced(Communicator& comm, py::handle tensor_list, py::h
   return py::reinterpret_borrow<py::object>(tensor_list);
 }
 
+// The per-call paths of reduce_scatter and allgather: `out` is the block of
+// `x` (reduce_scatter) or `x` the block of `out` (allgather).
+py::object reduce_scatter(Communicator& comm, py::handle x, py::handle out, py::handle op, py::handle algorithm,
+                          py::handle stream) {
+  telling_every_rank_of_rejections(comm, [&] {
+    const PythonBuffer source(x, "x");
+    const PythonBuffer target(out, "out");
+    check_block_output(source, target, /*out_is_block=*/true, comm.rank(), comm.size());
+    const ReduceOp op_code = parse_op(op);
+    const Algorithm algorithm_code = parse_algorithm(algorithm, Collective::kReduceScatter);
+    const Placement placement = placement_of(source, stream);
+    mark_modified({&target});
+    py::gil_scoped_release release;
+    comm.reduce_scatter(source.data(), target.data(), target.count(), source.dtype(), op_code, algorithm_code,
+                        placement);
+  });
+  return py::reinterpret_borrow<py::object>(out);
+}
+
+py::object allgather(Communicator& comm, py::handle x, py::handle out, py::handle algorithm, py::handle stream) {
+  telling_every_rank_of_rejections(comm, [&] {
+    const PythonBuffer source(x, "x");
+    const PythonBuffer target(out, "out");
+    check_block_output(source, target, /*out_is_block=*/false, comm.rank(), comm.size());
+    const Algorithm algorithm_code = parse_algorithm(algorithm, Collective::kAllgather);
+    const Placement placement = placement_of(source, stream);
+    mark_modified({&target});
+    py::gil_scoped_release release;
+    comm.allgather(source.data(), target.data(), source.count(), source.dtype(), algorithm_code, placement);
+  });
+  return py::reinterpret_borrow<py::object>(out);
+}
+
+// A broadcast's root: a Python int (its range is checked with the others').
+int parse_root(py::handle root) {
+  if (!PyLong_Check(root.ptr()) || PyBool_Check(root.ptr())) {
+    throw Rejection{PyExc_TypeError, ArgumentError::kBadRoot,
+                    std::string("root must be an int, not ") + Py_TYPE(root.ptr())->tp_name};
+  }
+  int overflow = 0;
+  const long long value = PyLong_AsLongLongAndOverflow(root.ptr(), &overflow);
+  return overflow != 0 || value < INT_MIN || value > INT_MAX ? -1 : static_cast<int>(value);
+}
+
+py::object broadcast(Communicator& comm, py::handle x, py::handle root, py::handle algorithm, py::handle stream) {
+  telling_every_rank_of_rejections(comm, [&] {
+    const PythonBuffer data(x, "x");
+    const int root_rank = parse_root(root);
+    if (!data.writable()) {
+      throw Rejection{PyExc_ValueError, ArgumentError::kBadBuffer, "x is read-only; a broadcast writes it in place"};
+    }
+    if (root_rank < 0 || root_rank >= comm.size()) {
+      throw Rejection{PyExc_ValueError, ArgumentError::kBadRoot,
+                      "root " + py::repr(root).cast<std::string>() + " is not a rank of this communicator of " +
+                          std::to_string(comm.size())};
+    }
+    const Algorithm algorithm_code = parse_algorithm(algorithm, Collective::kBroadcast);
+    const Placement placement = placement_of(data, stream);
+    mark_modified({&data});
+    py::gil_scoped_release release;
+    comm.broadcast(data.data(), data.count(), data.dtype(), root_rank, algorithm_code, placement);
+  });
+  return py::reinterpret_borrow<py::object>(x);
+}
+
 // A device transport's name, or None.
 py::object name_or_none(const std::optional<DeviceTransportKind>& kind) {
   return kind ? py::object(py::str(device_transport_name(*kind))) : py::object(py::none());
@@ -175,7 +240,7 @@ py::object name_or_none(const std::optional<DeviceTransportKind>& kind) {
 // the stream is None for host memory. Raises as the call would where it
 // rejects the arguments (without telling other ranks: this reads, it does not
 // communicate).
-py::tuple describe_call(py::handle x, py::handle op, py::handle algorithm) {
+py::tuple describe_call(py::handle x, py::handle op, py::handle algorithm, Collective collective) {
   try {
     size_t count = 0;
     std::optional<DType> dtype;
@@ -193,8 +258,9 @@ py::tuple describe_call(py::handle x, py::handle op, py::handle algorithm) {
     } else {
       read(x, "x");
     }
-    return py::make_tuple(count, dtype ? py::cast(*dtype) : py::object(py::none()), parse_op(op),
-                          parse_algorithm(algorithm), stream);
+    return py::make_tuple(count, dtype ? py::cast(*dtype) : py::object(py::none()),
+                          op.is_none() ? py::object(py::none()) : py::cast(parse_op(op)),
+                          parse_algorithm(algorithm, collective), stream);
   } catch (const Rejection& rejection) {
     PyErr_SetString(rejection.exception_type, rejection.message.c_str());
     throw py::error_already_set();
@@ -253,8 +319,12 @@ PYBIND11_MODULE(_C, m) {
       .value("min", ReduceOp::kMin)
       .value("max", ReduceOp::kMax)
       .value("prod", ReduceOp::kProd);
+  py::enum_<Collective> collective_enum(m, "Collective");
+  for (Collective c : all_collectives()) collective_enum.value(collective_name(c), c);
   py::enum_<Algorithm> algorithm_enum(m, "Algorithm");
   for (Algorithm a : all_algorithms()) algorithm_enum.value(algorithm_name(a), a);
+  m.def("algorithms_of", &algorithms_of, py::arg("collective"),
+        "The concrete algorithms of a collective, fewest messages first.");
 
   py::class_<CommunicatorOptions>(m, "CommunicatorOptions")
       .def(py::init<>())
@@ -303,6 +373,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("operation", [](const CallRecord& r) { return std::string(r.operation); })
       .def_readonly("count", &CallRecord::count)
       .def_readonly("dtype", &CallRecord::dtype)
+      .def_readonly("reduces", &CallRecord::reduces, "whether op means anything for this operation")
       .def_readonly("op", &CallRecord::op)
       .def_readonly("algorithm", &CallRecord::algorithm)
       .def_property_readonly("state", [](const CallRecord& r) { return std::string(call_state_name(r.state)); })
@@ -362,14 +433,32 @@ PYBIND11_MODULE(_C, m) {
            py::arg("stream") = py::none(),
            "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "
            "object. See pyallreduce.Communicator.allreduce.")
+      .def("reduce_scatter", &reduce_scatter, py::arg("x"), py::arg("out"), py::arg("op"), py::arg("algorithm"),
+           py::arg("stream") = py::none(),
+           "Reduce x (world size blocks) across all ranks into out, this rank's block; returns out. See\n"
+           "pyallreduce.Communicator.reduce_scatter.")
+      .def("allgather", &allgather, py::arg("x"), py::arg("out"), py::arg("algorithm"), py::arg("stream") = py::none(),
+           "Gather every rank's x into out, rank r's as block r; returns out. See\n"
+           "pyallreduce.Communicator.allgather.")
+      .def("broadcast", &broadcast, py::arg("x"), py::arg("root"), py::arg("algorithm"),
+           py::arg("stream") = py::none(),
+           "Copy rank root's x into x on every rank; returns x. See pyallreduce.Communicator.broadcast.")
+      .def(
+          "barrier",
+          [](Communicator& c) {
+            py::gil_scoped_release release;
+            c.barrier();
+          },
+          "Return once every rank has called it.")
       .def(
           "choose_algorithm",
-          [](const Communicator& c, Algorithm requested, size_t bytes) {
+          [](const Communicator& c, Algorithm requested, size_t bytes, Collective collective) {
             std::string reason;
-            const Algorithm chosen = c.choose_algorithm(requested, bytes, &reason);
+            const Algorithm chosen = c.choose_algorithm(collective, requested, bytes, &reason);
             return py::make_tuple(chosen, reason);
           },
-          py::arg("requested"), py::arg("bytes"), "The algorithm a call of `bytes` would use, and why.")
+          py::arg("requested"), py::arg("bytes"), py::arg("collective") = Collective::kAllreduce,
+          "The algorithm a call of `collective` on `bytes` would use, and why.")
       .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.")
       .def("flight_record", &Communicator::flight_record,
            "The last calls (at most 64), oldest first; the running one with the step it is in.")
@@ -389,7 +478,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("check_options", &check_options, py::arg("options"),
         "Raise ValueError where a communicator could not be built with `options`.");
   m.def("describe_call", &describe_call, py::arg("x"), py::arg("op"), py::arg("algorithm"),
-        "(count, dtype, op, algorithm, stream) of a call on `x` (a buffer, or a list of them) made on\n"
+        py::arg("collective") = Collective::kAllreduce,
+        "(count, dtype, op, algorithm, stream) of a call of `collective` on `x` (a buffer, or a list of\n"
+        "them; op None where the collective has none) made on\n"
         "this thread; stream is the CUDA stream (a cudaStream_t as an integer) it is ordered on: torch's\n"
         "current stream on the tensor's device, or the stream a __cuda_array_interface__ names (legacy\n"
         "default, 0, when it names none), None for host buffers. Raises as the call would.");
@@ -439,14 +530,20 @@ PYBIND11_MODULE(_C, m) {
       .def_readonly("gamma_s_per_byte", &CostModel::gamma_s_per_byte, "seconds per byte combined")
       .def(
           "predict",
-          [=](const CostModel& model, Algorithm algorithm, size_t bytes, py::handle hosts, size_t segment) {
-            return model.predict(algorithm, bytes, LayoutProfile(layout_of(hosts)), segment);
+          [=](const CostModel& model, Algorithm algorithm, size_t bytes, py::handle hosts, size_t segment,
+              Collective collective) {
+            if (!implements(algorithm, collective) || algorithm == Algorithm::kAuto) {
+              throw InvalidArgument(std::string(algorithm_name(algorithm)) + " is not a " +
+                                    collective_name(collective) + " algorithm");
+            }
+            return model.predict(collective, algorithm, bytes, LayoutProfile(layout_of(hosts)), segment);
           },
           py::arg("algorithm"), py::arg("bytes"), py::arg("hosts"),
           py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
-          "Predicted seconds for one allreduce of `bytes` over `hosts`: a world size (one host) or each\n"
-          "rank's host (any numbers; equal means shared), the ring cut into segments of\n"
-          "`ring_segment_bytes`.")
+          py::arg("collective") = Collective::kAllreduce,
+          "Predicted seconds for one call of `collective` on `bytes` (an allgather's output, a\n"
+          "reduce-scatter's input) over `hosts`: a world size (one host) or each rank's host (any\n"
+          "numbers; equal means shared), the ring cut into segments of `ring_segment_bytes`.")
       .def(
           "between_hosts",
           [=](const CostModel& model, size_t bytes, py::handle hosts, size_t segment) {

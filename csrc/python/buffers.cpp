@@ -283,7 +283,10 @@ Placement placement_of(const PythonBuffer& buffer, py::handle stream) {
   return Placement{buffer.device(), stream.is_none() ? buffer.stream() : stream.cast<uintptr_t>()};
 }
 
-void check_output(const PythonBuffer& source, const PythonBuffer& out) {
+namespace {
+
+// What every out= must be: writable, on the input's device, of its dtype.
+void check_output_kind(const PythonBuffer& source, const PythonBuffer& out) {
   if (!out.writable()) reject(PyExc_ValueError, ArgumentError::kBadOutput, "out is read-only");
   if (out.device() != source.device()) {
     reject(PyExc_ValueError, ArgumentError::kBadOutput, "out is on another device than the input");
@@ -293,16 +296,45 @@ void check_output(const PythonBuffer& source, const PythonBuffer& out) {
            std::string("out has dtype ") + dtype_name(out.dtype()) + " but the input has " +
                dtype_name(source.dtype()));
   }
+}
+
+bool overlap(const PythonBuffer& a, const PythonBuffer& b) {
+  const auto* a_begin = static_cast<const char*>(a.data());
+  const auto* b_begin = static_cast<const char*>(b.data());
+  return a_begin < b_begin + b.bytes() && b_begin < a_begin + a.bytes();
+}
+
+}  // namespace
+
+void check_output(const PythonBuffer& source, const PythonBuffer& out) {
+  check_output_kind(source, out);
   if (out.count() != source.count()) {
     reject(PyExc_ValueError, ArgumentError::kBadOutput,
            "out has " + std::to_string(out.count()) + " elements but the input has " +
                std::to_string(source.count()));
   }
-  const auto* in_begin = static_cast<const char*>(source.data());
-  const auto* out_begin = static_cast<const char*>(out.data());
-  const bool overlaps = out_begin < in_begin + source.bytes() && in_begin < out_begin + out.bytes();
-  if (overlaps && out_begin != in_begin) {
+  if (overlap(source, out) && out.data() != source.data()) {
     reject(PyExc_ValueError, ArgumentError::kBadOutput, "out partially overlaps the input");
+  }
+}
+
+void check_block_output(const PythonBuffer& source, const PythonBuffer& out, bool out_is_block, int rank, int size) {
+  check_output_kind(source, out);
+  const PythonBuffer& whole = out_is_block ? source : out;
+  const PythonBuffer& block = out_is_block ? out : source;
+  const char* whole_role = out_is_block ? "x" : "out";
+  const char* block_role = out_is_block ? "out" : "x";
+  if (whole.count() != block.count() * static_cast<size_t>(size)) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput,
+           std::string(whole_role) + " has " + std::to_string(whole.count()) + " elements but must have " +
+               std::to_string(size) + " (the world size) times " + block_role + "'s " +
+               std::to_string(block.count()));
+  }
+  const char* own_block = static_cast<const char*>(whole.data()) + static_cast<size_t>(rank) * block.bytes();
+  if (overlap(whole, block) && block.data() != own_block) {
+    reject(PyExc_ValueError, ArgumentError::kBadOutput,
+           std::string(block_role) + " overlaps " + whole_role + " other than as this rank's block " +
+               std::to_string(rank) + " of it");
   }
 }
 
@@ -364,8 +396,23 @@ ReduceOp parse_op(py::handle op) {
                     {{"product", ReduceOp::kProd}});
 }
 
-Algorithm parse_algorithm(py::handle algorithm) {
-  return parse_name(algorithm, "algorithm", ArgumentError::kBadAlgorithm, all_algorithms(), algorithm_name);
+Algorithm parse_algorithm(py::handle algorithm, Collective collective) {
+  // auto, then the collective's own: what the name may be.
+  static const std::vector<std::vector<Algorithm>> choices = [] {
+    std::vector<std::vector<Algorithm>> lists;
+    for (Collective c : all_collectives()) {
+      lists.push_back({Algorithm::kAuto});
+      for (Algorithm a : algorithms_of(c)) lists.back().push_back(a);
+    }
+    return lists;
+  }();
+  static const std::vector<std::string> what = [] {
+    std::vector<std::string> names;
+    for (Collective c : all_collectives()) names.push_back(std::string(collective_name(c)) + " algorithm");
+    return names;
+  }();
+  return parse_name(algorithm, what.at(static_cast<size_t>(collective)).c_str(), ArgumentError::kBadAlgorithm,
+                    choices.at(static_cast<size_t>(collective)), algorithm_name);
 }
 
 }  // namespace pyallreduce

@@ -79,13 +79,20 @@ void mark_modified(const std::vector<const PythonBuffer*>& buffers);
 // device, and either be the input itself or not overlap it. Throws Rejection.
 void check_output(const PythonBuffer& source, const PythonBuffer& out);
 
+// out= of a reduce-scatter (`out_is_block`: out is block `rank` of the
+// input's `size` blocks) or of an allgather (the input is block `rank` of
+// out's): of the input's kind, of the right size, and either exactly that
+// block of the whole or not overlapping it. Throws Rejection.
+void check_block_output(const PythonBuffer& source, const PythonBuffer& out, bool out_is_block, int rank, int size);
+
 // Where a call on `buffer` runs: its device, and for a device buffer the
 // CUDA stream `stream` (a cudaStream_t as an integer; None: buffer.stream()).
 // Throws Rejection for a stream given with host buffers.
 Placement placement_of(const PythonBuffer& buffer, pybind11::handle stream);
 
-// "sum", "avg", ... and "auto", "ring", ...; anything else throws Rejection.
+// "sum", "avg", ... and "auto", "ring", ... (auto or an algorithm of
+// `collective`); anything else throws Rejection.
 ReduceOp parse_op(pybind11::handle op);
-Algorithm parse_algorithm(pybind11::handle algorithm);
+Algorithm parse_algorithm(pybind11::handle algorithm, Collective collective = Collective::kAllreduce);
 
 }  // namespace pyallreduce

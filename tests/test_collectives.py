@@ -1,0 +1,135 @@
+"""reduce_scatter, allgather, broadcast and barrier over the in-process
+transport: every algorithm at world sizes that are not powers of two, with
+NCCL's group semantics and across hosts, their errors, their rules and
+their cost model."""
+
+import numpy as np
+import pytest
+
+from pyallreduce import COLLECTIVE_ALGORITHMS, _C
+from pyallreduce.testing import LocalWorldError, spawn_local
+from collective_checks import (block_counts, check_allgather, check_broadcast, check_collective_mismatches,
+                               check_reduce_scatter)
+
+WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 13]
+
+
+def broadcast_counts(world_size: int) -> list[int]:
+    return sorted({0, 1, world_size - 1, world_size + 1, 1009})
+
+
+@pytest.mark.parametrize("check, counts", [(check_reduce_scatter, block_counts), (check_allgather, block_counts),
+                                           (check_broadcast, broadcast_counts)],
+                         ids=["reduce_scatter", "allgather", "broadcast"])
+@pytest.mark.parametrize("world_size", WORLD_SIZES)
+@pytest.mark.parametrize("grouped", [False, True])
+def test_every_algorithm(check, counts, world_size, grouped):
+    sizes = counts(world_size)
+    assert all(spawn_local(world_size, lambda comm: check(comm, sizes) > 0, ring_segment_bytes=512, grouped=grouped))
+
+
+@pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 1, 2]])
+def test_across_hosts(hosts):
+    def each_rank(comm):
+        return (check_reduce_scatter(comm, [3], ops=("sum",), dtypes=("float32",)) + check_allgather(comm, [3])
+                + check_broadcast(comm, [5]))
+
+    assert all(spawn_local(len(hosts), each_rank, hosts=hosts))
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_mismatches_raise_on_every_rank(world_size):
+    assert all(spawn_local(world_size, lambda comm: check_collective_mismatches(comm) > 0))
+
+
+def test_barrier_waits_for_every_rank():
+    import time
+
+    def each_rank(comm):
+        if comm.rank == 1:
+            time.sleep(0.3)
+        started = time.monotonic()
+        comm.barrier()
+        return time.monotonic() - started
+
+    waited = spawn_local(3, each_rank)
+    assert waited[0] > 0.25 and waited[2] > 0.25, waited
+
+
+def test_barrier_runs_with_the_check_off():
+    assert spawn_local(3, lambda comm: comm.barrier(), check=False) == [None] * 3
+
+
+def test_async_calls_run_in_order():
+    def each_rank(comm):
+        p, r = comm.size, comm.rank
+        x = np.full(2, r, np.float64)
+        gathered = np.empty(2 * p)
+        reduced = np.empty(2)
+        futures = [comm.allgather_async(x, gathered), comm.reduce_scatter_async(np.ones(2 * p), reduced),
+                   comm.broadcast_async(x, root=p - 1), comm.barrier_async()]
+        for f in futures:
+            f.result(timeout=60)
+        return gathered.tolist(), reduced.tolist(), x.tolist()
+
+    results = spawn_local(3, each_rank)
+    for gathered, reduced, x in results:
+        assert gathered == [0, 0, 1, 1, 2, 2] and reduced == [3, 3] and x == [2, 2]
+
+
+def test_flight_record_names_the_collective():
+    def each_rank(comm):
+        comm.allgather(np.zeros(2, np.float32), np.zeros(2 * comm.size, np.float32), algorithm="ring")
+        return comm.flight_record()[-1]
+
+    record = spawn_local(2, each_rank)[0]
+    assert (record["operation"], record["count"], record["op"], record["algorithm"]) == ("allgather", 4, None, "ring")
+
+
+def test_algorithm_names_per_collective():
+    assert COLLECTIVE_ALGORITHMS["reduce_scatter"] == ("auto", "halving_doubling", "ring")
+    assert COLLECTIVE_ALGORITHMS["allgather"] == ("auto", "recursive_doubling", "ring")
+    assert COLLECTIVE_ALGORITHMS["broadcast"] == ("auto", "binomial_tree", "scatter_allgather")
+
+    def each_rank(comm):
+        with pytest.raises(ValueError, match="unknown broadcast algorithm 'ring'"):
+            comm.choose_algorithm(8, "ring", collective="broadcast")
+        with pytest.raises(ValueError, match="unknown collective 'gather'"):
+            comm.choose_algorithm(8, collective="gather")
+
+    spawn_local(1, each_rank)
+
+
+def test_rules_per_collective(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO", "allgather:ring:0-max;broadcast:scatter_allgather;ring:0-100")
+    chosen = spawn_local(4, lambda comm: [comm.choose_algorithm(8, collective=c)[0]
+                                          for c in ("allgather", "broadcast", "allreduce", "reduce_scatter")])[0]
+    assert chosen[:3] == ["ring", "scatter_allgather", "ring"]
+    assert chosen[3] in COLLECTIVE_ALGORITHMS["reduce_scatter"]
+    for bad, message in [("allgather:halving_doubling:0-10", "unknown allgather algorithm 'halving_doubling'"),
+                         ("broadcast:binomial_tree:5", "is not of the form")]:
+        monkeypatch.setenv("PYALLREDUCE_ALGO", bad)
+        with pytest.raises(LocalWorldError, match=message):
+            spawn_local(2, lambda comm: None)
+
+
+def test_cost_model_per_collective():
+    model = _C.CostModel.default()
+    broadcast = _C.Collective.broadcast
+    tree, scatter = _C.Algorithm.binomial_tree, _C.Algorithm.scatter_allgather
+    # A small broadcast is latency: lg p messages beat 2(p - 1); a large one is bandwidth.
+    assert model.predict(tree, 8, 16, collective=broadcast) < model.predict(scatter, 8, 16, collective=broadcast)
+    assert model.predict(scatter, 64 << 20, 16, collective=broadcast) < model.predict(tree, 64 << 20, 16,
+                                                                                     collective=broadcast)
+    ring, rd = _C.Algorithm.ring, _C.Algorithm.recursive_doubling
+    allgather = _C.Collective.allgather
+    assert model.predict(rd, 64, 8, collective=allgather) < model.predict(ring, 64, 8, collective=allgather)
+    for collective in (allgather, _C.Collective.reduce_scatter, broadcast):
+        for algorithm in _C.algorithms_of(collective):
+            assert model.predict(algorithm, 0, 1, collective=collective) == 0
+            assert model.predict(algorithm, 1 << 20, 6, collective=collective) > model.predict(
+                algorithm, 1 << 10, 6, collective=collective)
+    with pytest.raises(ValueError, match="not a broadcast algorithm"):
+        model.predict(ring, 8, 4, collective=broadcast)
+    chosen = spawn_local(8, lambda comm: [comm.choose_algorithm(n, collective="broadcast")[0] for n in (8, 64 << 20)])
+    assert chosen[0] == ["binomial_tree", "scatter_allgather"]
