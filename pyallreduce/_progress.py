@@ -37,8 +37,21 @@ class ProgressThread:
 
     def submit(self, call: Callable[[], Any], queued_as: Any = None) -> Future:
         """Queues ``call``; the future gets its return value or its exception.
-        ``queued_as`` is what :meth:`queued` says of it until it starts."""
+        ``queued_as`` is what :meth:`queued` says of it until it starts.
+
+        Submitted from the progress thread itself (by a callback of a
+        finished call's future, such as torch's PowerSGD hook, which waits
+        inside one for a call it makes), ``call`` runs at once and the future
+        is done on return: queued, it would wait behind the callback that
+        waits for it. Every rank makes such a call at the same point of its
+        sequence, as its callback runs when the call before it ends."""
         future: Future = Future()
+        if threading.current_thread() is self._thread:
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+            return future
         with self._lock:
             if self._thread is None:
                 if self._before_first_call is not None:

@@ -1,9 +1,17 @@
-"""torch.distributed set up from the ranks of an MPI launch.
+"""torch.distributed set up from the ranks of an MPI launch, and pyallreduce
+as a torch.distributed backend.
 
     mpiexec -n 4 python train.py      # (or mpirun, srun) and in train.py:
 
     comm = pyallreduce.init(torch_backend="gloo")        # both at once, or
     pyallreduce.distributed.init_process_group("gloo")   # torch.distributed alone ("nccl" too)
+    pyallreduce.distributed.init_process_group("pyallreduce")   # torch's collectives run on pyallreduce
+
+Importing this module registers the backend "pyallreduce" with
+torch.distributed (see pyallreduce._process_group): dist.all_reduce,
+broadcast, all_gather(_into_tensor), reduce_scatter(_tensor), barrier and
+DDP without a hook then run on pyallreduce's algorithms, for CPU and CUDA
+tensors.
 
 Rank and world size come from MPI; rank 0 opens the rendezvous store on a
 port the operating system picks and tells the others its address over MPI,
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import importlib.util
 import ipaddress
 import os
 import socket
@@ -23,6 +32,17 @@ from typing import Any
 
 from ._communicator import require_mpi_launch
 from ._optional import require
+
+
+def _register_backend() -> None:
+    """Registers backend "pyallreduce" with torch.distributed, once."""
+    import torch.distributed as dist
+
+    from . import _process_group
+
+    if _process_group.BACKEND_NAME.upper() not in dist.Backend._plugins:
+        dist.Backend.register_backend(_process_group.BACKEND_NAME, _process_group.create, extended_api=True,
+                                      devices=["cpu", "cuda"])
 
 
 def _resolved_host_name() -> str:
@@ -89,9 +109,12 @@ def init_process_group(
     """Initialize torch.distributed's default process group over the ranks of
     ``mpi_comm`` (default ``MPI.COMM_WORLD``). Collective over ``mpi_comm``.
 
-    Sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE`` in
-    the environment, and for ``backend="nccl"`` selects the GPU
-    ``LOCAL_RANK`` (mod the devices visible).
+    ``backend`` is any of torch's, or "pyallreduce" (this package's, which
+    runs torch's collectives on a :class:`pyallreduce.Communicator` over the
+    same MPI ranks). Sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+    ``LOCAL_WORLD_SIZE`` in the environment, and for ``backend="nccl"`` (or
+    "pyallreduce" where torch sees a GPU) selects the GPU ``LOCAL_RANK``
+    (mod the devices visible).
 
     Returns:
         The local rank.
@@ -103,6 +126,8 @@ def init_process_group(
     torch = require("torch", "torch", "pyallreduce.distributed")
     import torch.distributed as dist
     from mpi4py import MPI
+
+    _register_backend()
 
     comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
     require_mpi_launch(comm)
@@ -137,7 +162,7 @@ def init_process_group(
     os.environ.update(
         RANK=str(comm.rank), WORLD_SIZE=str(comm.size), LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(local_size)
     )
-    if backend == "nccl":
+    if backend == "nccl" or (backend == "pyallreduce" and torch.cuda.is_available()):
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     kwargs = {} if timeout is None else {"timeout": timeout}
     dist.init_process_group(backend, store=store, rank=comm.rank, world_size=comm.size, **kwargs)
@@ -154,3 +179,7 @@ def _destroy_at_exit() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+if importlib.util.find_spec("torch") is not None:
+    _register_backend()

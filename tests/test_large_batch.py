@@ -26,3 +26,21 @@ def test_quick_mode_trains_every_recipe_and_lars_learns_at_the_largest_batch(tmp
     assert all(0.0 < r["sync_share"] < 1.0 for r in records)
     assert "# parameters identical on all ranks after every run: yes" in result.stdout
     assert plot.stat().st_size > 0
+
+
+def test_the_torch_backend_trains_the_same_model(tmp_path):
+    runs = {}
+    for backend in ("hook", "pyallreduce"):
+        record = tmp_path / f"{backend}.json"
+        result = subprocess.run(
+            [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.examples.large_batch", "--batches", "1024",
+             "--recipes", "lars", "--seeds", "0", "--epochs", "3", "--warmup-epochs", "1", "--backend", backend,
+             "--json", str(record)],
+            capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+        (runs[backend],) = json.loads(record.read_text())["records"]
+    for run in runs.values():
+        assert run["params_identical_across_ranks"] and 0.0 < run["sync_share"] < 1.0, run
+    # The hook averages in one step and torch's divides, then sums: the same model up to rounding.
+    assert abs(runs["hook"]["final_train_loss"] - runs["pyallreduce"]["final_train_loss"]) < 0.02, runs

@@ -3,11 +3,14 @@ global batch size and recipe on MNIST-1D, a small version of the tables of
 Goyal et al. (2017) and You et al. (LARS, 2017).
 
     mpiexec -n 4 python -m pyallreduce.examples.large_batch [--quick] [--json FILE] [--plot FILE.png]
+                                                            [--backend hook|pyallreduce]
 
 A small 1-D CNN with BatchNorm trains with DistributedDataParallel, whose
-gradient buckets are averaged by pyallreduce's DDP hook (pyallreduce's
-algorithms over its MPI transport), for every global batch size, recipe and
-seed:
+gradient buckets are averaged by pyallreduce's algorithms over its MPI
+transport (--backend hook, the default: pyallreduce's DDP hook on a gloo
+process group; --backend pyallreduce: torch.distributed's backend
+"pyallreduce", with torch's own allreduce hook), for every global batch size,
+recipe and seed:
 
     sgd                SGD with momentum at the small-batch rate, 0.1 * 64 / 256 = 0.025
     sgd_linear         the rate scaled linearly with the batch, 0.1 * batch / 256 (Goyal et al.)
@@ -37,6 +40,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,6 +55,7 @@ require("mnist1d", "examples", "the large-batch example")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from mpi4py import MPI  # noqa: E402
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from torch.utils.data import DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -76,6 +81,7 @@ class Settings:
     lars_lr: float = 10.0  # LARS's global rate at batch 256, scaled by sqrt(batch / 256)
     lars_trust: float = 0.001
     micro_batch: int = 512  # most samples one worker puts through at once
+    backend: str = "hook"  # "hook": pyallreduce's DDP hook over gloo; "pyallreduce": the torch backend
 
 
 @dataclass
@@ -110,14 +116,16 @@ class Net(torch.nn.Module):
 
 
 class SyncTimer:
-    """Wraps pyallreduce's hook to add up how long gradient buckets spend from
+    """Wraps a DDP hook (pyallreduce's, or torch's allreduce hook over the
+    pyallreduce backend) to add up how long gradient buckets spend from
     hand-over to reduced, counting overlapping buckets once."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner: Callable[[Any, dist.GradBucket], torch.futures.Future[torch.Tensor]]) -> None:
+        self.inner = inner
         self.seconds = 0.0
         self._busy_until = 0.0
 
-    def hook(self, state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         handed = time.perf_counter()
 
         def reduced(future: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
@@ -126,7 +134,7 @@ class SyncTimer:
             self._busy_until = done
             return future.value()
 
-        return allreduce_hook(state, bucket).then(reduced)
+        return self.inner(state, bucket).then(reduced)
 
 
 def mnist1d_data(world: MPI.Comm) -> dict[str, torch.Tensor]:
@@ -206,8 +214,12 @@ def train(batch: int, recipe: str, seed: int, s: Settings, data: dict[str, torch
         raise ValueError(f"a worker's share {local} of the batch is not a multiple of --micro-batch {micro}")
     torch.manual_seed(seed)  # the same initial model on every rank
     model = DDP(Net(), forward_sync_buffers=False)  # BatchNorm statistics stay per worker
-    timer = SyncTimer()
-    model.register_comm_hook(HookState(comm), timer.hook)
+    if s.backend == "pyallreduce":  # the default process group is pyallreduce's
+        timer = SyncTimer(default_hooks.allreduce_hook)
+        model.register_comm_hook(None, timer.hook)
+    else:
+        timer = SyncTimer(allreduce_hook)
+        model.register_comm_hook(HookState(comm), timer.hook)
     train_x, train_y = data["x"], data["y"]
     sampler = DistributedSampler(range(len(train_x)), num_replicas=ranks, rank=comm.rank, shuffle=True, seed=seed,
                                  drop_last=True)
@@ -303,6 +315,9 @@ def main() -> None:
     parser.add_argument("--lars-trust", type=float, default=Settings.lars_trust, help="LARS's trust coefficient")
     parser.add_argument("--micro-batch", type=int, default=Settings.micro_batch,
                         help="most samples per forward on one worker; larger shares accumulate")
+    parser.add_argument("--backend", choices=("hook", "pyallreduce"), default=Settings.backend,
+                        help="hook: pyallreduce's DDP hook on a gloo group (default); pyallreduce: torch.distributed's "
+                             "backend 'pyallreduce'")
     parser.add_argument("--json", metavar="FILE", help="one record per run")
     parser.add_argument("--plot", metavar="FILE.png", help="accuracy against batch size per recipe")
     args = parser.parse_args()
@@ -315,16 +330,18 @@ def main() -> None:
         epochs=args.epochs or (12 if args.quick else Settings.epochs),
         warmup_epochs=args.warmup_epochs if args.warmup_epochs is not None else (2 if args.quick else 5),
         base_lr=args.base_lr, lars_lr=args.lars_lr, lars_trust=args.lars_trust, micro_batch=args.micro_batch,
+        backend=args.backend,
     )
 
     torch.set_num_threads(1)
     world = MPI.COMM_WORLD
-    with pyallreduce.init(torch_backend="gloo") as comm:
+    with pyallreduce.init(torch_backend="gloo" if settings.backend == "hook" else "pyallreduce") as comm:
         data = mnist1d_data(world)
         runs = [(b, r, s) for b in batches for r in args.recipes for s in seeds]
         if comm.rank == 0:
             print(f"# MNIST-1D: {len(data['x'])} training and {len(data['x_test'])} test samples; {comm.size} ranks; "
-                  f"{settings.epochs} epochs; seeds {seeds}; DDP gradients averaged by pyallreduce")
+                  f"{settings.epochs} epochs; seeds {seeds}; DDP gradients averaged by pyallreduce "
+                  f"({'its DDP hook' if settings.backend == 'hook' else 'the torch.distributed backend'})")
         records = []
         for batch, recipe, seed in tqdm(runs, disable=comm.rank != 0, desc="runs", unit="run"):
             record = train(batch, recipe, seed, settings, data, comm, world)
