@@ -2,9 +2,14 @@
 whose collectives run on a :class:`pyallreduce.Communicator` over the ranks of
 an MPI launch. :mod:`pyallreduce.distributed` registers it as "pyallreduce".
 
-Every collective is queued on the communicator's progress thread and returns
-a Work at once, whose future completes with the call (so DDP overlaps its
-buckets' reductions with the backward pass); ``async_op=False`` waits on it.
+Inside a backward pass (DDP's buckets, torch's comm hooks), a collective is
+queued on the communicator's progress thread and returns a Work at once,
+whose future completes with the call, so that the reductions overlap with
+the rest of backward. Elsewhere it runs on the caller's thread and returns a
+completed Work: handing a call to the progress thread and back costs more
+than a small allreduce itself (bench/RESULTS.md), and the caller of a
+synchronous call waits for it anyway. Either way calls run in the order they
+are made.
 """
 
 from __future__ import annotations
@@ -78,15 +83,23 @@ class ProcessGroup(dist.ProcessGroup):
         return f"<pyallreduce ProcessGroup rank {self.comm.rank} of {self.comm.size}>"
 
     # Each collective: its tensors in the layout pyallreduce takes (one
-    # contiguous buffer per argument), the call queued on the progress
-    # thread, and what to do once it is done (copy results out).
+    # contiguous buffer per argument), the call (see _start), and what to do
+    # once it is done (copy results out).
+
+    def _start(self, operation: str, *args: Any, **kwargs: Any) -> Future | None:
+        """``comm.<operation>(...)``: queued (its ``_async`` form, whose
+        future this returns) inside a backward pass, else run here (None)."""
+        if torch._C._current_graph_task_id() != -1:
+            return getattr(self.comm, operation + "_async")(*args, **kwargs)
+        getattr(self.comm, operation)(*args, **kwargs)
+        return None
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
         op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "all_reduce")
         calls = []
         for tensor in tensors:
             buffer, copy_back = _contiguous(tensor)
-            calls.append((self.comm.allreduce_async(buffer, op=op), copy_back))
+            calls.append((self._start("allreduce", buffer, op=op), copy_back))
         return _work(calls, tensors)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
@@ -97,14 +110,14 @@ class ProcessGroup(dist.ProcessGroup):
             for copy in copies:
                 copy()
 
-        return _work([(self.comm.allreduce_coalesced_async(list(buffers), op=op), copy_back)], tensors)
+        return _work([(self._start("allreduce_coalesced", list(buffers), op=op), copy_back)], tensors)
 
     def broadcast(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
         root = opts.rootRank if opts is not None else 0
         calls = []
         for tensor in tensors:
             buffer, copy_back = _contiguous(tensor)
-            calls.append((self.comm.broadcast_async(buffer, root=root), copy_back))
+            calls.append((self._start("broadcast", buffer, root=root), copy_back))
         return _work(calls, tensors)
 
     def allgather(self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor],
@@ -117,7 +130,7 @@ class ProcessGroup(dist.ProcessGroup):
                 for out, block in zip(outputs, gathered, strict=True):
                     out.copy_(block.view(out.shape))
 
-            calls.append((self.comm.allgather_async(tensor.contiguous().view(-1), gathered.view(-1)), copy_out))
+            calls.append((self._start("allgather", tensor.contiguous().view(-1), gathered.view(-1)), copy_out))
         return _work(calls, output_tensors)
 
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Any:  # noqa: A002
@@ -127,9 +140,10 @@ class ProcessGroup(dist.ProcessGroup):
                                     opts: Any = None) -> Any:
         return _work([self._all_gather_into(o, i) for o, i in zip(outputs, inputs, strict=True)], outputs)
 
-    def _all_gather_into(self, output: torch.Tensor, input: torch.Tensor) -> tuple[Future, Callable[[], None]]:  # noqa: A002
+    def _all_gather_into(self, output: torch.Tensor,
+                         input: torch.Tensor) -> tuple[Future | None, Callable[[], None]]:  # noqa: A002
         buffer, copy_back = _contiguous(output)
-        return self.comm.allgather_async(input.contiguous().view(-1), buffer.view(-1)), copy_back
+        return self._start("allgather", input.contiguous().view(-1), buffer.view(-1)), copy_back
 
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts: Any = None) -> Any:
@@ -150,12 +164,12 @@ class ProcessGroup(dist.ProcessGroup):
         return _work([self._reduce_scatter_into(o, i, op) for o, i in zip(outputs, inputs, strict=True)], outputs)
 
     def _reduce_scatter_into(self, output: torch.Tensor, input: torch.Tensor,  # noqa: A002
-                             op: str) -> tuple[Future, Callable[[], None]]:
+                             op: str) -> tuple[Future | None, Callable[[], None]]:
         buffer, copy_back = _contiguous(output)
-        return self.comm.reduce_scatter_async(input.contiguous().view(-1), buffer.view(-1), op=op), copy_back
+        return self._start("reduce_scatter", input.contiguous().view(-1), buffer.view(-1), op=op), copy_back
 
     def barrier(self, opts: Any = None) -> Any:
-        return _work([(self.comm.barrier_async(), _nothing)], [])
+        return _work([(self._start("barrier"), _nothing)], [])
 
     def send(self, tensors: Any, dst: int, tag: int) -> Any:
         raise _not_provided("send")
@@ -183,15 +197,23 @@ def _contiguous(tensor: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None]]
     return buffer, lambda: tensor.copy_(buffer)
 
 
-def _work(calls: list[tuple[Future, Callable[[], None]]], result: Any) -> Any:
-    """A torch Work for ``calls`` (each a pyallreduce future and what to do
-    once it is done): its future gets ``result`` when every call is done, or
-    the first call's error. For CUDA tensors the result is marked ready on the
-    caller's current stream, where pyallreduce ordered the calls."""
+def _work(calls: list[tuple[Future | None, Callable[[], None]]], result: Any) -> Any:
+    """A torch Work for ``calls``, each a pyallreduce future (None for a call
+    that has run) and what to do once it is done: its future gets ``result``
+    when every call is done, or the first call's error. For CUDA tensors the
+    result is marked ready on the caller's current stream, where pyallreduce
+    ordered the calls."""
     devices = sorted({t.device for t in _tensors(result) if t.device.type == "cuda"}, key=str)
     torch_future: torch.futures.Future = torch.futures.Future(devices=devices) if devices else torch.futures.Future()
+    pending = [(future, after) for future, after in calls if future is not None]
+    for future, after in calls:
+        if future is None:
+            after()
+    if not pending:
+        torch_future.set_result(result)
+        return _create_work_from_future(torch_future)
     streams = [torch.cuda.current_stream(d) for d in devices]
-    remaining = [len(calls)]
+    remaining = [len(pending)]
     failed: list[BaseException] = []
 
     def on_callers_stream() -> Any:
@@ -205,20 +227,16 @@ def _work(calls: list[tuple[Future, Callable[[], None]]], result: Any) -> Any:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiter
             failed.append(exc)
         remaining[0] -= 1
-        if remaining[0] == 0:
-            finish()
-
-    def finish() -> None:
-        if failed:
-            torch_future.set_exception(failed[0])
+        if remaining[0] > 0:
             return
         with on_callers_stream():
-            torch_future.set_result(result)
+            if failed:
+                torch_future.set_exception(failed[0])
+            else:
+                torch_future.set_result(result)
 
-    if not calls:
-        finish()
     # The callbacks run on the progress thread, one at a time, in call order.
-    for future, after in calls:
+    for future, after in pending:
         future.add_done_callback(lambda f, after=after: done(f, after))
     return _create_work_from_future(torch_future)
 

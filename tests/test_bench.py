@@ -47,7 +47,9 @@ def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
     assert result.returncode == 0, output[-6000:]
     data = json.loads(record.read_text())
     assert data["ranks"] == 2 and len(data["overhead_ratio"]) == 1 and len(data["coalesced_speedup"]) == 1
-    assert set(data["runs_ms"]) == {"iteration, pyallreduce hook", "iteration, gloo default hook",
+    assert len(data["backend_overhead_ratio"]) == 1
+    assert set(data["runs_ms"]) == {"iteration, pyallreduce hook", "iteration, pyallreduce backend",
+                                    "iteration, gloo default hook",
                                     "iteration, compute only", "allreduce_coalesced", "MPI_Allreduce per tensor"}
     # DDP's 25 MiB buckets over 102 MB of gradients, each reported once, in order.
     buckets = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  bucket ")]
