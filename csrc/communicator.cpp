@@ -321,7 +321,7 @@ std::string Communicator::broken_reason() const {
 Algorithm Communicator::choose_algorithm(Collective collective, Algorithm requested, size_t bytes,
                                          std::string* reason) const {
   transport();  // throws once freed
-  return selector_.choose(collective, requested, bytes, options_.ring_segment_bytes, reason);
+  return resolve(collective, requested, bytes, Placement{}, reason);
 }
 
 namespace {
@@ -335,11 +335,15 @@ namespace {
 // the collective. The error field, last, is (rank + 1) * kErrorCodes + code,
 // so the maximum names the highest failing rank and its reason.
 //
-// Calls of at most kCarriedPayloadBytes that run recursive doubling carry their
-// data in the same frame: the check and the reduction then share each step's
-// message instead of taking two rounds, which is most of a small call's time.
-// The frame has the same size on every rank whatever it carries, so ranks that
-// disagree still exchange well-formed messages before they raise.
+// Calls of at most kCarriedPayloadBytes that run their collective's
+// fewest-message algorithm carry their data in the same frame: the check and
+// the call then share each step's message instead of taking two rounds, which
+// is most of a small call's time. An allreduce or a reduce-scatter reduces
+// its whole vector there; an allgather's blocks, each rank's at its place,
+// and a broadcast's data, the root's alone, are combined by byte-wise or,
+// which leaves every rank's bytes where they were put. The frame has the same
+// size on every rank whatever it carries, so ranks that disagree still
+// exchange well-formed messages before they raise.
 constexpr int kFields = 10;
 constexpr int kErrorField = kFields - 1;
 constexpr int64_t kErrorCodes = 16;  // more than the highest ArgumentError
@@ -357,12 +361,13 @@ struct CheckFrame {
   alignas(16) unsigned char payload[kCarriedPayloadBytes];
 };
 
-// Combines check frames: fields by maximum, and the payload by `payload`'s
-// reduction over `payload_count` elements when the call is carried.
+// Combines check frames: fields by maximum, and a carried call's payload by
+// its reduction over `payload_count` elements, or byte-wise or over
+// `payload_bytes` where it has none.
 class CheckFrameCombiner final : public Combiner {
  public:
-  CheckFrameCombiner(const Reduction* payload, size_t payload_count)
-      : payload_(payload), payload_count_(payload_count) {}
+  CheckFrameCombiner(const Reduction* reduction, size_t payload_count, size_t payload_bytes)
+      : reduction_(reduction), payload_count_(payload_count), payload_bytes_(payload_bytes) {}
 
   void combine(const void* left, const void* right, void* out, size_t count) const override {
     const auto* l = static_cast<const CheckFrame*>(left);
@@ -370,26 +375,49 @@ class CheckFrameCombiner final : public Combiner {
     auto* o = static_cast<CheckFrame*>(out);
     for (size_t i = 0; i < count; ++i) {
       for (int f = 0; f < 2 * kFields; ++f) o[i].fields[f] = std::max(l[i].fields[f], r[i].fields[f]);
-      if (payload_ != nullptr) payload_->combine(l[i].payload, r[i].payload, o[i].payload, payload_count_);
+      if (reduction_ != nullptr) {
+        reduction_->combine(l[i].payload, r[i].payload, o[i].payload, payload_count_);
+        continue;
+      }
+      for (size_t b = 0; b < payload_bytes_; ++b) o[i].payload[b] = l[i].payload[b] | r[i].payload[b];
     }
   }
 
   void finalize(void* data, size_t count, int world_size) const override {
-    if (payload_ == nullptr) return;
+    if (reduction_ == nullptr) return;
     auto* frames = static_cast<CheckFrame*>(data);
-    for (size_t i = 0; i < count; ++i) payload_->finalize(frames[i].payload, payload_count_, world_size);
+    for (size_t i = 0; i < count; ++i) reduction_->finalize(frames[i].payload, payload_count_, world_size);
   }
 
  private:
-  const Reduction* payload_;
+  const Reduction* reduction_;
   size_t payload_count_;
+  size_t payload_bytes_;
 };
 
 }  // namespace
 
-bool Communicator::carries_payload(Algorithm algorithm, size_t bytes) const {
-  return options_.check_arguments && algorithm == Algorithm::kRecursiveDoubling &&
-         bytes <= kCarriedPayloadBytes;
+bool Communicator::carries_payload(Collective collective, Algorithm algorithm, size_t bytes,
+                                   const Placement& placement) const {
+  return options_.check_arguments && !placement.on_device() && bytes <= kCarriedPayloadBytes &&
+         collective != Collective::kBarrier && algorithm == algorithms_of(collective).front();
+}
+
+Algorithm Communicator::resolve(Collective collective, Algorithm requested, size_t bytes, const Placement& placement,
+                                std::string* reason) const {
+  // A call the check can carry costs nothing beyond the check, which every
+  // call pays: no other algorithm can be faster, whatever the model says
+  // (PYALLREDUCE_ALGO's rules still come first).
+  if (requested == Algorithm::kAuto && collective != Collective::kBarrier &&
+      carries_payload(collective, algorithms_of(collective).front(), bytes, placement) &&
+      selector_.rule_for(collective, bytes) == nullptr) {
+    const Algorithm carried = algorithms_of(collective).front();
+    if (reason != nullptr) {
+      *reason = "at most " + std::to_string(kCarriedPayloadBytes) + " bytes";
+    }
+    return carried;
+  }
+  return selector_.choose(collective, requested, bytes, options_.ring_segment_bytes, reason);
 }
 
 std::string Communicator::agree(const Signature& mine, ArgumentError error, const CarriedCall* call) {
@@ -404,10 +432,11 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
     frame.fields[i] = mine_fields[i];
     frame.fields[kFields + i] = -mine_fields[i];
   }
-  const size_t payload_bytes = call != nullptr ? call->count * call->reduction.element_size() : 0;
-  if (payload_bytes > 0) std::memcpy(frame.payload, call->input, payload_bytes);
-  const CheckFrameCombiner combiner(call != nullptr ? &call->reduction : nullptr,
-                                    call != nullptr ? call->count : 0);
+  if (call != nullptr && call->input_bytes > 0) std::memcpy(frame.payload + call->input_at, call->input, call->input_bytes);
+  const CheckFrameCombiner combiner(call != nullptr ? call->reduction : nullptr, call != nullptr ? call->count : 0,
+                                    call != nullptr ? std::max(call->input_at + call->input_bytes,
+                                                               call->output_at + call->output_bytes)
+                                                    : 0);
   steps_.set_stage(call != nullptr ? "argument check (carrying the data)" : "argument check");
   recursive_doubling_allreduce(CollectiveContext{t, combiner, workspace_, options_.ring_segment_bytes, steps_},
                                Vector{&frame, &frame, 1, sizeof(CheckFrame)});
@@ -472,7 +501,9 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
            where(max_of(5)) + "): pass CUDA tensors on every rank or on none, and set "
            "PYALLREDUCE_CUDA_TRANSPORT alike";
   }
-  if (payload_bytes > 0) std::memcpy(call->output, frame.payload, payload_bytes);
+  if (call != nullptr && call->output_bytes > 0) {
+    std::memcpy(call->output, frame.payload + call->output_at, call->output_bytes);
+  }
   return "";
 }
 
@@ -496,7 +527,7 @@ void Communicator::log_choice(const CallInfo& info, Algorithm requested) {
   std::string reason;
   const size_t bytes = info.count * element_size(info.dtype);
   const Collective collective = collective_from_name(info.operation);
-  const Algorithm chosen = selector_.choose(collective, requested, bytes, options_.ring_segment_bytes, &reason);
+  const Algorithm chosen = resolve(collective, requested, bytes, Placement{}, &reason);
   const auto key = std::make_tuple(static_cast<int>(collective), info.count, static_cast<int>(info.dtype),
                                    static_cast<int>(info.op), static_cast<int>(requested));
   if (!logged_.insert(key).second) return;
@@ -505,7 +536,7 @@ void Communicator::log_choice(const CallInfo& info, Algorithm requested) {
           ? std::string(", ") + algorithm_name(selector_.between_hosts(bytes, options_.ring_segment_bytes)) +
                 " between hosts"
           : "";
-  const bool carried = collective == Collective::kAllreduce && carries_payload(chosen, bytes);
+  const bool carried = carries_payload(collective, chosen, bytes, Placement{});
   options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": " + info.operation +
                          " of " + std::to_string(info.count) + " x " + dtype_name(info.dtype) + " (" +
                          (info.reduces ? std::string(op_name(info.op)) + ", " : "") + algorithm_name(requested) +
@@ -570,15 +601,15 @@ void Communicator::loopback(const void* input, void* output, size_t bytes, const
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
   const size_t bytes = count * element_size(dtype);
-  const Algorithm chosen = selector_.choose(Collective::kAllreduce, algorithm, bytes, options_.ring_segment_bytes);
+  const Algorithm chosen = resolve(Collective::kAllreduce, algorithm, bytes, placement);
   run_call(CallInfo{"allreduce", count, dtype, true, op, chosen}, [&] {
     Transport& t = transport();
     const Reduction reduction(dtype, op, bytes);
     if (options_.log_selection) log_choice(CallInfo{"allreduce", count, dtype, true, op, chosen}, algorithm);
     const ArgumentError objection = placement_error(placement);
     if (options_.check_arguments) {
-      const bool carried = !placement.on_device() && carries_payload(chosen, bytes);
-      const CarriedCall call{input, output, count, reduction};
+      const bool carried = carries_payload(Collective::kAllreduce, chosen, bytes, placement);
+      const CarriedCall call{input, bytes, 0, output, bytes, 0, &reduction, count};
       const std::string disagreement =
           agree(Signature{Collective::kAllreduce, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
                           static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)},
@@ -715,13 +746,15 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
 
 template <class Run>
 void Communicator::run_collective(const CallInfo& info, Algorithm requested, const Signature& signature,
-                                  const Placement& placement, ArgumentError objection, Run run) {
+                                  const Placement& placement, ArgumentError objection, const CarriedCall* carried,
+                                  Run run) {
   run_call(info, [&] {
     if (options_.log_selection) log_choice(info, requested);
     if (objection == ArgumentError::kNone) objection = placement_error(placement);
     if (options_.check_arguments) {
-      const std::string disagreement = agree(signature, objection);
+      const std::string disagreement = agree(signature, objection, carried);
       if (!disagreement.empty()) throw Disagreement(disagreement);
+      if (carried != nullptr) return;
     } else if (objection != ArgumentError::kNone) {
       throw InvalidArgument(std::string(info.operation) + " rejected: " + argument_error_text(objection));
     }
@@ -742,11 +775,16 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
   const size_t p = static_cast<size_t>(size());
   const size_t element_bytes = element_size(dtype);
   const Algorithm chosen =
-      selector_.choose(Collective::kReduceScatter, algorithm, p * count * element_bytes, options_.ring_segment_bytes);
+      resolve(Collective::kReduceScatter, algorithm, p * count * element_bytes, placement);
   const Signature signature{Collective::kReduceScatter, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
                             static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)};
+  const size_t whole_bytes = p * count * element_bytes;
+  const Reduction carried_reduction(dtype, op, whole_bytes);
+  const CarriedCall carried{input, whole_bytes, 0, output, count * element_bytes,
+                            static_cast<size_t>(rank()) * count * element_bytes, &carried_reduction, p * count};
+  const bool carry = carries_payload(Collective::kReduceScatter, chosen, whole_bytes, placement);
   run_collective(CallInfo{"reduce_scatter", p * count, dtype, true, op, chosen}, algorithm, signature, placement,
-                 ArgumentError::kNone,
+                 ArgumentError::kNone, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace& staging, const Combiner& reduction) {
                    // The algorithms reduce a whole vector; this rank's block of it is the result.
                    char* whole = static_cast<char*>(staging.reserve(p * count * element_bytes));
@@ -763,12 +801,15 @@ void Communicator::allgather(const void* input, void* output, size_t count, DTyp
   const size_t p = static_cast<size_t>(size());
   const size_t element_bytes = element_size(dtype);
   const Algorithm chosen =
-      selector_.choose(Collective::kAllgather, algorithm, p * count * element_bytes, options_.ring_segment_bytes);
+      resolve(Collective::kAllgather, algorithm, p * count * element_bytes, placement);
   const Signature signature{Collective::kAllgather, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
                             static_cast<int64_t>(chosen), 0, placement_code(placement)};
+  const size_t block_bytes = count * element_bytes;
+  const CarriedCall carried{input, block_bytes, static_cast<size_t>(rank()) * block_bytes, output, p * block_bytes, 0,
+                            nullptr, 0};
+  const bool carry = carries_payload(Collective::kAllgather, chosen, p * block_bytes, placement);
   run_collective(CallInfo{"allgather", p * count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,
-                 placement,
-                 ArgumentError::kNone,
+                 placement, ArgumentError::kNone, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
                    char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * count * element_bytes;
                    if (mine != input) workspace.copy(mine, input, count * element_bytes);
@@ -782,14 +823,16 @@ void Communicator::broadcast(void* data, size_t count, DType dtype, int root, Al
                              const Placement& placement) {
   const size_t element_bytes = element_size(dtype);
   const Algorithm chosen =
-      selector_.choose(Collective::kBroadcast, algorithm, count * element_bytes, options_.ring_segment_bytes);
+      resolve(Collective::kBroadcast, algorithm, count * element_bytes, placement);
   const bool root_ok = root >= 0 && root < size();
   // The root travels as root + 1, so that 0 stays "nothing to compare".
   const Signature signature{Collective::kBroadcast, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
                             static_cast<int64_t>(chosen), root_ok ? root + 1 : 0, placement_code(placement)};
+  const size_t bytes = count * element_bytes;
+  const CarriedCall carried{data, rank() == root ? bytes : 0, 0, data, bytes, 0, nullptr, 0};
+  const bool carry = carries_payload(Collective::kBroadcast, chosen, bytes, placement);
   run_collective(CallInfo{"broadcast", count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,
-                 placement,
-                 root_ok ? ArgumentError::kNone : ArgumentError::kBadRoot,
+                 placement, root_ok ? ArgumentError::kNone : ArgumentError::kBadRoot, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
                    run_broadcast(chosen,
                                  CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},

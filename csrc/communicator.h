@@ -204,13 +204,6 @@ class Communicator {
     ReduceOp op;
     Algorithm algorithm;
   };
-  // The shared body of reduce_scatter, allgather and broadcast: the call
-  // (run_call), its log line, its argument check, then `run(transport, workspace,
-  // staging, reduction)` on host memory or on the device context for
-  // `placement`; staging is a second region for the collective's own use.
-  template <class Run>
-  void run_collective(const CallInfo& info, Algorithm requested, const Signature& signature,
-                      const Placement& placement, ArgumentError objection, Run run);
   // Runs `body` as call number ++calls_: holds busy_, sets the transport's
   // deadline, records the call, and on a failure other than a Disagreement
   // breaks the communicator (see fail()).
@@ -235,20 +228,43 @@ class Communicator {
   // allgather step 2 of 3": the running call, for its errors.
   std::string where_it_failed() const;
   CallRecord& current_record() { return records_[(calls_ - 1) % kRecordedCalls]; }
-  // A small call whose data travels inside the argument check.
+  // A small call whose data travels inside the argument check: `input_bytes`
+  // of `input` go into the check's payload at byte `input_at` (which is zero
+  // elsewhere); the payloads are combined by `reduction` over its first
+  // `count` elements, or where it is null by byte-wise or (each rank having
+  // filled bytes of its own, as an allgather's blocks, or only one rank any,
+  // as a broadcast's root); `output_bytes` of the result from byte
+  // `output_at` land in `output`.
   struct CarriedCall {
     const void* input;
+    size_t input_bytes, input_at;
     void* output;
+    size_t output_bytes, output_at;
+    const Reduction* reduction;
     size_t count;
-    const Reduction& reduction;
   };
   // Compares every rank's signature and local error; returns a description of
   // the first disagreement, or an empty string when all ranks agree. With
-  // `call`, its data is reduced in the same messages and, when all agree,
+  // `call`, its data is combined in the same messages and, when all agree,
   // the result is in call->output.
   std::string agree(const Signature& mine, ArgumentError error, const CarriedCall* call = nullptr);
-  // Whether a call of `bytes` running `algorithm` is carried by the check.
-  bool carries_payload(Algorithm algorithm, size_t bytes) const;
+  // Whether a call of `collective` whose payload is `bytes` (the whole
+  // vector) running `algorithm` is carried by the check: small calls of the
+  // collective's fewest-message algorithm, on host buffers, with the check on.
+  bool carries_payload(Collective collective, Algorithm algorithm, size_t bytes, const Placement& placement) const;
+  // What `requested` runs for a call of `collective` on `bytes` at
+  // `placement`, and why in `reason`: auto carries what the check can carry,
+  // and asks the selector (rules, then the cost model) otherwise.
+  Algorithm resolve(Collective collective, Algorithm requested, size_t bytes, const Placement& placement,
+                    std::string* reason = nullptr) const;
+  // The shared body of reduce_scatter, allgather and broadcast: the call
+  // (run_call), its log line, its argument check (which, given `carried`,
+  // is the whole call), then `run(transport, workspace, staging, reduction)`
+  // on host memory or on the device context for `placement`; staging is a
+  // second region for the collective's own use.
+  template <class Run>
+  void run_collective(const CallInfo& info, Algorithm requested, const Signature& signature,
+                      const Placement& placement, ArgumentError objection, const CarriedCall* carried, Run run);
   Transport& transport() const;
   // Holds busy_ for one collective, or throws if another call holds it or
   // the communicator is broken.

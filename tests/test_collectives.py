@@ -133,3 +133,38 @@ def test_cost_model_per_collective():
         model.predict(ring, 8, 4, collective=broadcast)
     chosen = spawn_local(8, lambda comm: [comm.choose_algorithm(n, collective="broadcast")[0] for n in (8, 64 << 20)])
     assert chosen[0] == ["binomial_tree", "scatter_allgather"]
+
+
+def test_small_calls_travel_inside_the_argument_check(monkeypatch, capfd):
+    import logging
+
+    logger = logging.getLogger("pyallreduce")
+    monkeypatch.setattr(logger, "level", logging.NOTSET)
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
+
+    def each_rank(comm):
+        p = comm.size
+        for m in (8, 1024):  # 3 x 8 floats are carried, 3 x 1024 are not
+            comm.reduce_scatter(np.ones(p * m, np.float32), np.empty(m, np.float32))
+            comm.allgather(np.ones(m, np.float32), np.empty(p * m, np.float32))
+            comm.broadcast(np.ones(p * m, np.float32), root=1)
+
+    spawn_local(3, each_rank)
+    lines = [line for line in capfd.readouterr().err.splitlines() if "rank 0/3" in line]
+    carried = [line for line in lines if "inside the argument check" in line]
+    assert len(lines) == 6 and len(carried) == 3, lines
+    assert all(" of 24 x float32 " in line for line in carried), carried
+
+
+def test_counts_either_side_of_the_carried_size_raise_on_every_rank():
+    # 3 x 85 floats (1020 bytes) travel inside the check, 3 x 86 do not: the ranks still meet there.
+    def each_rank(comm):
+        m = 85 + (comm.rank == 2)
+        with pytest.raises(ValueError, match="different element counts"):
+            comm.allgather(np.zeros(m, np.float32), np.empty(3 * m, np.float32))
+        with pytest.raises(ValueError, match="different element counts"):
+            comm.broadcast(np.zeros(3 * m, np.float32), root=0)
+        return comm.allreduce(np.ones(1))[0]
+
+    assert spawn_local(3, each_rank) == [3, 3, 3]

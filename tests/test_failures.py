@@ -169,9 +169,13 @@ def test_the_flight_record_lists_queued_calls_after_the_running_one():
                                                                             np.ones(4, np.float32)],))
         sync_call.start()
         deadline = time.monotonic() + 30
-        while len(comm._progress.queued()) < 2 and time.monotonic() < deadline:
+        # Until the first call has started (on a loaded machine the progress
+        # thread may not have taken it yet) and the other two wait behind it.
+        while time.monotonic() < deadline:
+            record = comm.flight_record()
+            if [c["state"] for c in record] == ["running", "queued", "queued"]:
+                break
             time.sleep(0.01)
-        record = comm.flight_record()
         rank_0_has_looked.set()
         for future in futures:
             future.result()

@@ -31,8 +31,10 @@ def test_a_bare_name_applies_to_every_size(monkeypatch):
 
 def test_uncovered_sizes_fall_back_to_the_cost_model(monkeypatch):
     monkeypatch.setenv("PYALLREDUCE_ALGO", "ring:1000-2000")
-    name, reason = choices(4, [10])[0]
+    name, reason = choices(4, [4096])[0]
     assert reason.startswith("cost model for 1 host x 4 ranks, constants built-in:")
+    # Calls small enough for the argument check to carry need no model.
+    assert choices(4, [10])[0] == ("recursive_doubling", "at most 1024 bytes")
 
 
 def test_cost_model_prefers_few_messages_small_and_the_ring_large():
@@ -159,8 +161,8 @@ def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd, fresh_logge
     spawn_local(2, each_rank)
     lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
     assert len(lines) == 2  # one per rank
-    assert "allreduce of 100 x float32 (sum, auto) -> recursive_doubling inside the argument check [cost model for " \
-           "1 host x 2 ranks, constants built-in:" in lines[0]
+    assert "allreduce of 100 x float32 (sum, auto) -> recursive_doubling inside the argument check " \
+           "[at most 1024 bytes]" in lines[0]
 
 
 def test_the_pyallreduce_logger_gets_the_choices_without_the_variable(monkeypatch, caplog, fresh_logger):

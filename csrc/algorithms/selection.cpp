@@ -308,21 +308,26 @@ Algorithm AlgorithmSelector::between_hosts(size_t bytes, size_t ring_segment_byt
   return model_.between_hosts(bytes, profile_, ring_segment_bytes);
 }
 
+const SizeRule* AlgorithmSelector::rule_for(Collective collective, size_t bytes) const {
+  for (const SizeRule& rule : rules_) {
+    if (rule.collective == collective && bytes >= rule.min_bytes && bytes <= rule.max_bytes) return &rule;
+  }
+  return nullptr;
+}
+
 Algorithm AlgorithmSelector::choose(Collective collective, Algorithm requested, size_t bytes,
                                     size_t ring_segment_bytes, std::string* reason) const {
   if (requested != Algorithm::kAuto) {
     if (reason != nullptr) *reason = "requested by the caller";
     return requested;
   }
-  for (const SizeRule& rule : rules_) {
-    if (rule.collective == collective && bytes >= rule.min_bytes && bytes <= rule.max_bytes) {
-      if (reason != nullptr) {
-        *reason = "PYALLREDUCE_ALGO rule " + std::to_string(rule.min_bytes) + "-" +
-                  (rule.max_bytes == std::numeric_limits<size_t>::max() ? std::string("max")
-                                                                        : std::to_string(rule.max_bytes));
-      }
-      return rule.algorithm;
+  if (const SizeRule* rule = rule_for(collective, bytes)) {
+    if (reason != nullptr) {
+      *reason = "PYALLREDUCE_ALGO rule " + std::to_string(rule->min_bytes) + "-" +
+                (rule->max_bytes == std::numeric_limits<size_t>::max() ? std::string("max")
+                                                                       : std::to_string(rule->max_bytes));
     }
+    return rule->algorithm;
   }
   Algorithm best = Algorithm::kAuto;
   double best_time = std::numeric_limits<double>::infinity();

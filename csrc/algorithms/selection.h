@@ -130,6 +130,9 @@ class AlgorithmSelector {
   // hierarchical's algorithm between hosts for a call of `bytes`: the
   // rules', else the cost model's.
   Algorithm between_hosts(size_t bytes, size_t ring_segment_bytes) const;
+  // The PYALLREDUCE_ALGO rule that covers a call of `collective` on `bytes`,
+  // or null.
+  const SizeRule* rule_for(Collective collective, size_t bytes) const;
   // The model's constants from now on, and where they came from ("built-in",
   // "measured ... on ..."), for the reasons.
   void set_model(const CostModel& model, const std::string& source) {
