@@ -774,11 +774,10 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
                                   Algorithm algorithm, const Placement& placement) {
   const size_t p = static_cast<size_t>(size());
   const size_t element_bytes = element_size(dtype);
-  const Algorithm chosen =
-      resolve(Collective::kReduceScatter, algorithm, p * count * element_bytes, placement);
+  const size_t whole_bytes = p * count * element_bytes;
+  const Algorithm chosen = resolve(Collective::kReduceScatter, algorithm, whole_bytes, placement);
   const Signature signature{Collective::kReduceScatter, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
                             static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)};
-  const size_t whole_bytes = p * count * element_bytes;
   const Reduction carried_reduction(dtype, op, whole_bytes);
   const CarriedCall carried{input, whole_bytes, 0, output, count * element_bytes,
                             static_cast<size_t>(rank()) * count * element_bytes, &carried_reduction, p * count};
@@ -787,7 +786,7 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
                  ArgumentError::kNone, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace& staging, const Combiner& reduction) {
                    // The algorithms reduce a whole vector; this rank's block of it is the result.
-                   char* whole = static_cast<char*>(staging.reserve(p * count * element_bytes));
+                   char* whole = static_cast<char*>(staging.reserve(whole_bytes));
                    run_reduce_scatter(chosen,
                                       CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
                                       Vector{input, whole, p * count, element_bytes});
@@ -800,19 +799,18 @@ void Communicator::allgather(const void* input, void* output, size_t count, DTyp
                              const Placement& placement) {
   const size_t p = static_cast<size_t>(size());
   const size_t element_bytes = element_size(dtype);
-  const Algorithm chosen =
-      resolve(Collective::kAllgather, algorithm, p * count * element_bytes, placement);
+  const size_t block_bytes = count * element_bytes;
+  const Algorithm chosen = resolve(Collective::kAllgather, algorithm, p * block_bytes, placement);
   const Signature signature{Collective::kAllgather, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
                             static_cast<int64_t>(chosen), 0, placement_code(placement)};
-  const size_t block_bytes = count * element_bytes;
   const CarriedCall carried{input, block_bytes, static_cast<size_t>(rank()) * block_bytes, output, p * block_bytes, 0,
                             nullptr, 0};
   const bool carry = carries_payload(Collective::kAllgather, chosen, p * block_bytes, placement);
   run_collective(CallInfo{"allgather", p * count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,
                  placement, ArgumentError::kNone, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
-                   char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * count * element_bytes;
-                   if (mine != input) workspace.copy(mine, input, count * element_bytes);
+                   char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * block_bytes;
+                   if (mine != input) workspace.copy(mine, input, block_bytes);
                    run_allgather(chosen,
                                  CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
                                  Vector{output, output, p * count, element_bytes});
@@ -822,13 +820,12 @@ void Communicator::allgather(const void* input, void* output, size_t count, DTyp
 void Communicator::broadcast(void* data, size_t count, DType dtype, int root, Algorithm algorithm,
                              const Placement& placement) {
   const size_t element_bytes = element_size(dtype);
-  const Algorithm chosen =
-      resolve(Collective::kBroadcast, algorithm, count * element_bytes, placement);
+  const size_t bytes = count * element_bytes;
+  const Algorithm chosen = resolve(Collective::kBroadcast, algorithm, bytes, placement);
   const bool root_ok = root >= 0 && root < size();
   // The root travels as root + 1, so that 0 stays "nothing to compare".
   const Signature signature{Collective::kBroadcast, static_cast<int64_t>(count), static_cast<int64_t>(dtype), 0,
                             static_cast<int64_t>(chosen), root_ok ? root + 1 : 0, placement_code(placement)};
-  const size_t bytes = count * element_bytes;
   const CarriedCall carried{data, rank() == root ? bytes : 0, 0, data, bytes, 0, nullptr, 0};
   const bool carry = carries_payload(Collective::kBroadcast, chosen, bytes, placement);
   run_collective(CallInfo{"broadcast", count, dtype, false, ReduceOp::kSum, chosen}, algorithm, signature,

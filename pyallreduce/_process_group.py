@@ -6,9 +6,9 @@ Inside a backward pass (DDP's buckets, torch's comm hooks), a collective is
 queued on the communicator's progress thread and returns a Work at once,
 whose future completes with the call, so that the reductions overlap with
 the rest of backward. Elsewhere it runs on the caller's thread and returns a
-completed Work: handing a call to the progress thread and back costs more
-than a small allreduce itself (bench/RESULTS.md), and the caller of a
-synchronous call waits for it anyway. Either way calls run in the order they
+completed Work: handing a call to the progress thread and back costs several
+times what a small allreduce itself does, and the caller of a synchronous
+call waits for it anyway. Either way calls run in the order they
 are made.
 """
 
@@ -178,9 +178,6 @@ class ProcessGroup(dist.ProcessGroup):
         raise _not_provided("recv")
 
     def all_to_all_single(self, *args: Any) -> Any:
-        raise _not_provided("all_to_all_single")
-
-    def alltoall_base(self, *args: Any) -> Any:
         raise _not_provided("all_to_all_single")
 
 

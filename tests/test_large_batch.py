@@ -33,8 +33,8 @@ def test_the_torch_backend_trains_the_same_model(tmp_path):
     for backend in ("hook", "pyallreduce"):
         record = tmp_path / f"{backend}.json"
         result = subprocess.run(
-            [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.examples.large_batch", "--batches", "1024",
-             "--recipes", "lars", "--seeds", "0", "--epochs", "3", "--warmup-epochs", "1", "--backend", backend,
+            [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.examples.large_batch", "--batches", "4096",
+             "--recipes", "lars", "--seeds", "0", "--epochs", "2", "--warmup-epochs", "1", "--backend", backend,
              "--json", str(record)],
             capture_output=True, text=True, timeout=900,
         )
