@@ -30,8 +30,8 @@ if [ "$mode" = address ]; then
   # growth in the soak benchmark instead.
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-  tests=(tests/test_local_allreduce.py tests/test_coalesced.py tests/test_errors.py tests/test_failures.py
-         tests/test_selection.py tests/test_schedules.py)
+  tests=(tests/test_local_allreduce.py tests/test_collectives.py tests/test_coalesced.py tests/test_errors.py
+         tests/test_failures.py tests/test_selection.py tests/test_schedules.py)
 else
   flags="-fsanitize=thread"
   runtime="$(gcc -print-file-name=libtsan.so)"
