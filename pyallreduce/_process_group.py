@@ -37,7 +37,10 @@ _OPS = ((dist.ReduceOp.SUM, "sum"), (dist.ReduceOp.AVG, "avg"), (dist.ReduceOp.M
 _MPI_TAG_BOUND = 32768
 
 
-def _op_name(op: Any, operation: str) -> str:
+def _op_name(opts: Any, operation: str) -> str:
+    """pyallreduce's name for the reduce op of ``opts`` (torch's options for
+    ``operation``; None: SUM)."""
+    op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
     for torch_op, name in _OPS:
         if op == torch_op:
             return name
@@ -95,7 +98,7 @@ class ProcessGroup(dist.ProcessGroup):
         return None
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
-        op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "all_reduce")
+        op = _op_name(opts, "all_reduce")
         calls = []
         for tensor in tensors:
             buffer, copy_back = _contiguous(tensor)
@@ -103,7 +106,7 @@ class ProcessGroup(dist.ProcessGroup):
         return _work(calls, tensors)
 
     def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
-        op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "all_reduce_coalesced")
+        op = _op_name(opts, "all_reduce_coalesced")
         buffers, copies = zip(*(_contiguous(t) for t in tensors)) if tensors else ((), ())
 
         def copy_back() -> None:
@@ -147,7 +150,7 @@ class ProcessGroup(dist.ProcessGroup):
 
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts: Any = None) -> Any:
-        op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "reduce_scatter")
+        op = _op_name(opts, "reduce_scatter")
         calls = []
         for output, inputs in zip(outputs, input_lists, strict=True):
             whole = torch.cat([t.reshape(-1) for t in inputs]) if inputs else output.new_empty(0)
@@ -155,12 +158,12 @@ class ProcessGroup(dist.ProcessGroup):
         return _work(calls, outputs)
 
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Any:  # noqa: A002
-        op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "reduce_scatter_tensor")
+        op = _op_name(opts, "reduce_scatter_tensor")
         return _work([self._reduce_scatter_into(output, input, op)], [output])
 
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                                         opts: Any = None) -> Any:
-        op = _op_name(opts.reduceOp if opts is not None else dist.ReduceOp.SUM, "reduce_scatter_tensor_coalesced")
+        op = _op_name(opts, "reduce_scatter_tensor_coalesced")
         return _work([self._reduce_scatter_into(o, i, op) for o, i in zip(outputs, inputs, strict=True)], outputs)
 
     def _reduce_scatter_into(self, output: torch.Tensor, input: torch.Tensor,  # noqa: A002
