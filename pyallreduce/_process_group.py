@@ -27,9 +27,9 @@ from ._communicator import Communicator
 
 BACKEND_NAME = "pyallreduce"
 
-# torch's reduce ops and pyallreduce's names for them.
-_OPS = ((dist.ReduceOp.SUM, "sum"), (dist.ReduceOp.AVG, "avg"), (dist.ReduceOp.MIN, "min"),
-        (dist.ReduceOp.MAX, "max"), (dist.ReduceOp.PRODUCT, "prod"))
+# torch's reduce ops (their RedOpType, which hashes) and pyallreduce's names for them.
+_OPS = {dist.ReduceOp.SUM: "sum", dist.ReduceOp.AVG: "avg", dist.ReduceOp.MIN: "min", dist.ReduceOp.MAX: "max",
+        dist.ReduceOp.PRODUCT: "prod"}
 
 # Communicators for groups are made with MPI_Comm_create_group, collective
 # over the group's ranks only, with a tag from the group's name (the same on
@@ -40,12 +40,14 @@ _MPI_TAG_BOUND = 32768
 def _op_name(opts: Any, operation: str) -> str:
     """pyallreduce's name for the reduce op of ``opts`` (torch's options for
     ``operation``; None: SUM)."""
-    op = opts.reduceOp if opts is not None else dist.ReduceOp.SUM
-    for torch_op, name in _OPS:
-        if op == torch_op:
-            return name
-    raise ValueError(f"pyallreduce's {operation} supports ReduceOp.SUM, AVG, MIN, MAX and PRODUCT, not {op!r} "
-                     "(PREMUL_SUM's factor cannot be read from Python: scale the tensor, then reduce with SUM)")
+    if opts is None:
+        return "sum"
+    op = opts.reduceOp.op
+    name = _OPS.get(op)
+    if name is None:
+        raise ValueError(f"pyallreduce's {operation} supports ReduceOp.SUM, AVG, MIN, MAX and PRODUCT, not {op!r} "
+                         "(PREMUL_SUM's factor cannot be read from Python: scale the tensor, then reduce with SUM)")
+    return name
 
 
 def _not_provided(operation: str) -> NotImplementedError:
@@ -99,6 +101,9 @@ class ProcessGroup(dist.ProcessGroup):
 
     def allreduce(self, tensors: list[torch.Tensor], opts: Any = None) -> Any:
         op = _op_name(opts, "all_reduce")
+        if len(tensors) == 1 and tensors[0].is_contiguous() and torch._C._current_graph_task_id() == -1:
+            self.comm.allreduce(tensors[0], op)  # dist.all_reduce's call, with nothing in between
+            return _Done(tensors)
         calls = []
         for tensor in tensors:
             buffer, copy_back = _contiguous(tensor)
@@ -197,21 +202,54 @@ def _contiguous(tensor: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None]]
     return buffer, lambda: tensor.copy_(buffer)
 
 
+def _future(result: Any) -> torch.futures.Future:
+    """An unset torch future for ``result``; for CUDA tensors one that marks
+    them ready on the stream current when it is set."""
+    devices = sorted({t.device for t in _tensors(result) if t.device.type == "cuda"}, key=str)
+    return torch.futures.Future(devices=devices) if devices else torch.futures.Future()
+
+
+class _Done(dist._Work):
+    """The Work of calls that have run on the caller's thread: waiting
+    returns at once, and the future is made only when asked for (a torch
+    future and the Work around it cost more than a small allreduce)."""
+
+    def __init__(self, result: Any):
+        super().__init__()
+        self._result = result
+
+    def wait(self, timeout: Any = None) -> bool:
+        return True
+
+    def is_completed(self) -> bool:
+        return True
+
+    def is_success(self) -> bool:
+        return True
+
+    def result(self) -> list[torch.Tensor]:
+        return _tensors(self._result)
+
+    def get_future(self) -> torch.futures.Future:
+        future = _future(self._result)
+        future.set_result(self._result)
+        return future
+
+
 def _work(calls: list[tuple[Future | None, Callable[[], None]]], result: Any) -> Any:
     """A torch Work for ``calls``, each a pyallreduce future (None for a call
     that has run) and what to do once it is done: its future gets ``result``
     when every call is done, or the first call's error. For CUDA tensors the
     result is marked ready on the caller's current stream, where pyallreduce
     ordered the calls."""
-    devices = sorted({t.device for t in _tensors(result) if t.device.type == "cuda"}, key=str)
-    torch_future: torch.futures.Future = torch.futures.Future(devices=devices) if devices else torch.futures.Future()
     pending = [(future, after) for future, after in calls if future is not None]
     for future, after in calls:
         if future is None:
             after()
     if not pending:
-        torch_future.set_result(result)
-        return _create_work_from_future(torch_future)
+        return _Done(result)
+    torch_future = _future(result)
+    devices = [d for d in {t.device for t in _tensors(result)} if d.type == "cuda"]
     streams = [torch.cuda.current_stream(d) for d in devices]
     remaining = [len(pending)]
     failed: list[BaseException] = []

@@ -40,6 +40,7 @@ def check_collectives(gloo) -> int:
     work = dist.all_reduce(x, async_op=True)
     work.wait()
     assert x[0] == p * (p + 1) / 2
+    assert work.is_completed() and work.is_success() and work.result()[0] is x
     future = dist.all_reduce(torch.ones(3), async_op=True).get_future()
     assert future.wait()[0][0] == p
     # A non-contiguous tensor is reduced where it lies.

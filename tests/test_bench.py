@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import pyallreduce
+
 from test_mpi import mpiexec
 
 
@@ -25,8 +27,8 @@ def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     data = json.loads(record.read_text())
     measured = {m["impl"] for m in data["measurements"]}
     skipped = {s["impl"] for s in data["skipped"]}
-    assert measured | skipped == {"ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto", "mpi", "gloo",
-                                  "naive_ring"}
+    assert measured | skipped == {"ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto",
+                                  "torch_pyallreduce", "mpi", "gloo", "naive"}
     assert {"ring", "halving_doubling", "recursive_doubling", "hierarchical", "auto"} <= measured
     assert {m["bytes"] for m in data["measurements"]} == {8, 256, 8192}
     assert all(m["wrong"] == 0 and len(m["samples_us"]) == 3 for m in data["measurements"])
@@ -34,6 +36,32 @@ def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     # The nccl-tests table: one row per size and implementation that ran.
     rows = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
     assert len(rows) >= 3 * len(measured)
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast"])
+def test_bench_of_each_collective_is_correct(tmp_path, collective):
+    """3 ranks, so that rows round to whole blocks per rank; broadcast from
+    the last rank."""
+    record = tmp_path / "bench.json"
+    result = subprocess.run(
+        [mpiexec(), "-n", "3", sys.executable, "-m", "pyallreduce.bench", "--collective", collective, "-b", "8",
+         "-e", "8K", "-f", "32", "-n", "2", "-w", "0", "-c", "1", "-o", "max", "-r", "2", "--json", str(record),
+         "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "# result check: all correct" in result.stdout, output[-6000:]
+    data = json.loads(record.read_text())
+    assert data["header"]["collective"] == collective
+    measured = {m["impl"] for m in data["measurements"]}
+    assert set(pyallreduce.COLLECTIVE_ALGORITHMS[collective]) | {"torch_pyallreduce", "mpi", "gloo", "naive"} <= measured
+    placements = {"broadcast": {"in"}}.get(collective, {"out", "in"})
+    assert {m["placement"] for m in data["measurements"]} == placements
+    # Rows of whole blocks: 8 B holds no float32 block per rank at 3 ranks, 256 B rounds to 63 elements.
+    expected_bytes = {8, 256, 8192} if collective == "broadcast" else {252, 8184}
+    assert {m["bytes"] for m in data["measurements"]} == expected_bytes
+    assert all(m["wrong"] == 0 for m in data["measurements"])
 
 
 def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):

@@ -1,21 +1,27 @@
-"""Allreduce microbenchmark: pyallreduce's algorithms and their peers, side by side in one run.
+"""Collectives microbenchmark: pyallreduce's algorithms and their peers, side by side in one run.
 
     mpiexec -n 2 pyallreduce-bench -b 8 -e 256M -f 4 -n 20 --runs 3 --json out.json --plot out.png
-    mpiexec -n 2 python -m pyallreduce.bench ...     # the same
+    mpiexec -n 2 python -m pyallreduce.bench --collective allgather ...
+    mpiexec -n 2 python -m pyallreduce.bench ...     # the same program
 
-Columns follow nccl-tests: size, count, type, redop, then for out-of-place and
-in-place calls the time (median over iterations of the slowest rank), its 99th
-percentile, algbw = size/time and busbw = algbw * 2(p-1)/p in GB/s (1e9), and
-#wrong, the elements that differ from a float64 reference. Beside them, the
-cost model's prediction (from the constants pyallreduce.tune measures at the
-start: inside a host, and between hosts where there are several), mem%: the
-time a memory-bandwidth bound allows (4x the message bytes at the a += b
-rate, measured at the start on all ranks at once) as a share of the measured
-time, and across hosts link%: the time the link bound allows (each host sends
-2n(H-1)/H bytes through its link at the measured rate between hosts) as a
-share of the measured time. With --runs R the whole sweep is repeated R times, interleaved,
-and the table shows medians over runs; the closing summary gives ratios with
-their range across runs.
+--collective picks allreduce (the default), reduce_scatter, allgather or
+broadcast. Columns follow nccl-tests: size (the larger buffer: an allgather's
+output, a reduce-scatter's input), count, type, redop, then for out-of-place
+and in-place calls the time (median over iterations of the slowest rank), its
+99th percentile, algbw = size/time and busbw = algbw times nccl-tests' factor
+of the collective (allreduce 2(p-1)/p, reduce_scatter and allgather (p-1)/p,
+broadcast 1) in GB/s (1e9), and #wrong, the elements that differ from a
+float64 reference. Beside them, the cost model's prediction (from the
+constants pyallreduce.tune measures at the start: inside a host, and between
+hosts where there are several), mem%: the time a memory-bandwidth bound
+allows (the bytes that must cross one rank's memory bus, 4x the message for
+an allreduce and 2x for the others, at the a += b rate measured at the start
+on all ranks at once) as a share of the measured time, and across hosts
+link%: the time the link bound allows (the bus factor's bytes with hosts in
+place of ranks through each host's link, at the measured rate between hosts)
+as a share of the measured time. With --runs R the whole sweep is repeated R
+times, interleaved, and the table shows medians over runs; the closing
+summary gives ratios with their range across runs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from mpi4py import MPI
 from .. import DTYPES, OPS, build_info, init
 from .._optional import require
 from . import calibration, data, implementations, report, timing
+from .collectives import COLLECTIVES, Collective, calls
 from .sizes import parse_size, sweep
 
 
@@ -45,13 +52,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per size (default 20)")
     parser.add_argument("-w", "--warmup_iters", type=int, default=3, help="untimed iterations first (default 3)")
     parser.add_argument("-c", "--check", type=int, default=1, help="iterations checked against the reference (default 1)")
+    parser.add_argument("--collective", default="allreduce", choices=tuple(COLLECTIVES), help="(default allreduce)")
     parser.add_argument("-d", "--datatype", default="float32", choices=DTYPES)
-    parser.add_argument("-o", "--op", default="sum", choices=OPS)
+    parser.add_argument("-o", "--op", default="sum", choices=OPS, help="the reduction (allreduce, reduce_scatter)")
+    parser.add_argument("-r", "--root", type=int, default=0, help="broadcast's root (default 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where the buffers live (cuda: one GPU per rank, from LOCAL_RANK or the launcher's "
                              "local rank; ranks may share one over PYALLREDUCE_CUDA_TRANSPORT=mpi)")
-    parser.add_argument("--impl", default=",".join(implementations.ALL),
-                        help=f"comma-separated, from {', '.join(implementations.ALL)} (default: all)")
+    parser.add_argument("--impl", help="comma-separated, from pyallreduce's algorithms of the collective, "
+                                       f"{implementations.BACKEND} (torch.distributed on pyallreduce's backend) "
+                                       f"and {', '.join(implementations.PEERS)} (default: all)")
     parser.add_argument("-R", "--runs", type=int, default=1, help="repeat the sweep, interleaved (default 1)")
     parser.add_argument("--json", metavar="FILE", help="write every sample and the set-up to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="draw busbw and time against size per implementation")
@@ -61,6 +71,7 @@ def parse_args() -> argparse.Namespace:
         parser.error("need -f >= 2, -n >= 1, -w >= 0, -c >= 0 and -R >= 1")
     if not 0 < args.minbytes <= args.maxbytes:
         parser.error("need 0 < -b <= -e")
+    args.itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
     return args
 
 
@@ -85,8 +96,9 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
         "host": platform.node(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         "world_size": world.size,
+        "collective": args.collective,
         "type": args.datatype,
-        "redop": args.op,
+        "redop": args.op if COLLECTIVES[args.collective].reduces else "none",
         "pyallreduce": info["version"],
         "mpi": info["mpi_library_version"].splitlines()[0],
         "mpi4py": info["mpi4py_version"],
@@ -99,38 +111,51 @@ def header(args: argparse.Namespace, world: MPI.Comm, cal: calibration.Calibrati
     }
 
 
-def measure(world, impl, buffers, args, run, cal, predict_us) -> list[report.Measurement]:
-    """Times and checks one implementation at one size, both placements."""
-    send, recv = buffers.array("send"), buffers.array("recv")
-    p, nbytes = world.size, len(send) * send.itemsize
-    restore = (lambda: np.copyto(recv, send)) if isinstance(recv, np.ndarray) else (lambda: recv.copy_(send))
+def measure(world, impl, collective, views, args, op, run, cal, predict_us) -> list[report.Measurement]:
+    """Times and checks one implementation at one size, in each placement."""
+    p = world.size
     measurements = []
-    for placement, call, prepare in (
-        ("out", lambda: impl.out_of_place(buffers, args.op), None),
-        ("in", lambda: impl.in_place(buffers, args.op), restore),
-    ):
-        samples = 1e6 * timing.time_calls(call, args.iters, warmup=args.warmup_iters, device=args.device, world=world,
-                                          prepare=prepare)
+    for placement, (send, recv, prepare) in views.items():
+        call = implementations.Call(send, recv, op, placement == "in", args.root)
+        samples = 1e6 * timing.time_calls(lambda: impl.run(collective.name, call), args.iters,  # noqa: B023
+                                          warmup=args.warmup_iters, device=args.device, world=world, prepare=prepare)
+        count = max(len(send), len(recv))
         wrong = 0
         for _ in range(args.check):
             if prepare is not None:
                 prepare()
-            call()
-            wrong += data.count_wrong(recv, args.op, args.datatype, p)
+            result = impl.run(collective.name, call)
+            wrong += data.count_wrong(result.native, collective.name, op, args.datatype, p, world.rank, args.root,
+                                      block=count // p)
         wrong = world.allreduce(wrong, op=MPI.SUM)
+        nbytes = count * args.itemsize
         median = float(np.median(samples))
         algbw = nbytes / median / 1e3 if median > 0 else 0.0
-        algorithm = impl.model_algorithm(nbytes)
+        algorithm = impl.model_algorithm(collective.name, nbytes)
+        link_limit_s = cal.link_limit_s(collective, nbytes)
         measurements.append(report.Measurement(
-            impl=impl.name, bytes=nbytes, count=len(send), type=args.datatype, redop=args.op,
+            impl=impl.name, bytes=nbytes, count=count, type=args.datatype, redop=op,
             placement=placement, run=run, samples_us=samples.round(3).tolist(), time_us=median,
-            p99_us=float(np.percentile(samples, 99)), algbw=algbw, busbw=algbw * report.bus_factor(p), wrong=wrong,
+            p99_us=float(np.percentile(samples, 99)), algbw=algbw, busbw=algbw * collective.bus_factor(p), wrong=wrong,
             model_us=predict_us(algorithm, nbytes) if algorithm is not None else None,
-            memory_limit_pct=100 * cal.memory_limit_s(nbytes) * 1e6 / median if median > 0 else 0.0,
-            link_limit_pct=(100 * cal.link_limit_s(nbytes) * 1e6 / median
-                            if median > 0 and cal.link_limit_s(nbytes) is not None else None),
+            memory_limit_pct=100 * cal.memory_limit_s(collective, nbytes) * 1e6 / median if median > 0 else 0.0,
+            link_limit_pct=100 * link_limit_s * 1e6 / median if median > 0 and link_limit_s is not None else None,
         ))
     return measurements
+
+
+def row_counts(collective: Collective, args: argparse.Namespace, world_size: int) -> list[int]:
+    """The element count of each row of the sweep: whole elements, and a
+    whole number per rank where the collective has blocks (nccl-tests'
+    rounding); none left empty."""
+    counts = []
+    for nbytes in sweep(args.minbytes, args.maxbytes, args.stepfactor):
+        count = nbytes // args.itemsize
+        if collective.blocks:
+            count -= count % world_size
+        if count > 0 and count not in counts:
+            counts.append(count)
+    return counts
 
 
 def benchmark(args: argparse.Namespace) -> None:
@@ -143,19 +168,23 @@ def benchmark(args: argparse.Namespace) -> None:
 
         set_local_device()
     comm = init()
-    itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
-    sizes = [s for s in sweep(args.minbytes, args.maxbytes, args.stepfactor) if s >= itemsize]
+    collective = COLLECTIVES[args.collective]
+    op = args.op if collective.reduces else "none"
+    if not 0 <= args.root < world.size:
+        raise SystemExit(f"--root {args.root} is not a rank of {world.size}")
 
     cal = calibration.calibrate(world, comm.hosts)
     model = cal.model()
 
     def predict_us(algorithm, nbytes: int) -> float:
-        return model.predict(algorithm, nbytes, comm.hosts, comm.ring_segment_bytes) * 1e6
+        return model.predict(algorithm, nbytes, comm.hosts, comm.ring_segment_bytes, collective.core) * 1e6
 
-    impls, notes = implementations.make([s.strip() for s in args.impl.split(",") if s.strip()], comm, world, args.device)
+    requested = [s.strip() for s in args.impl.split(",") if s.strip()] if args.impl else implementations.names(args.collective)
+    impls, notes = implementations.make(requested, args.collective, comm, world, args.device)
     results = report.Results(header(args, world, cal))
     h = results.header
-    say(f"# pyallreduce {h['pyallreduce']} bench: {world.size} ranks on {h['host']} ({h['machine']}), {h['date']}")
+    say(f"# pyallreduce {h['pyallreduce']} bench, {args.collective}: {world.size} ranks on {h['host']} "
+        f"({h['machine']}), {h['date']}")
     say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
     if args.device == "cuda":
         say(f"# buffers on {h['device']}; pyallreduce's CUDA transport: {comm.cuda_transport or 'not loaded yet'}")
@@ -163,50 +192,53 @@ def benchmark(args: argparse.Namespace) -> None:
         say(f"# {line}")
     for note in notes:
         say(f"# {note}")
+    say(f"# busbw = algbw * {collective.bus_share}" + (f"; root {args.root}" if args.collective == "broadcast" else ""))
     runnable = []
     for impl in impls:
-        reason = impl.unsupported(args.datatype, args.op)
+        reason = impl.unsupported(args.collective, args.datatype, op)
         if reason:
             results.skips.append(report.Skip(impl.name, reason))
             say(f"# {impl.name} skipped: {reason}")
         else:
             runnable.append(impl)
 
+    counts = row_counts(collective, args, world.size)
     progress = None
     if rank0 and not args.no_progress:
         progress = require("tqdm", "bench", "the benchmark's progress bar (--no-progress goes without)").tqdm(
-            total=len(sizes) * len(runnable) * args.runs, unit="run", leave=False, dynamic_ncols=True)
+            total=len(counts) * len(runnable) * args.runs, unit="run", leave=False, dynamic_ncols=True)
     say(report.table_header())
-    for nbytes in sizes:
-        buffers = implementations.Buffers(nbytes // itemsize, args.datatype, args.device)
-        data.fill(buffers.array("send"), world.rank, args.op)
+    for count in counts:
+        send_count, recv_count = collective.counts(count, world.size)
+        allocate = functools.partial(implementations.allocate, dtype=args.datatype, device=args.device)
+        send, recv = allocate(send_count), allocate(recv_count)
+        data.fill(send.native, world.rank, op)
+        views = calls(collective, send, recv, allocate, world.rank)
         for run in range(args.runs):
             for impl in runnable:
                 if progress is not None:
-                    progress.set_description(f"{nbytes} B {impl.name}")
-                results.measurements.extend(measure(world, impl, buffers, args, run, cal, predict_us))
+                    progress.set_description(f"{count * args.itemsize} B {impl.name}")
+                results.measurements.extend(measure(world, impl, collective, views, args, op, run, cal, predict_us))
                 if progress is not None:
                     progress.update()
         if progress is not None:
             progress.clear()
         if rank0:
             for impl in runnable:
-                say(report.table_row(results, impl.name, nbytes))
+                say(report.table_row(results, impl.name, count * args.itemsize, collective.placements))
     if progress is not None:
         progress.close()
 
     names = [impl.name for impl in runnable]
-    ours = [n for n in names if n in implementations.OURS]
-    peers = [n for n in names if n in implementations.PEERS]
-    say(report.summary(results, names, ours, peers))
+    say(report.summary(results, names, collective.placements[0]))
     total_wrong = sum(m.wrong for m in results.measurements)
     if rank0:
         if args.json:
             results.write_json(args.json)
         if args.plot:
-            report.plot(results, names, ours, args.plot)
+            report.plot(results, names, collective.placements[0], args.plot)
     say(f"# result check: {'all correct' if total_wrong == 0 else f'{total_wrong} elements WRONG'}")
-    for impl in impls:
+    for impl in reversed(impls):
         impl.close()
     comm.free()
     if total_wrong:

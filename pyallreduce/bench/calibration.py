@@ -1,7 +1,7 @@
 """What the machine does, measured at the start of a benchmark run: the cost
 model's constants per level (pyallreduce.tune's measurement: inside a host,
 and between hosts where there are several), the memory bandwidth that bounds
-any allreduce on one rank, and the link bandwidth that bounds it across
+any collective on one rank, and the link bandwidth that bounds it across
 hosts."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from mpi4py import MPI
 
 from .. import _C, tune
+from .collectives import Collective
 
 
 @dataclass(frozen=True)
@@ -22,22 +23,21 @@ class Calibration:
     def model(self) -> _C.CostModel:
         return self.tuning.model()
 
-    def memory_limit_s(self, nbytes: int) -> float:
-        """The least time an allreduce of ``nbytes`` can take on one rank: it
-        reads its input and writes its output, receives at least the message's
-        worth of data and combines it, so at least 4x the message bytes cross
-        the memory bus at the a += b rate."""
-        return 4 * nbytes / self.memory_bytes_per_s
+    def memory_limit_s(self, collective: Collective, nbytes: int) -> float:
+        """The least time `collective` on ``nbytes`` can take on one rank:
+        the bytes that must cross its memory bus (collectives.py, e.g. 4n
+        for an allreduce) at the a += b rate."""
+        return collective.memory_bytes(nbytes) / self.memory_bytes_per_s
 
-    def link_limit_s(self, nbytes: int) -> float | None:
-        """The least time an allreduce of ``nbytes`` can take across H > 1
-        hosts: each host must send the others its share of the reduction and
-        its share of the result, 2 n (H-1)/H bytes through its link at the
-        measured rate between hosts (None on one host)."""
+    def link_limit_s(self, collective: Collective, nbytes: int) -> float | None:
+        """The least time `collective` on ``nbytes`` can take across H > 1
+        hosts: the bytes that must cross one host's link (collectives.py,
+        e.g. 2n(H-1)/H for an allreduce) at the measured rate between hosts
+        (None on one host)."""
         hosts = len(set(self.hosts))
         if hosts == 1:
             return None
-        return 2 * nbytes * (hosts - 1) / hosts * self.tuning.between.beta_s_per_byte
+        return collective.link_bytes(nbytes, hosts) * self.tuning.between.beta_s_per_byte
 
     def describe(self) -> list[str]:
         lines = [f"calibration ({_C.describe_layout(self.hosts)}): inside a host {self.tuning.inside.describe()}"]

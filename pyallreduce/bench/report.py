@@ -7,6 +7,7 @@ import json
 import statistics
 from dataclasses import asdict, dataclass, field
 
+from .implementations import BACKEND, PEERS
 from .timing import median_range
 
 PLACEMENTS = ("out", "in")
@@ -63,12 +64,6 @@ class Results:
             )
 
 
-def bus_factor(world_size: int) -> float:
-    """busbw = algbw * 2(p-1)/p: the share of the data each rank must send and
-    receive in any allreduce (nccl-tests' convention); 1 at p = 1."""
-    return 2 * (world_size - 1) / world_size if world_size > 1 else 1.0
-
-
 # ---- the table ----------------------------------------------------------------
 _SIDE = f"{'time':>9} {'p99':>9} {'algbw':>7} {'busbw':>7} {'#wrong':>6}"
 
@@ -84,17 +79,22 @@ def table_header() -> str:
 
 def _side(results: Results, impl: str, nbytes: int, placement: str) -> str:
     rows = results.of(impl, nbytes, placement)
+    if not rows:  # a collective without this placement
+        return f"{'-':>9} {'-':>9} {'-':>7} {'-':>7} {'-':>6}"
     med = lambda a: results.median(impl, nbytes, placement, a)  # noqa: E731
     wrong = sum(m.wrong for m in rows)
     return f"{med('time_us'):>9.1f} {med('p99_us'):>9.1f} {med('algbw'):>7.2f} {med('busbw'):>7.2f} {wrong:>6}"
 
 
-def table_row(results: Results, impl: str, nbytes: int) -> str:
-    first = results.of(impl, nbytes, "out")[0]
-    model = results.median(impl, nbytes, "out", "model_us") if first.model_us is not None else None
+def table_row(results: Results, impl: str, nbytes: int, placements: tuple[str, ...]) -> str:
+    """One size of one implementation; the model, mem% and link% of its
+    first placement."""
+    main = placements[0]
+    first = results.of(impl, nbytes, main)[0]
+    model = results.median(impl, nbytes, main, "model_us") if first.model_us is not None else None
     model_text = f"{model:>6.1f}" if model is not None else f"{'-':>6}"
-    limit = results.median(impl, nbytes, "out", "memory_limit_pct")
-    link = results.median(impl, nbytes, "out", "link_limit_pct") if first.link_limit_pct is not None else None
+    limit = results.median(impl, nbytes, main, "memory_limit_pct")
+    link = results.median(impl, nbytes, main, "link_limit_pct") if first.link_limit_pct is not None else None
     link_text = f"{link:>5.0f}" if link is not None else f"{'-':>5}"
     return (f"  {nbytes:>11} {first.count:>11} {first.type:>8} {first.redop:>5} {impl:>18}  "
             f"{_side(results, impl, nbytes, 'out')}  {model_text} {limit:>5.0f} {link_text}  "
@@ -102,26 +102,35 @@ def table_row(results: Results, impl: str, nbytes: int) -> str:
 
 
 # ---- the summary ---------------------------------------------------------------
-def _per_run_ratio(results: Results, nbytes: int, numerator: str, denominator: list[str]) -> list[float]:
-    """Per run: numerator's out-of-place time over the fastest of `denominator`."""
-    ratios = []
-    for run in sorted({m.run for m in results.measurements}):
-        def time_of(impl: str) -> float | None:
-            found = [m.time_us for m in results.of(impl, nbytes, "out") if m.run == run]
-            return found[0] if found else None
+def _per_run_times(results: Results, nbytes: int, impl: str, placement: str) -> dict[int, float]:
+    return {m.run: m.time_us for m in results.of(impl, nbytes, placement)}
 
-        top = time_of(numerator)
-        bottoms = [t for t in map(time_of, denominator) if t is not None]
-        if top is not None and bottoms and min(bottoms) > 0:
-            ratios.append(top / min(bottoms))
+
+def _per_run_ratio(results: Results, nbytes: int, numerator: str, denominator: list[str], placement: str) -> list[float]:
+    """Per run: numerator's time over the fastest of `denominator`."""
+    tops = _per_run_times(results, nbytes, numerator, placement)
+    bottoms = [_per_run_times(results, nbytes, d, placement) for d in denominator]
+    ratios = []
+    for run, top in sorted(tops.items()):
+        fastest = min((b[run] for b in bottoms if run in b), default=None)
+        if fastest:
+            ratios.append(top / fastest)
     return ratios
 
 
-def summary(results: Results, impls: list[str], ours: list[str], peers: list[str]) -> str:
+def _per_run_difference(results: Results, nbytes: int, minuend: str, subtrahend: str, placement: str) -> list[float]:
+    first = _per_run_times(results, nbytes, minuend, placement)
+    second = _per_run_times(results, nbytes, subtrahend, placement)
+    return [first[run] - second[run] for run in sorted(first) if run in second]
+
+
+def summary(results: Results, impls: list[str], placement: str) -> str:
     """Average busbw per implementation (as nccl-tests ends), then per size:
     how many times faster "auto" is than each peer, how close it is to the
-    memory-bandwidth bound, and "auto" against the best fixed algorithm. Each
-    ratio is a median over runs, with the range across runs in brackets."""
+    memory-bandwidth bound, "auto" against the best fixed algorithm, and what
+    torch's layer adds to auto (pyallreduce's backend under
+    torch.distributed, less auto's time, in us and as a share). Each figure
+    is a median over runs, with the range across runs in brackets."""
     sizes = sorted({m.bytes for m in results.measurements})
     lines = []
     for impl in impls:
@@ -129,34 +138,40 @@ def summary(results: Results, impls: list[str], ours: list[str], peers: list[str
         busbws = [b for b in busbws if b is not None]
         if busbws:
             lines.append(f"# {impl:>18}: avg busbw {statistics.mean(busbws):7.2f} GB/s, #wrong {sum(m.wrong for m in results.measurements if m.impl == impl)}")
-    fixed = [a for a in ours if a != "auto"]
-    present_peers = [p for p in peers if any(m.impl == p for m in results.measurements)]
     if "auto" not in impls:
         return "\n".join(lines)
+    peers = [i for i in impls if i in PEERS]
+    fixed = [i for i in impls if i not in (*PEERS, BACKEND, "auto")]
+    backend = BACKEND in impls
     runs = len({m.run for m in results.measurements})
-    lines.append(f"#\n# speed-up of auto (out of place; peer time / auto time, median over {runs} run(s) [range]);")
+    where = "out of place" if placement == "out" else "in place"
+    lines.append(f"#\n# speed-up of auto ({where}; peer time / auto time, median over {runs} run(s) [range]);")
     across_hosts = any(m.link_limit_pct is not None for m in results.measurements)
     lines.append("# mem%: the memory-bandwidth bound as a share of auto's time; auto/best: auto's time over the best "
                  "fixed algorithm's, best: that algorithm (fastest median)"
-                 + ("; link%: the link bound as a share of auto's time" if across_hosts else ""))
-    columns = [f"vs {p}" for p in present_peers] + ["mem%"] + (["link%"] if across_hosts else []) + ["auto/best"]
+                 + ("; link%: the link bound as a share of auto's time" if across_hosts else "")
+                 + (f"; torch +us, torch/auto: {BACKEND}'s time less auto's, and over auto's" if backend else ""))
+    columns = ([f"vs {p}" for p in peers] + ["mem%"] + (["link%"] if across_hosts else []) + ["auto/best"]
+               + (["torch +us", "torch/auto"] if backend else []))
     lines.append(f"# {'size (B)':>11}  " + "  ".join(f"{c:>22}" for c in columns) + f"  {'best':>18}")
-    present_fixed = [a for a in fixed if a in impls]
     for n in sizes:
-        cells = [median_range([1 / r for r in _per_run_ratio(results, n, "auto", [p])]) for p in present_peers]
-        cells.append(median_range([m.memory_limit_pct for m in results.of("auto", n, "out")]))
+        cells = [median_range([1 / r for r in _per_run_ratio(results, n, "auto", [p], placement)]) for p in peers]
+        cells.append(median_range([m.memory_limit_pct for m in results.of("auto", n, placement)]))
         if across_hosts:
-            cells.append(median_range([m.link_limit_pct for m in results.of("auto", n, "out")
+            cells.append(median_range([m.link_limit_pct for m in results.of("auto", n, placement)
                                        if m.link_limit_pct is not None]))
-        cells.append(median_range(_per_run_ratio(results, n, "auto", present_fixed)) if present_fixed else "-")
-        times = {a: results.median(a, n, "out", "time_us") for a in present_fixed}
+        cells.append(median_range(_per_run_ratio(results, n, "auto", fixed, placement)) if fixed else "-")
+        if backend:
+            cells.append(median_range(_per_run_difference(results, n, BACKEND, "auto", placement)))
+            cells.append(median_range(_per_run_ratio(results, n, BACKEND, ["auto"], placement)))
+        times = {a: results.median(a, n, placement, "time_us") for a in fixed}
         best = min((t, a) for a, t in times.items() if t is not None)[1] if any(times.values()) else "-"
         lines.append(f"  {n:>11}  " + "  ".join(f"{c:>22}" for c in cells) + f"  {best:>18}")
     return "\n".join(lines)
 
 
 # ---- the plot ------------------------------------------------------------------
-def plot(results: Results, impls: list[str], ours: list[str], path: str) -> None:
+def plot(results: Results, impls: list[str], placement: str, path: str) -> None:
     """Ours drawn solid, peers dashed."""
     import matplotlib
 
@@ -166,11 +181,11 @@ def plot(results: Results, impls: list[str], ours: list[str], path: str) -> None
     sizes = sorted({m.bytes for m in results.measurements})
     fig, (bw_axis, time_axis) = plt.subplots(1, 2, figsize=(13, 5))
     for impl in impls:
-        points = [(n, results.median(impl, n, "out", "busbw"), results.median(impl, n, "out", "time_us")) for n in sizes]
+        points = [(n, results.median(impl, n, placement, "busbw"), results.median(impl, n, placement, "time_us")) for n in sizes]
         points = [pt for pt in points if pt[1] is not None]
         if not points:
             continue
-        style = "-" if impl in ours else "--"
+        style = "--" if impl in PEERS else "-"
         bw_axis.plot([pt[0] for pt in points], [pt[1] for pt in points], style, marker="o", label=impl)
         time_axis.plot([pt[0] for pt in points], [pt[2] for pt in points], style, marker="o", label=impl)
     header = results.header
@@ -181,7 +196,8 @@ def plot(results: Results, impls: list[str], ours: list[str], path: str) -> None
         axis.grid(True, which="both", alpha=0.3)
     time_axis.set_yscale("log")
     bw_axis.legend()
-    fig.suptitle(f"allreduce, {header['world_size']} ranks, {header['type']} {header['redop']}, out of place "
+    fig.suptitle(f"{header['collective']}, {header['world_size']} ranks, {header['type']} {header['redop']}, "
+                 f"{'out of place' if placement == 'out' else 'in place'} "
                  f"({header['date']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
