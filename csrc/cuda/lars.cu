@@ -1,9 +1,7 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <algorithm>
 #include <string>
 
+#include "../reduce/element_ops.h"
 #include "check.h"
 #include "lars.cuh"
 
@@ -33,15 +31,10 @@ struct LaunchTensors {
   int tensors;
 };
 
+// Gradient element i, widened to float32 (elements::Codec: the reductions' own).
 template <class G>
-__device__ float load(const void* grad, size_t i);
-template <>
-__device__ float load<float>(const void* grad, size_t i) { return static_cast<const float*>(grad)[i]; }
-template <>
-__device__ float load<__half>(const void* grad, size_t i) { return __half2float(static_cast<const __half*>(grad)[i]); }
-template <>
-__device__ float load<__nv_bfloat16>(const void* grad, size_t i) {
-  return __bfloat162float(static_cast<const __nv_bfloat16*>(grad)[i]);
+__device__ float load(const void* grad, size_t i) {
+  return elements::Codec<G>::load(static_cast<const G*>(grad)[i]);
 }
 
 // The tensor that block `block` of the launch belongs to.
@@ -167,8 +160,8 @@ void lars_step(const std::vector<LarsTensor>& tensors, GradType grad_type, const
                double* workspace, cudaStream_t stream) {
   switch (grad_type) {
     case GradType::kFloat32: return launch_all<float>(tensors, hyper, workspace, stream);
-    case GradType::kFloat16: return launch_all<__half>(tensors, hyper, workspace, stream);
-    case GradType::kBFloat16: return launch_all<__nv_bfloat16>(tensors, hyper, workspace, stream);
+    case GradType::kFloat16: return launch_all<elements::Half>(tensors, hyper, workspace, stream);
+    case GradType::kBFloat16: return launch_all<elements::BFloat16>(tensors, hyper, workspace, stream);
   }
 }
 

@@ -1,5 +1,6 @@
 // Elementwise reductions on the GPU, enqueued on a stream: the device
-// counterpart of csrc/reduce/reduction.cpp, with the same operators.
+// counterpart of csrc/reduce/reduction.cpp, with the same element operations
+// (csrc/reduce/element_ops.h), so both round to the same bits.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "../host_device.h"
+
 namespace pyallreduce {
 
 // One parameter tensor, its gradient and its momentum buffer (null when
@@ -36,13 +38,7 @@ struct LarsHyperparameters {
   bool trust_clip;  // LARC's clip mode: the rate is min(trust ratio, lr)
 };
 
-// Compiled for the host and, in the CUDA step (csrc/cuda/lars.cu), the device.
-#if defined(__CUDACC__)
-#define PYALLREDUCE_HOST_DEVICE __host__ __device__
-#else
-#define PYALLREDUCE_HOST_DEVICE
-#endif
-
+// trust_ratio is compiled for the host and, in the CUDA step (csrc/cuda/lars.cu), the device.
 // trust_coefficient * |w| / (|g| + weight_decay * |w| + eps) from the sums of
 // squares of w and g: 1 where either norm is 0. With trust_clip, LARC's clip:
 // min(ratio / lr, 1), so that the rate lr * result is min(ratio, lr). Example:
