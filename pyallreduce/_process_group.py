@@ -27,9 +27,11 @@ from ._communicator import Communicator
 
 BACKEND_NAME = "pyallreduce"
 
-# torch's reduce ops (their RedOpType, which hashes) and pyallreduce's names for them.
-_OPS = {dist.ReduceOp.SUM: "sum", dist.ReduceOp.AVG: "avg", dist.ReduceOp.MIN: "min", dist.ReduceOp.MAX: "max",
-        dist.ReduceOp.PRODUCT: "prod"}
+# torch's reduce ops (their RedOpType's value: hashing the enum itself costs
+# more than a small allreduce's argument check) and pyallreduce's names for them.
+_OPS = {op.value: name for op, name in ((dist.ReduceOp.SUM, "sum"), (dist.ReduceOp.AVG, "avg"),
+                                        (dist.ReduceOp.MIN, "min"), (dist.ReduceOp.MAX, "max"),
+                                        (dist.ReduceOp.PRODUCT, "prod"))}
 
 # Communicators for groups are made with MPI_Comm_create_group, collective
 # over the group's ranks only, with a tag from the group's name (the same on
@@ -43,7 +45,7 @@ def _op_name(opts: Any, operation: str) -> str:
     if opts is None:
         return "sum"
     op = opts.reduceOp.op
-    name = _OPS.get(op)
+    name = _OPS.get(op.value)
     if name is None:
         raise ValueError(f"pyallreduce's {operation} supports ReduceOp.SUM, AVG, MIN, MAX and PRODUCT, not {op!r} "
                          "(PREMUL_SUM's factor cannot be read from Python: scale the tensor, then reduce with SUM)")
@@ -103,7 +105,8 @@ class ProcessGroup(dist.ProcessGroup):
         op = _op_name(opts, "all_reduce")
         if len(tensors) == 1 and tensors[0].is_contiguous() and torch._C._current_graph_task_id() == -1:
             self.comm.allreduce(tensors[0], op)  # dist.all_reduce's call, with nothing in between
-            return _Done(tensors)
+            # dist.all_reduce(async_op=False) (opts.asyncOp False) drops the Work.
+            return _Done(tensors) if opts is None or opts.asyncOp else _SYNCHRONOUS_DONE
         calls = []
         for tensor in tensors:
             buffer, copy_back = _contiguous(tensor)
@@ -234,6 +237,10 @@ class _Done(dist._Work):
         future = _future(self._result)
         future.set_result(self._result)
         return future
+
+
+# The Work of every synchronous call that ran here: torch drops it unread.
+_SYNCHRONOUS_DONE = _Done([])
 
 
 def _work(calls: list[tuple[Future | None, Callable[[], None]]], result: Any) -> Any:

@@ -31,6 +31,15 @@ struct TorchApi {
   // torch._C._increment_version, which takes a list of tensors (a list costs
   // a few hundred nanoseconds; a single tensor, microseconds).
   py::object increment_version;
+  // The names read from a tensor on every call, interned: a lookup by a C
+  // string makes and hashes a new Python string each time.
+  py::object layout = interned("layout"), is_cuda = interned("is_cuda"), is_cpu = interned("is_cpu"),
+             is_contiguous = interned("is_contiguous"), dtype = interned("dtype"), is_neg = interned("is_neg"),
+             data_ptr = interned("data_ptr"), numel = interned("numel");
+
+  static py::object interned(const char* name) {
+    return py::reinterpret_steal<py::object>(PyUnicode_InternFromString(name));
+  }
 };
 
 const TorchApi* torch_api() {
@@ -45,6 +54,20 @@ const TorchApi* torch_api() {
     api->dtypes.emplace_back(module.attr(dtype_name(d)), d);
   }
   return api;
+}
+
+// tensor.<name> and tensor.<name>() by CPython's own calls: a small call
+// reads eight of them, and pybind11's attr() and call cost several times more.
+py::object attribute(py::handle tensor, const py::object& name) {
+  PyObject* value = PyObject_GetAttr(tensor.ptr(), name.ptr());
+  if (value == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
+}
+
+py::object method_result(py::handle tensor, const py::object& name) {
+  PyObject* value = PyObject_CallMethodNoArgs(tensor.ptr(), name.ptr());
+  if (value == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(value);
 }
 
 bool little_endian() {
@@ -164,29 +187,30 @@ void mark_modified(const std::vector<const PythonBuffer*>& buffers) {
 }
 
 void PythonBuffer::read_torch(py::handle tensor, const char* role) {
+  const TorchApi& torch = *torch_api();
   torch_tensor_ = tensor;
   const std::string who(role);
-  py::object layout = tensor.attr("layout");
-  if (!layout.is(torch_api()->strided)) {
+  py::object layout = attribute(tensor, torch.layout);
+  if (!layout.is(torch.strided)) {
     reject(PyExc_TypeError, ArgumentError::kBadBuffer,
            who + " is a " + py::str(layout).cast<std::string>() +
                " tensor; only dense (strided) tensors can be reduced");
   }
-  if (tensor.attr("is_cuda").cast<bool>()) {
+  if (attribute(tensor, torch.is_cuda).is(py::handle(Py_True))) {
     cuda_backend(who);
     device_ = tensor.attr("get_device")().cast<int>();
     stream_ = py::module_::import("torch.cuda").attr("current_stream")(device_).attr("cuda_stream").cast<uintptr_t>();
-  } else if (!tensor.attr("is_cpu").cast<bool>()) {
+  } else if (!attribute(tensor, torch.is_cpu).is(py::handle(Py_True))) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer,
            who + " is on " + py::str(tensor.attr("device")).cast<std::string>() +
                "; pyallreduce reduces CPU and CUDA tensors");
   }
-  if (!tensor.attr("is_contiguous")().cast<bool>()) {
+  if (!method_result(tensor, torch.is_contiguous).is(py::handle(Py_True))) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer, who + " is not contiguous; pass tensor.contiguous()");
   }
-  py::object dtype = tensor.attr("dtype");
+  py::object dtype = attribute(tensor, torch.dtype);
   bool known = false;
-  for (const auto& [torch_dtype, ours] : torch_api()->dtypes) {
+  for (const auto& [torch_dtype, ours] : torch.dtypes) {
     if (dtype.is(torch_dtype)) {
       dtype_ = ours;
       known = true;
@@ -199,12 +223,12 @@ void PythonBuffer::read_torch(py::handle tensor, const char* role) {
   }
   // A lazy negation (e.g. the imaginary part of a conjugated view) is stored
   // un-negated: the bytes are not the values.
-  if (tensor.attr("is_neg")().cast<bool>()) {
+  if (method_result(tensor, torch.is_neg).is(py::handle(Py_True))) {
     reject(PyExc_ValueError, ArgumentError::kBadBuffer,
            who + " has a lazy negative bit; call resolve_neg() first");
   }
-  data_ = reinterpret_cast<void*>(tensor.attr("data_ptr")().cast<uintptr_t>());
-  count_ = tensor.attr("numel")().cast<size_t>();
+  data_ = reinterpret_cast<void*>(method_result(tensor, torch.data_ptr).cast<uintptr_t>());
+  count_ = method_result(tensor, torch.numel).cast<size_t>();
   writable_ = true;
 }
 

@@ -129,8 +129,11 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
     how many times faster "auto" is than each peer, how close it is to the
     memory-bandwidth bound, "auto" against the best fixed algorithm, and what
     torch's layer adds to auto (pyallreduce's backend under
-    torch.distributed, less auto's time, in us and as a share). Each figure
-    is a median over runs, with the range across runs in brackets."""
+    torch.distributed, less auto's time, in us and as a share). torch's
+    layer is compared in place where the collective has that form: torch has
+    no out-of-place all_reduce, so its out-of-place time holds a copy of the
+    input that no backend could avoid. Each figure is a median over runs,
+    with the range across runs in brackets."""
     sizes = sorted({m.bytes for m in results.measurements})
     lines = []
     for impl in impls:
@@ -143,6 +146,7 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
     peers = [i for i in impls if i in PEERS]
     fixed = [i for i in impls if i not in (*PEERS, BACKEND, "auto")]
     backend = BACKEND in impls
+    torch_placement = "in" if any(m.placement == "in" for m in results.measurements) else placement
     runs = len({m.run for m in results.measurements})
     where = "out of place" if placement == "out" else "in place"
     lines.append(f"#\n# speed-up of auto ({where}; peer time / auto time, median over {runs} run(s) [range]);")
@@ -150,7 +154,8 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
     lines.append("# mem%: the memory-bandwidth bound as a share of auto's time; auto/best: auto's time over the best "
                  "fixed algorithm's, best: that algorithm (fastest median)"
                  + ("; link%: the link bound as a share of auto's time" if across_hosts else "")
-                 + (f"; torch +us, torch/auto: {BACKEND}'s time less auto's, and over auto's" if backend else ""))
+                 + (f"; torch +us, torch/auto: {BACKEND}'s time less auto's, and over auto's"
+                    f"{' (in place)' if torch_placement != placement else ''}" if backend else ""))
     columns = ([f"vs {p}" for p in peers] + ["mem%"] + (["link%"] if across_hosts else []) + ["auto/best"]
                + (["torch +us", "torch/auto"] if backend else []))
     lines.append(f"# {'size (B)':>11}  " + "  ".join(f"{c:>22}" for c in columns) + f"  {'best':>18}")
@@ -162,8 +167,8 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
                                        if m.link_limit_pct is not None]))
         cells.append(median_range(_per_run_ratio(results, n, "auto", fixed, placement)) if fixed else "-")
         if backend:
-            cells.append(median_range(_per_run_difference(results, n, BACKEND, "auto", placement)))
-            cells.append(median_range(_per_run_ratio(results, n, BACKEND, ["auto"], placement)))
+            cells.append(median_range(_per_run_difference(results, n, BACKEND, "auto", torch_placement)))
+            cells.append(median_range(_per_run_ratio(results, n, BACKEND, ["auto"], torch_placement)))
         times = {a: results.median(a, n, placement, "time_us") for a in fixed}
         best = min((t, a) for a, t in times.items() if t is not None)[1] if any(times.values()) else "-"
         lines.append(f"  {n:>11}  " + "  ".join(f"{c:>22}" for c in cells) + f"  {best:>18}")
