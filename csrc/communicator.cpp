@@ -604,7 +604,7 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
   const Algorithm chosen = resolve(Collective::kAllreduce, algorithm, bytes, placement);
   run_call(CallInfo{"allreduce", count, dtype, true, op, chosen}, [&] {
     Transport& t = transport();
-    const Reduction reduction(dtype, op, bytes);
+    const Reduction reduction(dtype, op, bytes >= options_.streaming_store_bytes);
     if (options_.log_selection) log_choice(CallInfo{"allreduce", count, dtype, true, op, chosen}, algorithm);
     const ArgumentError objection = placement_error(placement);
     if (options_.check_arguments) {
@@ -719,7 +719,7 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
     MemorySpace& fusion = device != nullptr ? device->fusion() : fusion_;
     const std::unique_ptr<Combiner> kernels = device != nullptr ? device->reduction(dtype, op) : nullptr;
     for (const Bucket& bucket : buckets) {
-      const Reduction host_reduction(dtype, op, bucket.bytes);
+      const Reduction host_reduction(dtype, op, bucket.bytes >= options_.streaming_store_bytes);
       const Combiner& reduction = kernels != nullptr ? *kernels : static_cast<const Combiner&>(host_reduction);
       steps_.set_stage(algorithm_name(bucket.algorithm));
       if (!bucket.packed) {
@@ -760,7 +760,8 @@ void Communicator::run_collective(const CallInfo& info, Algorithm requested, con
     }
     steps_.set_stage(algorithm_name(info.algorithm));
     if (!placement.on_device()) {
-      const Reduction reduction(info.dtype, info.op, info.count * element_size(info.dtype));
+      const Reduction reduction(info.dtype, info.op,
+                                info.count * element_size(info.dtype) >= options_.streaming_store_bytes);
       run(transport(), workspace_, fusion_, static_cast<const Combiner&>(reduction));
       return;
     }
@@ -778,7 +779,7 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
   const Algorithm chosen = resolve(Collective::kReduceScatter, algorithm, whole_bytes, placement);
   const Signature signature{Collective::kReduceScatter, static_cast<int64_t>(count), static_cast<int64_t>(dtype),
                             static_cast<int64_t>(op), static_cast<int64_t>(chosen), 0, placement_code(placement)};
-  const Reduction carried_reduction(dtype, op, whole_bytes);
+  const Reduction carried_reduction(dtype, op, whole_bytes >= options_.streaming_store_bytes);
   const CarriedCall carried{input, whole_bytes, 0, output, count * element_bytes,
                             static_cast<size_t>(rank()) * count * element_bytes, &carried_reduction, p * count};
   const bool carry = carries_payload(Collective::kReduceScatter, chosen, whole_bytes, placement);

@@ -23,6 +23,12 @@ namespace pyallreduce {
 struct CommunicatorOptions {
   bool check_arguments = true;          // PYALLREDUCE_CHECK
   size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
+  // Out-of-place calls of at least this many bytes write their combined
+  // outputs with streaming stores: PYALLREDUCE_STREAMING_STORE_BYTES, else
+  // what pyallreduce.tune measured for the layout, else derived from the
+  // last-level cache. Only the speed of a rank's stores depends on it, so
+  // ranks may differ.
+  size_t streaming_store_bytes = streaming_vector_bytes();
   std::string algorithm_rules;          // PYALLREDUCE_ALGO
   // hierarchical's flat algorithm between hosts, in the same syntax (by the
   // call's bytes): PYALLREDUCE_ALGO_BETWEEN_HOSTS; the cost model otherwise.
@@ -175,6 +181,7 @@ class Communicator {
   // CUDA backend registered).
   std::optional<DeviceTransportKind> device_transport() const;
   void set_ring_segment_bytes(size_t bytes);
+  void set_streaming_store_bytes(size_t bytes) { options_.streaming_store_bytes = bytes; }
   // The constants algorithm="auto" uses from now on (see
   // AlgorithmSelector::set_model); the same on every rank, or the ranks may
   // choose differently (which the argument check then reports).

@@ -40,6 +40,7 @@ def algorithms_of(collective: Collective) -> list[Algorithm]:
 class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
+    streaming_store_bytes: int
     algorithm_rules: str
     between_hosts_rules: str
     log_selection: Callable[[str], None] | None
@@ -109,6 +110,8 @@ class Communicator:
     def set_cost_model(self, model: CostModel, source: str) -> None:
         """The constants algorithm="auto" uses from now on, and where they came from (for the log)."""
     ring_segment_bytes: int
+    streaming_store_bytes: int
+    """Out-of-place calls of at least this many bytes store their outputs around the cache."""
     @property
     def device_transport(self) -> str | None:
         """The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded."""

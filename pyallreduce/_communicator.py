@@ -428,7 +428,9 @@ _SHAPING_SETTINGS = (
 def _use_tuning(comm: Any, core: _C.Communicator) -> None:
     """Gives ``core`` the cost model that pyallreduce.tune measured for its
     layout, if any: rank 0's, on every rank (collective), so that every rank
-    chooses alike. A tune file rank 0 cannot read raises on every rank."""
+    chooses alike; and the size from which streaming stores paid there,
+    unless PYALLREDUCE_STREAMING_STORE_BYTES says otherwise. A tune file
+    rank 0 cannot read raises on every rank."""
     from . import tune
 
     if comm.rank == 0:
@@ -442,6 +444,8 @@ def _use_tuning(comm: Any, core: _C.Communicator) -> None:
     if isinstance(found, str):
         raise ValueError(found if comm.rank == 0 else f"pyallreduce communicator rejected on rank 0: {found}")
     core.set_cost_model(found.model(), found.source)
+    if found.streaming_store_bytes is not None and not os.environ.get("PYALLREDUCE_STREAMING_STORE_BYTES"):
+        core.streaming_store_bytes = found.streaming_store_bytes
 
 
 def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communicator, str], None]:

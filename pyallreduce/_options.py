@@ -19,6 +19,9 @@ logger = logging.getLogger("pyallreduce")
 #   PYALLREDUCE_DEBUG               level of the `pyallreduce` logger (INFO, or 1: each distinct
 #                                   call's algorithm and why), with a handler to stderr
 #   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 1048576)
+#   PYALLREDUCE_STREAMING_STORE_BYTES  out-of-place calls from this size store their outputs
+#                                   around the cache (default: pyallreduce.tune's measurement for
+#                                   the layout, else a quarter of the last-level cache)
 #   PYALLREDUCE_MPI_MAX_MESSAGE_BYTES  largest single MPI message (default INT_MAX)
 #   PYALLREDUCE_CUDA_TRANSPORT      how CUDA buffers travel: "nccl", "mpi" (staged through
 #                                   pinned host memory) or "auto" (NCCL where it loads)
@@ -136,6 +139,7 @@ def communicator_options(
         if ring_segment_bytes is None
         else ring_segment_bytes
     )
+    options.streaming_store_bytes = _positive_int("PYALLREDUCE_STREAMING_STORE_BYTES", options.streaming_store_bytes)
     options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
     options.between_hosts_rules = os.environ.get("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "")
     configure_logging()

@@ -7,13 +7,16 @@ Measured, per level: between two ranks of one host, and between ranks of two
 hosts, alpha (half an 8-byte ping-pong), beta (a 16 MiB ping-pong, per byte)
 and the rendezvous step (the largest jump in one-way time from one message
 size to the next that the extra bytes do not explain); gamma from a float32
-a += b on every rank at once. The file (``PYALLREDUCE_TUNE_FILE``, default
-``~/.cache/pyallreduce/tune.json``) keeps one entry per layout ("2 hosts x 4
-ranks"): every communicator over MPI whose layout has an entry uses it for
-``algorithm="auto"``, rank 0's copy on every rank. Where the layout has none,
-``auto`` uses the built-in constants (``_C.CostModel.default()``: shared
-memory measured on one host, a conservative guess for the network); a level
-the layout lacks (between hosts, on one host) keeps its built-in constants.
+a += b on every rank at once; and the size from which out-of-place calls
+are faster storing their outputs around the cache (streaming stores), from
+ring allreduces of 1 MiB to 64 MiB timed both ways in turn. The file
+(``PYALLREDUCE_TUNE_FILE``, default ``~/.cache/pyallreduce/tune.json``) keeps
+one entry per layout ("2 hosts x 4 ranks"): every communicator over MPI
+whose layout has an entry uses it for ``algorithm="auto"`` and its streaming
+stores, rank 0's copy on every rank. Where the layout has none, ``auto`` uses the built-in constants (``_C.CostModel.default()``: shared
+memory measured on one host, a conservative guess for the network), and
+streaming stores start at a quarter of the last-level cache; a level the
+layout lacks (between hosts, on one host) keeps its built-in constants.
 
 ``--predict`` prints the model's time per algorithm for a layout of any size,
 from the file's entry for it if there is one, else the built-in constants,
@@ -31,7 +34,7 @@ import socket
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,13 @@ RENDEZVOUS_SEARCH_BYTES = [1 << k for k in range(10, 23)]
 RENDEZVOUS_SEARCH_ALPHAS = 4
 NO_RENDEZVOUS_BYTES = 2**63 - 1
 GAMMA_TEST_BYTES = 64 << 20
+STREAMING_SEARCH_BYTES = [1 << k for k in range(20, 27)]
+# Each size is timed both ways over about this many bytes, and at least
+# STREAMING_REPEATS times: small sizes differ by little, and a few calls are
+# a coin toss on a busy machine.
+STREAMING_SAMPLE_BYTES = 512 << 20
+STREAMING_REPEATS = 5
+NEVER_STREAM_BYTES = 2**63 - 1
 FILE_VERSION = 1
 
 
@@ -81,6 +91,9 @@ class Tuning:
     between: Link
     gamma_s_per_byte: float
     source: str  # "measured on ...", or "built-in"
+    # Out-of-place calls from this size stream their outputs; None: the
+    # built-in rule (a quarter of the last-level cache).
+    streaming_store_bytes: int | None = None
 
     def model(self) -> _C.CostModel:
         return _C.CostModel(self.inside.cost(), self.between.cost(), self.gamma_s_per_byte)
@@ -128,8 +141,10 @@ def load(hosts: list[int], path: Path | None = None) -> Tuning:
     if entry is None:
         return Tuning.built_in()
     try:
+        streaming = entry.get("streaming_store_bytes")
         return Tuning(Link(**entry["inside"]), Link(**entry["between"]), float(entry["gamma_s_per_byte"]),
-                      f"measured {entry['measured']} on {entry['machine']} ({path})")
+                      f"measured {entry['measured']} on {entry['machine']} ({path})",
+                      None if streaming is None else int(streaming))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"pyallreduce tune file {path}: the entry for {layout_key(hosts)} is malformed ({exc}); "
                          "run python -m pyallreduce.tune again") from None
@@ -142,6 +157,7 @@ def save(hosts: list[int], tuning: Tuning, machine: str, path: Path | None = Non
         "inside": asdict(tuning.inside),
         "between": asdict(tuning.between),
         "gamma_s_per_byte": tuning.gamma_s_per_byte,
+        "streaming_store_bytes": tuning.streaming_store_bytes,
         "measured": datetime.date.today().isoformat(),
         "machine": machine,
     }
@@ -216,9 +232,48 @@ def measure_gamma(world: Any) -> float:
     return float(statistics.median(slowest[1:])) / GAMMA_TEST_BYTES  # the first touches fresh pages
 
 
+def measure_streaming(world: Any, comm: Any) -> int:
+    """The least size from which out-of-place ring allreduces over ``comm``
+    are faster with streaming stores, at that size and every larger one
+    searched (collective): each size timed with them on and off in turn
+    (see STREAMING_SAMPLE_BYTES), the slowest rank's median. NEVER_STREAM_BYTES
+    where they do not pay at the largest size."""
+    import numpy as np
+    from mpi4py import MPI
+
+    core = comm._core
+    kept = core.streaming_store_bytes
+    streaming_wins = []
+    try:
+        for nbytes in STREAMING_SEARCH_BYTES:
+            x = np.ones(nbytes // 4, np.float32)
+            out = np.empty_like(x)
+            times: dict[bool, list[float]] = {True: [], False: []}
+            repeats = max(STREAMING_REPEATS, STREAMING_SAMPLE_BYTES // nbytes)
+            for _ in range(repeats + 1):  # the first of each touches fresh pages
+                for stream in (True, False):
+                    core.streaming_store_bytes = 1 if stream else NEVER_STREAM_BYTES
+                    world.Barrier()
+                    start = time.perf_counter()
+                    comm.allreduce(x, algorithm="ring", out=out)
+                    times[stream].append(time.perf_counter() - start)
+            streamed, plain = (world.allreduce(statistics.median(times[stream][1:]), op=MPI.MAX)
+                               for stream in (True, False))
+            streaming_wins.append(streamed < plain)
+    finally:
+        core.streaming_store_bytes = kept
+    threshold = NEVER_STREAM_BYTES
+    for nbytes, wins in reversed(list(zip(STREAMING_SEARCH_BYTES, streaming_wins))):
+        if not wins:
+            break
+        threshold = nbytes
+    return threshold
+
+
 def measure(world: Any, hosts: list[int]) -> Tuning:
-    """Every constant this layout has a level for (collective over ``world``,
-    whose rank r runs on host hosts[r]); the others stay built in."""
+    """Every constant of the cost model this layout has a level for
+    (collective over ``world``, whose rank r runs on host hosts[r]); the
+    others stay built in."""
     built_in = Tuning.built_in()
     by_host: dict[int, list[int]] = {}
     for rank, host in enumerate(hosts):
@@ -236,6 +291,11 @@ def print_constants(tuning: Tuning) -> None:
     print(f"#   inside a host: {tuning.inside.describe()}")
     print(f"#   between hosts: {tuning.between.describe()}")
     print(f"#   combine: {1e-9 / tuning.gamma_s_per_byte:.1f} GB/s")
+    streaming = tuning.streaming_store_bytes
+    print("#   streaming stores: " + (f"out-of-place calls from {_C.streaming_vector_bytes()} B (a quarter of the "
+                                       "last-level cache, built in)" if streaming is None
+                                       else "never" if streaming >= NEVER_STREAM_BYTES
+                                       else f"out-of-place calls from {streaming} B"))
 
 
 def link_rate_bytes_per_s(text: str) -> float:
@@ -305,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     world = MPI.COMM_WORLD
     with pyallreduce.Communicator(world) as comm:
         hosts = comm.hosts
-    tuning = measure(world, hosts)
+        tuning = replace(measure(world, hosts), streaming_store_bytes=measure_streaming(world, comm))
     if world.rank == 0:
         print(f"# {layout_key(hosts)}; {tuning.source}")
         print_constants(tuning)

@@ -22,6 +22,6 @@ for link in ${LINKS:-unshaped 1gbit}; do
     name="bench/results/cluster_${layout/:/x}_$link"
     scripts/simcluster.sh run "$layout" -- .venv/bin/python -m pyallreduce.tune | tee "$name.txt"
     scripts/simcluster.sh run "$layout" -- .venv/bin/python -m pyallreduce.bench \
-      -b 16 -e 64M -f 4 -n 3 -w 1 -R 3 --no-progress --json "$name.json" --plot "$name.png" | tee -a "$name.txt"
+      -b 16 -e 64M -f 4 -n 3 -w 1 -N 3 --no-progress --json "$name.json" --plot "$name.png" | tee -a "$name.txt"
   done
 done

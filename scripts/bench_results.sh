@@ -20,17 +20,17 @@ for ranks in ${RANKS_LIST-2 3 4}; do
   impls=()
   if [ "$ranks" = 3 ]; then impls=(--impl ring,halving_doubling,recursive_doubling,auto); fi
   .venv/bin/mpiexec -n "$ranks" .venv/bin/python -m pyallreduce.bench \
-    -b 8 -e 256M -f 2 -n 10 -w 2 -R 3 "${impls[@]}" --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
+    -b 8 -e 256M -f 2 -n 10 -w 2 -N 3 "${impls[@]}" --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
 done
 for collective in ${COLLECTIVES-reduce_scatter allgather broadcast}; do
   name="bench/results/${collective}_2ranks"
   .venv/bin/mpiexec -n 2 .venv/bin/python -m pyallreduce.bench --collective "$collective" \
-    -b 8 -e 64M -f 2 -n 10 -w 2 -R 3 --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
+    -b 8 -e 64M -f 2 -n 10 -w 2 -N 3 --no-progress --json "$name.json" --plot "$name.png" | tee "$name.txt"
 done
 if [ "${TORCH_LAYER-1}" != 0 ]; then
   for size in 8:200 64M:20; do
     name="bench/results/torch_layer_${size%%:*}_2ranks"
     .venv/bin/mpiexec -n 2 .venv/bin/python -m pyallreduce.bench --impl auto,torch_pyallreduce,mpi \
-      -b "${size%%:*}" -e "${size%%:*}" -n "${size##*:}" -w 5 -R 3 --no-progress --json "$name.json" | tee "$name.txt"
+      -b "${size%%:*}" -e "${size%%:*}" -n "${size##*:}" -w 5 -N 3 --no-progress --json "$name.json" | tee "$name.txt"
   done
 fi

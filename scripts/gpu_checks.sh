@@ -50,12 +50,12 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.txt, notes a failur
   tail -8 "$out/$name.txt"
 }
 step tests "$python" -m pytest -q -rs tests/test_cuda.py tests/test_lars.py tests/test_mpi.py tests/test_ddp.py tests/test_readme.py -k "cuda"
-step reduce_kernels "$python" -m pyallreduce.bench.cuda_reduce -n 50 -R 5 --json "$out/reduce_kernels.json"
+step reduce_kernels "$python" -m pyallreduce.bench.cuda_reduce -n 50 -N 5 --json "$out/reduce_kernels.json"
 step bench_1rank_nccl env PYALLREDUCE_CUDA_TRANSPORT=nccl "$mpiexec" -n 1 "$python" -m pyallreduce.bench --device cuda \
-  -b 8 -e 256M -f 4 -n 20 -R 3 --impl ring,halving_doubling,recursive_doubling,auto,nccl --no-progress \
+  -b 8 -e 256M -f 4 -n 20 -N 3 --impl ring,halving_doubling,recursive_doubling,auto,nccl --no-progress \
   --json "$out/bench_1rank_nccl.json"
 step bench_4ranks_mpi env PYALLREDUCE_CUDA_TRANSPORT=mpi "$mpiexec" -n 4 "$python" -m pyallreduce.bench --device cuda \
-  -b 8 -e 256M -f 4 -n 20 -R 3 --impl ring,halving_doubling,recursive_doubling,auto --no-progress \
+  -b 8 -e 256M -f 4 -n 20 -N 3 --impl ring,halving_doubling,recursive_doubling,auto --no-progress \
   --json "$out/bench_4ranks_mpi.json"
-step lars "$python" -m pyallreduce.bench.lars --device cuda -n 50 -R 5 --json "$out/lars_cuda.json"
+step lars "$python" -m pyallreduce.bench.lars --device cuda -n 50 -N 5 --json "$out/lars_cuda.json"
 exit $status

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import pyallreduce
+from pyallreduce.bench.implementations import ours
 
 from test_mpi import mpiexec
 
@@ -67,7 +68,7 @@ def test_bench_of_each_collective_is_correct(tmp_path, collective):
 def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
     record = tmp_path / "ddp.json"
     result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.ddp", "-n", "1", "-w", "0", "-R", "1",
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.ddp", "-n", "1", "-w", "0", "-N", "1",
          "--timeline", "1", "--json", str(record)],
         capture_output=True, text=True, timeout=600,
     )
@@ -95,3 +96,42 @@ def test_soak_leaves_no_thread_behind():
     threads = next(line for line in result.stdout.splitlines() if line.startswith("threads: "))
     before, after = (int(word) for word in threads.replace(",", "").split() if word.isdigit())
     assert after <= before, threads  # 20 communicators dropped without free() took their threads along
+
+
+def test_bench_sweep_of_every_power_of_two_is_correct(tmp_path):
+    """Every power of two from 1 KiB to 64 MiB, out of place and in place,
+    each of pyallreduce's algorithms once with nccl-tests' statistic: a
+    threshold that breaks one size shows as a wrong row."""
+    record = tmp_path / "bench.json"
+    result = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "1K", "-e", "64M", "-f", "2",
+         "-n", "1", "-w", "0", "-c", "1", "--stat", "nccl", "--impl", ",".join(ours("allreduce")),
+         "--json", str(record), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "# result check: all correct" in result.stdout, output[-6000:]
+    data = json.loads(record.read_text())
+    assert {m["bytes"] for m in data["measurements"]} == {1 << k for k in range(10, 27)}
+    assert {(m["impl"], m["placement"]) for m in data["measurements"]} == {
+        (impl, placement) for impl in ours("allreduce") for placement in ("out", "in")}
+    assert all(m["wrong"] == 0 and len(m["samples_us"]) == 1 for m in data["measurements"])
+
+
+def test_bench_of_every_dtype_and_op_writes_a_table_each(tmp_path):
+    record = tmp_path / "bench.json"
+    result = subprocess.run(
+        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "8", "-e", "64", "-f", "8",
+         "-n", "1", "-w", "0", "-d", "all", "-o", "all", "-N", "2", "--impl", "ring,auto,mpi",
+         "--json", str(record), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    tables = [(dtype, op) for dtype in pyallreduce.DTYPES for op in pyallreduce.OPS]
+    assert result.stdout.count("# result check: all correct") == len(tables), output[-6000:]
+    for dtype, op in tables:
+        data = json.loads((tmp_path / f"bench_{dtype}_{op}.json").read_text())
+        assert {(m["type"], m["redop"]) for m in data["measurements"]} == {(dtype, op)}
+        assert {m["run"] for m in data["measurements"]} == {0, 1}

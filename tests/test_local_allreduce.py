@@ -10,7 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyallreduce import _C
 from pyallreduce.testing import spawn_local
 from reference import ALGORITHMS, DTYPES, FLAT_ALGORITHMS, OPS, check_result, counts_for, rank_inputs, result_bytes
 
@@ -158,18 +157,19 @@ def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segmen
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])
-def test_large_out_of_place_calls_write_around_the_cache(dtype):
-    """From _C.streaming_vector_bytes() on, out-of-place combines use
+def test_large_out_of_place_calls_write_around_the_cache(dtype, monkeypatch):
+    """From PYALLREDUCE_STREAMING_STORE_BYTES on, out-of-place combines use
     streaming stores. The output here starts one element past a 16-byte
     boundary and the count is odd, so the plain head and tail run too."""
+    streaming_bytes = 3 << 20
+    monkeypatch.setenv("PYALLREDUCE_STREAMING_STORE_BYTES", str(streaming_bytes))
     itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
-    count = _C.streaming_vector_bytes() // itemsize + 5
-    if count * itemsize > 64 << 20:
-        pytest.skip("this machine's last-level cache makes the streamed vector too large for a test")
+    count = streaming_bytes // itemsize + 5
     world_size = 3
     inputs = rank_inputs(world_size, dtype, "sum", count)
 
     def each_rank(comm):
+        assert comm._core.streaming_store_bytes == streaming_bytes
         results = []
         for algorithm in ALGORITHMS:
             storage = torch.full((count + 1,), 7, dtype=inputs.dtype)

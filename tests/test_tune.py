@@ -51,19 +51,23 @@ def test_predict_shows_where_the_algorithms_cross_over():
 
 def test_measured_constants_reach_auto_on_every_rank(tmp_path):
     """Under mpiexec: tune measures and saves; a communicator then chooses
-    with those constants, and says so."""
+    with those constants, and says so, and streams from the size tune
+    found (unless PYALLREDUCE_STREAMING_STORE_BYTES says otherwise)."""
     path = tmp_path / "tune.json"
     env = dict(os.environ, PYALLREDUCE_TUNE_FILE=str(path), OMP_NUM_THREADS="1")
     measured = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.tune"], capture_output=True,
                               text=True, timeout=300, env=env)
     assert measured.returncode == 0, measured.stdout + measured.stderr
     assert f"saved for 1 host x 2 ranks in {path}" in measured.stdout, measured.stdout
+    streaming = json.loads(path.read_text())["layouts"]["1 host x 2 ranks"]["streaming_store_bytes"]
+    assert streaming in (*tune.STREAMING_SEARCH_BYTES, tune.NEVER_STREAM_BYTES)
     # One print from rank 0: lines printed by both ranks can interleave.
     script = ("import pyallreduce\n"
               "comm = pyallreduce.init()\n"
               "name, reason = comm.choose_algorithm(1 << 20)\n"
               "from mpi4py import MPI\n"
-              "lines = MPI.COMM_WORLD.gather(f\"{comm.rank} {reason.split(':')[0]}\")\n"
+              "lines = MPI.COMM_WORLD.gather(f\"{comm.rank} {reason.split(':')[0]}; streams from \"\n"
+              "                              f\"{comm._core.streaming_store_bytes}\")\n"
               "if comm.rank == 0:\n"
               "    print('\\n'.join(lines), flush=True)\n")
     used = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True, text=True,
@@ -71,7 +75,12 @@ def test_measured_constants_reach_auto_on_every_rank(tmp_path):
     assert used.returncode == 0, used.stdout + used.stderr
     for rank in (0, 1):
         assert f"{rank} cost model for 1 host x 2 ranks, constants measured " in used.stdout, used.stdout
+        assert f"streams from {streaming}\n" in used.stdout + "\n", used.stdout
         assert str(path) in used.stdout
+    overridden = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=300, env=dict(env, PYALLREDUCE_STREAMING_STORE_BYTES="12345"))
+    assert overridden.returncode == 0, overridden.stdout + overridden.stderr
+    assert overridden.stdout.count("streams from 12345") == 2, overridden.stdout
 
 
 def test_a_tune_file_rank_0_cannot_read_raises_on_every_rank(tmp_path):

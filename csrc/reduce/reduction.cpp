@@ -79,20 +79,19 @@ size_t last_level_cache_bytes() {
   return cache_bytes;
 }
 
-// Two ranks on a node, each with an input and an output, hold 4x the vector;
-// once that exceeds the last-level cache, an output line is evicted before the
-// ring's allgather reads it, so storing it through the cache only costs the
-// extra read. Below that, the allgather finds it in the cache. Measured on
-// this 2-core VM (32 MiB L3), ring at 2 ranks out of place, medians of 3
-// interleaved runs: 4 MiB 0.42 ms plain against 0.57 ms streaming; 8 MiB 1.49
-// against 1.32 ms; 64 MiB 9.0 against 8.5 ms.
+// The default where pyallreduce.tune has not measured where streaming pays
+// (CommunicatorOptions::streaming_store_bytes). Two ranks on a node, each
+// with an input and an output, hold 4x the vector; once that exceeds the
+// last-level cache, an output line is evicted before the ring's allgather
+// reads it, so storing it through the cache only costs the extra read. Below
+// that, the allgather finds it in the cache. How much the cache really keeps
+// depends on its policy and on what else runs, which is why tune measures it.
 size_t streaming_vector_bytes() {
   return last_level_cache_bytes() / 4;
 }
 
-Reduction::Reduction(DType dtype, ReduceOp op, size_t vector_bytes)
+Reduction::Reduction(DType dtype, ReduceOp op, bool stream)
     : dtype_(dtype), op_(op), element_size_(pyallreduce::element_size(dtype)) {
-  const bool stream = vector_bytes >= streaming_vector_bytes();
   elements::with_storage_type(dtype, [&](auto* type) {
     using S = std::remove_pointer_t<decltype(type)>;
     elements::with_operator(op, [&](auto op_type) {

@@ -28,16 +28,19 @@ class Combiner {
 size_t last_level_cache_bytes();
 
 // The vector size from which out-of-place combines write around the cache
-// (a quarter of the last-level cache).
+// where nothing was measured (a quarter of the last-level cache; see
+// reduction.cpp).
 size_t streaming_vector_bytes();
 
 // An elementwise reduction of one dtype under one operator.
 class Reduction final : public Combiner {
  public:
-  // `vector_bytes` is the size of the whole vector being reduced (not of one
-  // combine): when it is large against the last-level cache, out-of-place
-  // combines write their outputs around the cache.
-  Reduction(DType dtype, ReduceOp op, size_t vector_bytes = 0);
+  // With `stream_outputs`, out-of-place combines write their outputs with
+  // streaming stores, around the cache (for vectors that would leave it
+  // before their outputs are read again).
+  Reduction(DType dtype, ReduceOp op, bool stream_outputs = false);
+  // A size where the flag belongs would convert to true: refused.
+  Reduction(DType dtype, ReduceOp op, size_t) = delete;
 
   DType dtype() const { return dtype_; }
   ReduceOp op() const { return op_; }

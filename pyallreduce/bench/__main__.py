@@ -1,14 +1,14 @@
 """Collectives microbenchmark: pyallreduce's algorithms and their peers, side by side in one run.
 
-    mpiexec -n 2 pyallreduce-bench -b 8 -e 256M -f 4 -n 20 --runs 3 --json out.json --plot out.png
+    mpiexec -n 2 pyallreduce-bench -b 8 -e 256M -f 4 -n 20 -N 3 --json out.json --plot out.png
     mpiexec -n 2 python -m pyallreduce.bench --collective allgather ...
     mpiexec -n 2 python -m pyallreduce.bench ...     # the same program
 
 --collective picks allreduce (the default), reduce_scatter, allgather or
-broadcast. Columns follow nccl-tests: size (the larger buffer: an allgather's
-output, a reduce-scatter's input), count, type, redop, then for out-of-place
-and in-place calls the time (median over iterations of the slowest rank), its
-99th percentile, algbw = size/time and busbw = algbw times nccl-tests' factor
+broadcast; -d and -o take "all" too (every dtype, every op, one table each).
+Columns follow nccl-tests: size (the larger buffer: an allgather's output, a
+reduce-scatter's input), count, type, redop, then for out-of-place and
+in-place calls the time, its 99th percentile, algbw = size/time and busbw = algbw times nccl-tests' factor
 of the collective (allreduce 2(p-1)/p, reduce_scatter and allgather (p-1)/p,
 broadcast 1) in GB/s (1e9), and #wrong, the elements that differ from a
 float64 reference. Beside them, the cost model's prediction (from the
@@ -19,9 +19,15 @@ an allreduce and 2x for the others, at the a += b rate measured at the start
 on all ranks at once) as a share of the measured time, and across hosts
 link%: the time the link bound allows (the bus factor's bytes with hosts in
 place of ranks through each host's link, at the measured rate between hosts)
-as a share of the measured time. With --runs R the whole sweep is repeated R
-times, interleaved, and the table shows medians over runs; the closing
-summary gives ratios with their range across runs.
+as a share of the measured time. The time is, with --stat median (the
+default), the median over iterations of the slowest rank, each iteration
+timed alone after a barrier; with --stat nccl, nccl-tests' figure: the -n
+iterations run back to back after a barrier, their mean per rank, averaged
+across ranks (p99 is then that mean too). With -N/--run_cycles N the whole
+sweep is repeated N times, interleaved, and the table shows medians over the
+cycles; the closing summary gives ratios with their range across cycles, and
+a row whose times spread by more than a fifth across cycles is flagged as
+noisy.
 """
 
 from __future__ import annotations
@@ -53,8 +59,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-w", "--warmup_iters", type=int, default=3, help="untimed iterations first (default 3)")
     parser.add_argument("-c", "--check", type=int, default=1, help="iterations checked against the reference (default 1)")
     parser.add_argument("--collective", default="allreduce", choices=tuple(COLLECTIVES), help="(default allreduce)")
-    parser.add_argument("-d", "--datatype", default="float32", choices=DTYPES)
-    parser.add_argument("-o", "--op", default="sum", choices=OPS, help="the reduction (allreduce, reduce_scatter)")
+    parser.add_argument("-d", "--datatype", default="float32", choices=(*DTYPES, "all"))
+    parser.add_argument("-o", "--op", default="sum", choices=(*OPS, "all"),
+                        help="the reduction (allreduce, reduce_scatter)")
+    parser.add_argument("--stat", default="median", choices=timing.STATISTICS,
+                        help="median: of the slowest rank over iterations timed alone (default); nccl: nccl-tests' "
+                             "mean of back-to-back iterations, averaged across ranks")
     parser.add_argument("-r", "--root", type=int, default=0, help="broadcast's root (default 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where the buffers live (cuda: one GPU per rank, from LOCAL_RANK or the launcher's "
@@ -62,17 +72,28 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--impl", help="comma-separated, from pyallreduce's algorithms of the collective, "
                                        f"{implementations.BACKEND} (torch.distributed on pyallreduce's backend) "
                                        f"and {', '.join(implementations.PEERS)} (default: all)")
-    parser.add_argument("-R", "--runs", type=int, default=1, help="repeat the sweep, interleaved (default 1)")
+    timing.add_run_cycles(parser, default=1)
     parser.add_argument("--json", metavar="FILE", help="write every sample and the set-up to FILE")
     parser.add_argument("--plot", metavar="FILE.png", help="draw busbw and time against size per implementation")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
-    if args.stepfactor < 2 or args.iters < 1 or args.warmup_iters < 0 or args.check < 0 or args.runs < 1:
-        parser.error("need -f >= 2, -n >= 1, -w >= 0, -c >= 0 and -R >= 1")
+    if args.stepfactor < 2 or args.iters < 1 or args.warmup_iters < 0 or args.check < 0 or args.run_cycles < 1:
+        parser.error("need -f >= 2, -n >= 1, -w >= 0, -c >= 0 and -N >= 1")
     if not 0 < args.minbytes <= args.maxbytes:
         parser.error("need 0 < -b <= -e")
-    args.itemsize = np.dtype("float16" if args.datatype == "bfloat16" else args.datatype).itemsize
     return args
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype("float16" if dtype == "bfloat16" else dtype).itemsize
+
+
+def tables(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (dtype, op) of each table: -d and -o, "all" expanded; one op,
+    "none", for a collective that does not reduce."""
+    dtypes = DTYPES if args.datatype == "all" else (args.datatype,)
+    ops = (OPS if args.op == "all" else (args.op,)) if COLLECTIVES[args.collective].reduces else ("none",)
+    return [(dtype, op) for dtype in dtypes for op in ops]
 
 
 def _device_name(device: str) -> str:
@@ -118,7 +139,8 @@ def measure(world, impl, collective, views, args, op, run, cal, predict_us) -> l
     for placement, (send, recv, prepare) in views.items():
         call = implementations.Call(send, recv, op, placement == "in", args.root)
         samples = 1e6 * timing.time_calls(lambda: impl.run(collective.name, call), args.iters,  # noqa: B023
-                                          warmup=args.warmup_iters, device=args.device, world=world, prepare=prepare)
+                                          warmup=args.warmup_iters, device=args.device, world=world, prepare=prepare,
+                                          statistic=args.stat)
         count = max(len(send), len(recv))
         wrong = 0
         for _ in range(args.check):
@@ -159,7 +181,8 @@ def row_counts(collective: Collective, args: argparse.Namespace, world_size: int
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    """The benchmark (collective over MPI.COMM_WORLD)."""
+    """The benchmark (collective over MPI.COMM_WORLD): one calibration, then
+    a table per (dtype, op)."""
     world = MPI.COMM_WORLD
     rank0 = world.rank == 0
     say = functools.partial(print, flush=True) if rank0 else (lambda *a, **k: None)
@@ -169,7 +192,6 @@ def benchmark(args: argparse.Namespace) -> None:
         set_local_device()
     comm = init()
     collective = COLLECTIVES[args.collective]
-    op = args.op if collective.reduces else "none"
     if not 0 <= args.root < world.size:
         raise SystemExit(f"--root {args.root} is not a rank of {world.size}")
 
@@ -181,18 +203,46 @@ def benchmark(args: argparse.Namespace) -> None:
 
     requested = [s.strip() for s in args.impl.split(",") if s.strip()] if args.impl else implementations.names(args.collective)
     impls, notes = implementations.make(requested, args.collective, comm, world, args.device)
+    if args.device == "cuda":
+        notes.insert(0, f"buffers on {_device_name(args.device)}; pyallreduce's CUDA transport: "
+                        f"{comm.cuda_transport or 'not loaded yet'}")
+    every_table = tables(args)
+    total_wrong = 0
+    for dtype, op in every_table:
+        table_args = argparse.Namespace(**{**vars(args), "datatype": dtype, "op": op, "itemsize": itemsize(dtype)})
+        suffix = f"_{dtype}_{op}" if len(every_table) > 1 else ""
+        total_wrong += run_table(table_args, world, collective, impls, notes, cal, predict_us, suffix)
+    for impl in reversed(impls):
+        impl.close()
+    comm.free()
+    if total_wrong:
+        raise SystemExit(1)
+
+
+def _with_suffix(path: str, suffix: str) -> str:
+    """out.json with suffix _float32_sum: out_float32_sum.json."""
+    stem, dot, extension = path.rpartition(".")
+    return f"{stem}{suffix}.{extension}" if dot else path + suffix
+
+
+def run_table(args, world, collective, impls, notes, cal, predict_us, suffix: str) -> int:
+    """One table: every size for one dtype and op, with its summary, JSON and
+    plot (their paths with `suffix`). Returns the wrong elements."""
+    rank0 = world.rank == 0
+    say = functools.partial(print, flush=True) if rank0 else (lambda *a, **k: None)
+    op = args.op
     results = report.Results(header(args, world, cal))
     h = results.header
     say(f"# pyallreduce {h['pyallreduce']} bench, {args.collective}: {world.size} ranks on {h['host']} "
         f"({h['machine']}), {h['date']}")
     say(f"# {h['mpi']}; mpi4py {h['mpi4py']}, torch {h['torch']}, numpy {h['numpy']}, python {h['python']}")
-    if args.device == "cuda":
-        say(f"# buffers on {h['device']}; pyallreduce's CUDA transport: {comm.cuda_transport or 'not loaded yet'}")
     for line in cal.describe():
         say(f"# {line}")
     for note in notes:
         say(f"# {note}")
     say(f"# busbw = algbw * {collective.bus_share}" + (f"; root {args.root}" if args.collective == "broadcast" else ""))
+    say(f"# time: {timing.STATISTICS[args.stat]}; {args.iters} iterations, {args.warmup_iters} untimed first, "
+        f"{args.run_cycles} cycle(s)")
     runnable = []
     for impl in impls:
         reason = impl.unsupported(args.collective, args.datatype, op)
@@ -206,7 +256,7 @@ def benchmark(args: argparse.Namespace) -> None:
     progress = None
     if rank0 and not args.no_progress:
         progress = require("tqdm", "bench", "the benchmark's progress bar (--no-progress goes without)").tqdm(
-            total=len(counts) * len(runnable) * args.runs, unit="run", leave=False, dynamic_ncols=True)
+            total=len(counts) * len(runnable) * args.run_cycles, unit="run", leave=False, dynamic_ncols=True)
     say(report.table_header())
     for count in counts:
         send_count, recv_count = collective.counts(count, world.size)
@@ -214,7 +264,7 @@ def benchmark(args: argparse.Namespace) -> None:
         send, recv = allocate(send_count), allocate(recv_count)
         data.fill(send.native, world.rank, op)
         views = calls(collective, send, recv, allocate, world.rank)
-        for run in range(args.runs):
+        for run in range(args.run_cycles):
             for impl in runnable:
                 if progress is not None:
                     progress.set_description(f"{count * args.itemsize} B {impl.name}")
@@ -224,25 +274,25 @@ def benchmark(args: argparse.Namespace) -> None:
         if progress is not None:
             progress.clear()
         if rank0:
+            nbytes = count * args.itemsize
             for impl in runnable:
-                say(report.table_row(results, impl.name, count * args.itemsize, collective.placements))
+                say(report.table_row(results, impl.name, nbytes, collective.placements))
+            noisy = report.noisy(results, [impl.name for impl in runnable], nbytes)
+            if noisy:
+                say(f"#   noisy: {noisy}")
     if progress is not None:
         progress.close()
 
     names = [impl.name for impl in runnable]
     say(report.summary(results, names, collective.placements[0]))
-    total_wrong = sum(m.wrong for m in results.measurements)
+    wrong = sum(m.wrong for m in results.measurements)
     if rank0:
         if args.json:
-            results.write_json(args.json)
+            results.write_json(_with_suffix(args.json, suffix))
         if args.plot:
-            report.plot(results, names, collective.placements[0], args.plot)
-    say(f"# result check: {'all correct' if total_wrong == 0 else f'{total_wrong} elements WRONG'}")
-    for impl in reversed(impls):
-        impl.close()
-    comm.free()
-    if total_wrong:
-        raise SystemExit(1)
+            report.plot(results, names, _with_suffix(args.plot, suffix))
+    say(f"# result check: {'all correct' if wrong == 0 else f'{wrong} elements WRONG'}")
+    return wrong
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The CUDA reduction kernels that the algorithms' reduce steps run, against
 the GPU's device-to-device copy bandwidth (needs a GPU).
 
-    python -m pyallreduce.bench.cuda_reduce [-n 50] [-R 5] [--sizes 16M,256M,1G] [--json FILE]
+    python -m pyallreduce.bench.cuda_reduce [-n 50] [-N 5] [--sizes 16M,256M,1G] [--json FILE]
 
 For each dtype and size, out = left + right (reads 2n bytes, writes n) and the
 in-place left += right are timed with CUDA events on one stream, beside a
@@ -26,7 +26,7 @@ require("torch", "torch", "pyallreduce.bench.cuda_reduce")
 import torch  # noqa: E402
 
 from .sizes import parse_size  # noqa: E402
-from .timing import median_range, median_seconds  # noqa: E402
+from .timing import add_run_cycles, median_range, median_seconds  # noqa: E402
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -34,7 +34,7 @@ DTYPES = ("float32", "float16", "bfloat16", "float64")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--iters", type=int, default=50)
-    parser.add_argument("-R", "--runs", type=int, default=5)
+    add_run_cycles(parser, default=5)
     parser.add_argument("--sizes", default="16M,256M,1G", help="bytes per operand, comma-separated")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -44,7 +44,7 @@ def main() -> None:
 
     stream = torch.cuda.current_stream().cuda_stream
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.iters} iterations x {args.runs} runs")
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.iters} iterations x {args.run_cycles} runs")
     print(f"# {'dtype':>8} {'bytes':>12} {'copy GB/s':>10} {'out GB/s':>9} {'out/copy':>15} {'inplace GB/s':>12} {'inplace/copy':>15}")
     rows = []
     for dtype in DTYPES:
@@ -57,7 +57,7 @@ def main() -> None:
                      "out": (lambda: _cuda.combine(left, right, out, "sum", stream), 3),
                      "inplace": (lambda: _cuda.combine(out, right, out, "sum", stream), 3)}
             runs = {name: [] for name in calls}
-            for _ in range(args.runs):  # the three take turns within each run
+            for _ in range(args.run_cycles):  # the three take turns within each run
                 for name, (call, moved) in calls.items():
                     runs[name].append(moved * nbytes / median_seconds(call, args.iters, device="cuda") / 1e9)
             copy, ours, inplace = (float(np.median(runs[k])) for k in ("copy", "out", "inplace"))

@@ -1,6 +1,6 @@
 """Gradient synchronization benchmark on ResNet-50's parameter shapes.
 
-    mpiexec -n 2 python -m pyallreduce.bench.ddp [-n 10] [-w 3] [-R 3] [--json FILE]
+    mpiexec -n 2 python -m pyallreduce.bench.ddp [-n 10] [-w 3] [-N 3] [--json FILE]
 
 Two comparisons, each measured side by side in one run (the configurations
 take turns within every run; medians over iterations, then the median and
@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from .. import distributed, init  # noqa: E402
 from ..ddp import HookState, allreduce_hook  # noqa: E402
 from .resnet50 import parameter_shapes  # noqa: E402
-from .timing import median_range, median_seconds  # noqa: E402
+from .timing import add_run_cycles, median_range, median_seconds  # noqa: E402
 
 
 class ShapesModel(torch.nn.Module):
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--iterations", type=int, default=10)
     parser.add_argument("-w", "--warmup", type=int, default=3)
-    parser.add_argument("-R", "--runs", type=int, default=3)
+    add_run_cycles(parser, default=3)
     parser.add_argument("--json", metavar="FILE", help="write every run's numbers here")
     parser.add_argument("--timeline", type=int, default=0, metavar="N",
                         help="then print when each bucket was handed over and reduced, for N iterations")
@@ -137,7 +137,7 @@ def main() -> None:
         "MPI_Allreduce per tensor": per_tensor_mpi,
     }
     results: dict[str, list[float]] = {name: [] for name in configurations}
-    for _ in range(args.runs):
+    for _ in range(args.run_cycles):
         for name, step in configurations.items():
             results[name].append(1e3 * median_seconds(step, args.iterations, warmup=args.warmup, world=world))
 
@@ -150,7 +150,7 @@ def main() -> None:
     coalesced_speedup = [m / c for m, c in zip(results["MPI_Allreduce per tensor"], results["allreduce_coalesced"])]
     if world.rank == 0:
         print(f"# ResNet-50 shapes: {len(gradients)} tensors, {sum(g.numel() for g in gradients):,} float32; "
-              f"{world.size} ranks; median over {args.iterations} iterations, then median [range] over {args.runs} runs")
+              f"{world.size} ranks; median over {args.iterations} iterations, then median [range] over {args.run_cycles} runs")
         for name, runs in results.items():
             print(f"{name:34s} {median_range(runs, ' ms', 9)}")
         print(f"{'sync overhead, pyallreduce hook':34s} {median_range(overhead_ours, ' ms', 9)}")

@@ -2,7 +2,7 @@
 against a per-parameter PyTorch loop, a torch._foreach version and (where timm
 is installed) timm's Lars, and the memory bandwidth it reaches.
 
-    python -m pyallreduce.bench.lars [-n 20] [-R 5] [--device cpu|cuda] [--json FILE]
+    python -m pyallreduce.bench.lars [-n 20] [-N 5] [--device cpu|cuda] [--json FILE]
 
 The implementations take turns within every run (median over iterations,
 then median [range] over runs). Bandwidth: the fused step must read the
@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from ..optim import LARS  # noqa: E402
 from .resnet50 import parameter_shapes  # noqa: E402
-from .timing import median_range, median_seconds  # noqa: E402
+from .timing import add_run_cycles, median_range, median_seconds  # noqa: E402
 
 HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-5, trust_coefficient=0.001)
 FUSED_BYTES_PER_PARAM = 20
@@ -110,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--iterations", type=int, default=20)
     parser.add_argument("-w", "--warmup", type=int, default=3)
-    parser.add_argument("-R", "--runs", type=int, default=5)
+    add_run_cycles(parser, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", metavar="FILE", help="write every run's numbers here")
     args = parser.parse_args()
@@ -140,7 +140,7 @@ def main() -> None:
         for _ in range(args.warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.runs):
+    for _ in range(args.run_cycles):
         for name, step in steps.items():
             times[name].append(median_seconds(step, args.iterations, device=device.type))
 
@@ -150,7 +150,7 @@ def main() -> None:
     vs_loop = [f / n for f, n in zip(times["pyallreduce fused"], times["per-parameter loop"])]
     print(f"# one LARS step over ResNet-50's {len(shapes)} tensors, {count:,} float32 parameters on {device}; "
           f"{torch.get_num_threads()} threads; median over {args.iterations} steps, then median [range] over "
-          f"{args.runs} runs")
+          f"{args.run_cycles} runs")
     for name, values in times.items():
         print(f"{name:24s} {median_range([1e3 * t for t in values], ' ms', 8)}")
     print(f"{'memory bandwidth':24s} {median_range([b / 1e9 for b in bandwidth], ' GB/s', 8)}")

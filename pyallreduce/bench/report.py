@@ -101,6 +101,32 @@ def table_row(results: Results, impl: str, nbytes: int, placements: tuple[str, .
             f"{_side(results, impl, nbytes, 'in')}")
 
 
+# A row is noisy where its time spreads by more than this share of its median:
+# across cycles (max - min), or with one cycle, between the median and the 99th
+# percentile of the iterations (twice that share, as a tail is expected).
+NOISY_SPREAD = 0.2
+
+
+def noisy(results: Results, impls: list[str], nbytes: int) -> str:
+    """The implementations whose times at this size spread too much to
+    trust, as "ring in place 35% across cycles, ...", or ""."""
+    flagged = []
+    for impl in impls:
+        for placement in PLACEMENTS:
+            rows = results.of(impl, nbytes, placement)
+            if not rows:
+                continue
+            middle = statistics.median(m.time_us for m in rows)
+            if len(rows) > 1:
+                spread, limit, what = (max(m.time_us for m in rows) - min(m.time_us for m in rows)), NOISY_SPREAD, "across cycles"
+            else:
+                spread, limit, what = rows[0].p99_us - middle, 2 * NOISY_SPREAD, "p99 over median"
+            if middle > 0 and spread / middle > limit:
+                where = "out of place" if placement == "out" else "in place"
+                flagged.append(f"{impl} {where} {100 * spread / middle:.0f}% {what}")
+    return ", ".join(flagged)
+
+
 # ---- the summary ---------------------------------------------------------------
 def _per_run_times(results: Results, nbytes: int, impl: str, placement: str) -> dict[int, float]:
     return {m.run: m.time_us for m in results.of(impl, nbytes, placement)}
@@ -149,7 +175,7 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
     torch_placement = "in" if any(m.placement == "in" for m in results.measurements) else placement
     runs = len({m.run for m in results.measurements})
     where = "out of place" if placement == "out" else "in place"
-    lines.append(f"#\n# speed-up of auto ({where}; peer time / auto time, median over {runs} run(s) [range]);")
+    lines.append(f"#\n# speed-up of auto ({where}; peer time / auto time, median over {runs} cycle(s) [range]);")
     across_hosts = any(m.link_limit_pct is not None for m in results.measurements)
     lines.append("# mem%: the memory-bandwidth bound as a share of auto's time; auto/best: auto's time over the best "
                  "fixed algorithm's, best: that algorithm (fastest median)"
@@ -176,33 +202,75 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
 
 
 # ---- the plot ------------------------------------------------------------------
-def plot(results: Results, impls: list[str], placement: str, path: str) -> None:
-    """Ours drawn solid, peers dashed."""
+def _bytes_label(nbytes: float, _position: object = None) -> str:
+    """8 B, 64 KiB, 256 MiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes:g} B"
+
+
+def plot(results: Results, impls: list[str], path: str) -> None:
+    """busbw and time against size, out of place beside in place (where the
+    collective has both); ours drawn solid, peers dashed, and the memory
+    bound (across hosts the link bound, where it is the larger) dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
     sizes = sorted({m.bytes for m in results.measurements})
-    fig, (bw_axis, time_axis) = plt.subplots(1, 2, figsize=(13, 5))
-    for impl in impls:
-        points = [(n, results.median(impl, n, placement, "busbw"), results.median(impl, n, placement, "time_us")) for n in sizes]
-        points = [pt for pt in points if pt[1] is not None]
-        if not points:
-            continue
-        style = "--" if impl in PEERS else "-"
-        bw_axis.plot([pt[0] for pt in points], [pt[1] for pt in points], style, marker="o", label=impl)
-        time_axis.plot([pt[0] for pt in points], [pt[2] for pt in points], style, marker="o", label=impl)
+    placements = [pl for pl in PLACEMENTS if any(m.placement == pl for m in results.measurements)]
+    fig, axes = plt.subplots(2, len(placements), figsize=(7 * len(placements), 9), squeeze=False)
     header = results.header
-    for axis, ylabel in ((bw_axis, "busbw (GB/s)"), (time_axis, "time (us, median of slowest rank)")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("message size (bytes)")
-        axis.set_ylabel(ylabel)
-        axis.grid(True, which="both", alpha=0.3)
-    time_axis.set_yscale("log")
-    bw_axis.legend()
-    fig.suptitle(f"{header['collective']}, {header['world_size']} ranks, {header['type']} {header['redop']}, "
-                 f"{'out of place' if placement == 'out' else 'in place'} "
-                 f"({header['date']})")
+    for column, placement in enumerate(placements):
+        bw_axis, time_axis = axes[0][column], axes[1][column]
+        for impl in impls:
+            points = [(n, results.median(impl, n, placement, "busbw"), results.median(impl, n, placement, "time_us"))
+                      for n in sizes]
+            points = [pt for pt in points if pt[1] is not None]
+            if not points:
+                continue
+            style = "--" if impl in PEERS else "-"
+            bw_axis.plot([pt[0] for pt in points], [pt[1] for pt in points], style, marker="o", markersize=3,
+                         label=impl)
+            time_axis.plot([pt[0] for pt in points], [pt[2] for pt in points], style, marker="o", markersize=3,
+                           label=impl)
+        bound = _bound_points(results, sizes, placement)
+        if bound:
+            label = "link bound" if any(m.link_limit_pct for m in results.measurements) else "memory bound"
+            time_axis.plot([n for n, _, _ in bound], [t for _, t, _ in bound], ":", color="black", label=label)
+            bw_axis.plot([n for n, _, _ in bound], [b for _, _, b in bound], ":", color="black", label=label)
+        where = "out of place" if placement == "out" else "in place"
+        for axis, ylabel in ((bw_axis, "busbw (GB/s)"), (time_axis, "time (us)")):
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.xaxis.set_major_locator(LogLocator(base=4))
+            axis.xaxis.set_major_formatter(FuncFormatter(_bytes_label))
+            axis.tick_params(axis="x", labelrotation=45)
+            axis.set_xlabel("message size")
+            axis.set_ylabel(ylabel)
+            axis.set_title(where)
+            axis.grid(True, which="both", alpha=0.3)
+        bw_axis.legend(fontsize=8)
+    fig.suptitle(f"{header['collective']}, {header['world_size']} ranks, {header['type']} {header['redop']} "
+                 f"({header['date']}; time: {header['args'].get('stat', 'median')})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _bound_points(results: Results, sizes: list[int], placement: str) -> list[tuple[int, float, float]]:
+    """Per size, (bytes, the bound's time in us, the busbw it allows): the
+    larger of the memory and link bounds, from any implementation's
+    measurement (each holds the bound as a share of its own time)."""
+    points = []
+    for n in sizes:
+        rows = [m for m in results.measurements if m.bytes == n and m.placement == placement and m.time_us > 0]
+        if not rows:
+            continue
+        m = rows[0]
+        bound_us = max(m.memory_limit_pct, m.link_limit_pct or 0.0) / 100 * m.time_us
+        if bound_us > 0:
+            points.append((n, bound_us, m.busbw * m.time_us / bound_us))
+    return points

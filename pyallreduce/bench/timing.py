@@ -3,12 +3,28 @@ over runs is written."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+
+def add_run_cycles(parser: argparse.ArgumentParser, default: int) -> None:
+    """The repeat option every benchmark here takes, spelled as nccl-tests
+    spells it (-N/--run_cycles; its -R is buffer registration)."""
+    parser.add_argument("-N", "--run_cycles", type=int, default=default, metavar="N",
+                        help=f"repeat the whole measurement N times, interleaved; figures are the median and range "
+                             f"over the cycles (default {default})")
+
+
+# What a sample is, by the name --stat gives it.
+STATISTICS = {
+    "median": "median over iterations of the slowest rank, each iteration timed alone after a barrier",
+    "nccl": "nccl-tests': the iterations back to back after a barrier, their mean per rank, averaged across ranks",
+}
 
 
 def time_calls(
@@ -19,24 +35,27 @@ def time_calls(
     device: str = "cpu",
     world: Any = None,
     prepare: Callable[[], Any] | None = None,
+    statistic: str = "median",
 ) -> np.ndarray:
-    """Seconds taken by each of ``iterations`` calls of ``call()``, after
-    ``warmup`` untimed ones.
+    """Seconds taken by ``call()``, after ``warmup`` untimed calls: with
+    statistic "median", one sample per call, each of ``iterations`` calls
+    timed alone; with "nccl", one sample, the mean of ``iterations`` calls
+    made back to back.
 
     ``prepare()`` runs untimed before each call (the in-place runs restore
-    their input with it). On ``device="cuda"`` the GPU is idle when each call
-    starts, and the call is timed by CUDA events on the current stream: from
-    its start to the end of the work it enqueued, without the cost of a host
-    synchronize. With an MPI ``world`` the ranks start each call together,
-    after a barrier, and each sample is the slowest rank's time.
+    their input with it); back to back, only before the first. On
+    ``device="cuda"`` the GPU is idle when the timing starts, and the calls
+    are timed by CUDA events on the current stream: from the start to the
+    end of the work they enqueued, without the cost of a host synchronize.
+    With an MPI ``world`` the ranks start together, after a barrier, and a
+    sample is the slowest rank's time ("median") or the ranks' average
+    ("nccl").
     """
     torch = None
     if device == "cuda":
         import torch
-    samples = np.empty(iterations)
-    for i in range(warmup + iterations):
-        if prepare is not None:
-            prepare()
+
+    def timed(calls: int) -> float:
         if torch is not None:
             torch.cuda.synchronize()
         if world is not None:
@@ -44,20 +63,36 @@ def time_calls(
         if torch is not None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            call()
+            for _ in range(calls):
+                call()
             end.record()
             end.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            began = time.perf_counter()
+            return start.elapsed_time(end) / 1e3
+        began = time.perf_counter()
+        for _ in range(calls):
             call()
-            elapsed = time.perf_counter() - began
-        if i >= warmup:
-            samples[i - warmup] = elapsed
+        return time.perf_counter() - began
+
+    for _ in range(warmup):
+        if prepare is not None:
+            prepare()
+        call()
+    if statistic == "nccl":
+        if prepare is not None:
+            prepare()
+        samples = np.array([timed(iterations) / iterations])
+    else:
+        samples = np.empty(iterations)
+        for i in range(iterations):
+            if prepare is not None:
+                prepare()
+            samples[i] = timed(1)
     if world is not None:
         from mpi4py import MPI
 
-        world.Allreduce(MPI.IN_PLACE, samples, op=MPI.MAX)
+        world.Allreduce(MPI.IN_PLACE, samples, op=MPI.SUM if statistic == "nccl" else MPI.MAX)
+        if statistic == "nccl":
+            samples /= world.size
     return samples
 
 
