@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import _C
 
@@ -32,6 +33,13 @@ logger = logging.getLogger("pyallreduce")
 #                                   (default: a summary on stderr)
 
 DEFAULT_TIMEOUT_S = 300.0
+
+
+def cache_dir() -> Path:
+    """pyallreduce's folder for what it measures or makes once per machine:
+    $XDG_CACHE_HOME/pyallreduce, else ~/.cache/pyallreduce."""
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(cache) / "pyallreduce"
 ON_ERROR_CHOICES = ("raise", "abort")
 
 

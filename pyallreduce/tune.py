@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _C
+from ._options import cache_dir
 
 PING_PONG_SMALL_BYTES = 8
 PING_PONG_LARGE_BYTES = 16 << 20
@@ -114,8 +115,7 @@ def tune_file() -> Path:
     explicit = os.environ.get("PYALLREDUCE_TUNE_FILE", "").strip()
     if explicit:
         return Path(explicit)
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
-    return Path(cache) / "pyallreduce" / "tune.json"
+    return cache_dir() / "tune.json"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -232,18 +232,19 @@ def measure_gamma(world: Any) -> float:
     return float(statistics.median(slowest[1:])) / GAMMA_TEST_BYTES  # the first touches fresh pages
 
 
-def measure_streaming(world: Any, comm: Any) -> int:
+def measure_streaming(world: Any, comm: Any) -> tuple[int, list[tuple[int, float, float]]]:
     """The least size from which out-of-place ring allreduces over ``comm``
     are faster with streaming stores, at that size and every larger one
     searched (collective): each size timed with them on and off in turn
     (see STREAMING_SAMPLE_BYTES), the slowest rank's median. NEVER_STREAM_BYTES
-    where they do not pay at the largest size."""
+    where they do not pay at the largest size. Also each size's (bytes,
+    seconds streaming, seconds without)."""
     import numpy as np
     from mpi4py import MPI
 
     core = comm._core
     kept = core.streaming_store_bytes
-    streaming_wins = []
+    timings = []
     try:
         for nbytes in STREAMING_SEARCH_BYTES:
             x = np.ones(nbytes // 4, np.float32)
@@ -259,15 +260,15 @@ def measure_streaming(world: Any, comm: Any) -> int:
                     times[stream].append(time.perf_counter() - start)
             streamed, plain = (world.allreduce(statistics.median(times[stream][1:]), op=MPI.MAX)
                                for stream in (True, False))
-            streaming_wins.append(streamed < plain)
+            timings.append((nbytes, streamed, plain))
     finally:
         core.streaming_store_bytes = kept
     threshold = NEVER_STREAM_BYTES
-    for nbytes, wins in reversed(list(zip(STREAMING_SEARCH_BYTES, streaming_wins))):
-        if not wins:
+    for nbytes, streamed, plain in reversed(timings):
+        if streamed >= plain:
             break
         threshold = nbytes
-    return threshold
+    return threshold, timings
 
 
 def measure(world: Any, hosts: list[int]) -> Tuning:
@@ -365,10 +366,13 @@ def main(argv: list[str] | None = None) -> None:
     world = MPI.COMM_WORLD
     with pyallreduce.Communicator(world) as comm:
         hosts = comm.hosts
-        tuning = replace(measure(world, hosts), streaming_store_bytes=measure_streaming(world, comm))
+        streaming, timings = measure_streaming(world, comm)
+        tuning = replace(measure(world, hosts), streaming_store_bytes=streaming)
     if world.rank == 0:
         print(f"# {layout_key(hosts)}; {tuning.source}")
         print_constants(tuning)
+        print("#   out-of-place ring allreduce, streaming / plain stores: " + ", ".join(
+            f"{nbytes >> 20} MiB {streamed / plain:.2f}" for nbytes, streamed, plain in timings))
         if not args.no_save:
             print(f"# saved for {layout_key(hosts)} in {save(hosts, tuning, tuning.source.split(' on ', 1)[1], args.file)}")
         sys.stdout.flush()
