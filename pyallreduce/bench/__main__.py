@@ -8,12 +8,12 @@
 broadcast; -d and -o take "all" too (every dtype, every op, one table each).
 Columns follow nccl-tests: size (the larger buffer: an allgather's output, a
 reduce-scatter's input), count, type, redop, then for out-of-place and
-in-place calls the time, its 99th percentile, algbw = size/time and busbw = algbw times nccl-tests' factor
-of the collective (allreduce 2(p-1)/p, reduce_scatter and allgather (p-1)/p,
-broadcast 1) in GB/s (1e9), and #wrong, the elements that differ from a
-float64 reference. Beside them, the cost model's prediction (from the
-constants pyallreduce.tune measures at the start: inside a host, and between
-hosts where there are several), mem%: the time a memory-bandwidth bound
+in-place calls the time, its 99th percentile, algbw = size/time and busbw =
+algbw times nccl-tests' factor of the collective (allreduce 2(p-1)/p,
+reduce_scatter and allgather (p-1)/p, broadcast 1) in GB/s (1e9), and
+#wrong, the elements that differ from a float64 reference. Beside them, the
+cost model's prediction (from the constants pyallreduce.tune measures at the
+start: inside a host, and between hosts where there are several), mem%: the time a memory-bandwidth bound
 allows (the bytes that must cross one rank's memory bus, 4x the message for
 an allreduce and 2x for the others, at the a += b rate measured at the start
 on all ranks at once) as a share of the measured time, and across hosts
@@ -221,8 +221,8 @@ def benchmark(args: argparse.Namespace) -> None:
 
 def _with_suffix(path: str, suffix: str) -> str:
     """out.json with suffix _float32_sum: out_float32_sum.json."""
-    stem, dot, extension = path.rpartition(".")
-    return f"{stem}{suffix}.{extension}" if dot else path + suffix
+    stem, extension = os.path.splitext(path)
+    return stem + suffix + extension
 
 
 def run_table(args, world, collective, impls, notes, cal, predict_us, suffix: str) -> int:

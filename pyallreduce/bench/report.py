@@ -116,9 +116,10 @@ def noisy(results: Results, impls: list[str], nbytes: int) -> str:
             rows = results.of(impl, nbytes, placement)
             if not rows:
                 continue
-            middle = statistics.median(m.time_us for m in rows)
+            times = [m.time_us for m in rows]
+            middle = statistics.median(times)
             if len(rows) > 1:
-                spread, limit, what = (max(m.time_us for m in rows) - min(m.time_us for m in rows)), NOISY_SPREAD, "across cycles"
+                spread, limit, what = max(times) - min(times), NOISY_SPREAD, "across cycles"
             else:
                 spread, limit, what = rows[0].p99_us - middle, 2 * NOISY_SPREAD, "p99 over median"
             if middle > 0 and spread / middle > limit:
