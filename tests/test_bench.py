@@ -13,18 +13,27 @@ from pyallreduce.bench.implementations import ours
 from test_mpi import mpiexec
 
 
+def run_under_mpiexec(ranks: int, module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` on `ranks` ranks; asserts it exited 0."""
+    result = subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-m", module, *args],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    return result
+
+
+def run_bench(ranks: int, *args: str) -> subprocess.CompletedProcess:
+    """The benchmark with `args`; asserts it exited 0 and every table was correct."""
+    result = run_under_mpiexec(ranks, "pyallreduce.bench", *args, "--no-progress")
+    assert "# result check: all correct" in result.stdout, (result.stdout + result.stderr)[-6000:]
+    assert "WRONG" not in result.stdout, result.stdout[-6000:]
+    return result
+
+
 @pytest.mark.parametrize("dtype, op", [("float32", "sum"), ("float16", "max"), ("bfloat16", "avg")])
 def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     record, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "8", "-e", "64K", "-f", "32",
-         "-n", "3", "-w", "1", "-c", "2", "-d", dtype, "-o", op, "--json", str(record), "--plot", str(plot),
-         "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    assert "# result check: all correct" in result.stdout, output[-6000:]
+    result = run_bench(2, "-b", "8", "-e", "64K", "-f", "32", "-n", "3", "-w", "1", "-c", "2", "-d", dtype,
+                       "-o", op, "--json", str(record), "--plot", str(plot))
     data = json.loads(record.read_text())
     measured = {m["impl"] for m in data["measurements"]}
     skipped = {s["impl"] for s in data["skipped"]}
@@ -44,15 +53,8 @@ def test_bench_of_each_collective_is_correct(tmp_path, collective):
     """3 ranks, so that rows round to whole blocks per rank; broadcast from
     the last rank."""
     record = tmp_path / "bench.json"
-    result = subprocess.run(
-        [mpiexec(), "-n", "3", sys.executable, "-m", "pyallreduce.bench", "--collective", collective, "-b", "8",
-         "-e", "8K", "-f", "32", "-n", "2", "-w", "0", "-c", "1", "-o", "max", "-r", "2", "--json", str(record),
-         "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    assert "# result check: all correct" in result.stdout, output[-6000:]
+    run_bench(3, "--collective", collective, "-b", "8", "-e", "8K", "-f", "32", "-n", "2", "-w", "0", "-c", "1",
+              "-o", "max", "-r", "2", "--json", str(record))
     data = json.loads(record.read_text())
     assert data["header"]["collective"] == collective
     measured = {m["impl"] for m in data["measurements"]}
@@ -67,13 +69,8 @@ def test_bench_of_each_collective_is_correct(tmp_path, collective):
 
 def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
     record = tmp_path / "ddp.json"
-    result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.ddp", "-n", "1", "-w", "0", "-N", "1",
-         "--timeline", "1", "--json", str(record)],
-        capture_output=True, text=True, timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    result = run_under_mpiexec(2, "pyallreduce.bench.ddp", "-n", "1", "-w", "0", "-N", "1", "--timeline", "1",
+                               "--json", str(record))
     data = json.loads(record.read_text())
     assert data["ranks"] == 2 and len(data["overhead_ratio"]) == 1 and len(data["coalesced_speedup"]) == 1
     assert len(data["backend_overhead_ratio"]) == 1
@@ -82,16 +79,12 @@ def test_ddp_bench_runs_and_prints_a_timeline(tmp_path):
                                     "iteration, compute only", "allreduce_coalesced", "MPI_Allreduce per tensor"}
     # DDP's 25 MiB buckets over 102 MB of gradients, each reported once, in order.
     buckets = [line.split(":")[0].strip() for line in result.stdout.splitlines() if line.startswith("  bucket ")]
-    assert buckets == [f"bucket {i}" for i in range(len(buckets))] and len(buckets) >= 4, output[-6000:]
+    assert buckets == [f"bucket {i}" for i in range(len(buckets))] and len(buckets) >= 4, result.stdout[-6000:]
 
 
 def test_soak_leaves_no_thread_behind():
-    result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench.soak", "--scale", "0.02", "--rounds", "1"],
-        capture_output=True, text=True, timeout=600,
-    )
+    result = run_under_mpiexec(2, "pyallreduce.bench.soak", "--scale", "0.02", "--rounds", "1")
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
     assert "resident set growth:" in output and "8 B latency, timeout armed / disarmed" in output, output
     threads = next(line for line in result.stdout.splitlines() if line.startswith("threads: "))
     before, after = (int(word) for word in threads.replace(",", "").split() if word.isdigit())
@@ -103,15 +96,8 @@ def test_bench_sweep_of_every_power_of_two_is_correct(tmp_path):
     each of pyallreduce's algorithms once with nccl-tests' statistic: a
     threshold that breaks one size shows as a wrong row."""
     record = tmp_path / "bench.json"
-    result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "1K", "-e", "64M", "-f", "2",
-         "-n", "1", "-w", "0", "-c", "1", "--stat", "nccl", "--impl", ",".join(ours("allreduce")),
-         "--json", str(record), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
-    assert "# result check: all correct" in result.stdout, output[-6000:]
+    run_bench(2, "-b", "1K", "-e", "64M", "-f", "2", "-n", "1", "-w", "0", "-c", "1", "--stat", "nccl",
+              "--impl", ",".join(ours("allreduce")), "--json", str(record))
     data = json.loads(record.read_text())
     assert {m["bytes"] for m in data["measurements"]} == {1 << k for k in range(10, 27)}
     assert {(m["impl"], m["placement"]) for m in data["measurements"]} == {
@@ -121,16 +107,10 @@ def test_bench_sweep_of_every_power_of_two_is_correct(tmp_path):
 
 def test_bench_of_every_dtype_and_op_writes_a_table_each(tmp_path):
     record = tmp_path / "bench.json"
-    result = subprocess.run(
-        [mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.bench", "-b", "8", "-e", "64", "-f", "8",
-         "-n", "1", "-w", "0", "-d", "all", "-o", "all", "-N", "2", "--impl", "ring,auto,mpi",
-         "--json", str(record), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    result = run_bench(2, "-b", "8", "-e", "64", "-f", "8", "-n", "1", "-w", "0", "-d", "all", "-o", "all", "-N", "2",
+                       "--impl", "ring,auto,mpi", "--json", str(record))
     tables = [(dtype, op) for dtype in pyallreduce.DTYPES for op in pyallreduce.OPS]
-    assert result.stdout.count("# result check: all correct") == len(tables), output[-6000:]
+    assert result.stdout.count("# result check: all correct") == len(tables), result.stdout[-6000:]
     for dtype, op in tables:
         data = json.loads((tmp_path / f"bench_{dtype}_{op}.json").read_text())
         assert {(m["type"], m["redop"]) for m in data["measurements"]} == {(dtype, op)}
