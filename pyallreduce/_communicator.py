@@ -462,10 +462,47 @@ def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communi
 
             sys.stderr.write(f"pyallreduce: rank {core.rank} aborts the MPI job (PYALLREDUCE_ON_ERROR=abort): "
                              f"{message}\n")
+            sys.stdout.flush()
             sys.stderr.flush()
+            _wait_until_launcher_reads((sys.stdout, sys.stderr), _LAUNCHER_READ_WAIT_S)
             MPI.COMM_WORLD.Abort(1)
 
     return on_break
+
+
+# How long an aborting rank waits for the launcher to take its last output.
+# Reading a pipe takes the launcher microseconds; this only bounds the wait
+# where it has stopped reading.
+_LAUNCHER_READ_WAIT_S = 2.0
+
+
+def _wait_until_launcher_reads(streams: Iterable[Any], seconds: float) -> None:
+    """Returns once the launcher has read everything written to ``streams``
+    that are pipes (as mpiexec's and srun's stdout and stderr are), or after
+    ``seconds``. MPI_Abort reaches hydra's proxy over its PMI socket, and the
+    proxy kills the job on it even while the error message still waits unread
+    in the rank's stderr pipe: the user would see no reason for the abort.
+    Once the proxy has read the pipe, the message goes to mpiexec on the same
+    connection as the abort, ahead of it."""
+    import array
+    import fcntl
+    import stat
+    import termios
+
+    deadline = time.monotonic() + seconds
+    for stream in streams:
+        try:
+            fd = stream.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+        except (OSError, ValueError):  # closed, or not a file
+            continue
+        unread = array.array("i", [0])
+        while time.monotonic() < deadline:
+            fcntl.ioctl(fd, termios.FIONREAD, unread)  # bytes in the pipe, asked of either end
+            if unread[0] == 0:
+                break
+            time.sleep(0.001)
 
 
 def _agreed_options(
