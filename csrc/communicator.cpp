@@ -48,6 +48,7 @@ void check_options(const CommunicatorOptions& options) {
     }
   }
   if (options.ring_segment_bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
+  if (options.ring_receive_window == 0) throw InvalidArgument("ring_receive_window must be positive");
   if (!(options.timeout_s >= 0)) throw InvalidArgument("timeout must be a non-negative number of seconds");
 }
 
@@ -71,6 +72,11 @@ int Communicator::size() const { return transport().size(); }
 void Communicator::set_ring_segment_bytes(size_t bytes) {
   if (bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
   options_.ring_segment_bytes = bytes;
+}
+
+void Communicator::set_ring_receive_window(size_t window) {
+  if (window == 0) throw InvalidArgument("ring_receive_window must be positive");
+  options_.ring_receive_window = window;
 }
 
 void Communicator::free() {
@@ -349,13 +355,6 @@ constexpr int kErrorField = kFields - 1;
 constexpr int64_t kErrorCodes = 16;  // more than the highest ArgumentError
 constexpr size_t kCarriedPayloadBytes = 1024;
 
-// allreduce_coalesced reduces spans of at least this size in place rather than
-// packing them. Packing a tensor costs two copies (in and out), four times its
-// bytes through memory, while fusing saves only per-message latency, which a
-// 1 MiB message has already amortized; on ResNet-50's gradients, packing every
-// tensor was no faster than one MPI_Allreduce per tensor (bench/RESULTS.md).
-constexpr size_t kDirectReduceBytes = 1 << 20;
-
 struct CheckFrame {
   int64_t fields[2 * kFields];
   alignas(16) unsigned char payload[kCarriedPayloadBytes];
@@ -438,7 +437,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
                                                                call->output_at + call->output_bytes)
                                                     : 0);
   steps_.set_stage(call != nullptr ? "argument check (carrying the data)" : "argument check");
-  recursive_doubling_allreduce(CollectiveContext{t, combiner, workspace_, options_.ring_segment_bytes, steps_},
+  recursive_doubling_allreduce(CollectiveContext{t, combiner, workspace_, ring_pipeline(), steps_},
                                Vector{&frame, &frame, 1, sizeof(CheckFrame)});
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
@@ -582,7 +581,7 @@ void Communicator::run_algorithm(Transport& t, const Combiner& reduction, Memory
   const Algorithm between = chosen == Algorithm::kHierarchical
                                 ? selector_.between_hosts(bytes, options_.ring_segment_bytes)
                                 : Algorithm::kRing;
-  run_allreduce(chosen, CollectiveContext{t, reduction, memory, options_.ring_segment_bytes, steps_, between},
+  run_allreduce(chosen, CollectiveContext{t, reduction, memory, ring_pipeline(), steps_, between},
                 Vector{input, output, count, element_bytes});
 }
 
@@ -671,12 +670,14 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
   for (const Span& span : spans) total += span.count;
   // A span of at least direct_bytes is reduced where it lies: packing it would
   // move it through memory twice more (copy in, copy out), which costs more
-  // than the per-call latency that fusing saves. Buckets are runs of the
-  // consecutive smaller spans whose bytes add up to at most bucket_bytes.
-  // Example, bucket_bytes = 100 (so direct_bytes = 100) and spans of 40, 50,
-  // 30, 120 and 10 bytes: [40, 50] packed; [30] alone, so in place; [120] in
-  // place; [10] alone. Runs of empty spans only are skipped.
-  const size_t direct_bytes = std::min(bucket_bytes, kDirectReduceBytes);
+  // than the per-call latency that fusing saves (the cost model's packing
+  // limit). Buckets are runs of the consecutive smaller spans whose bytes add
+  // up to at most bucket_bytes. Example, bucket_bytes = 100 and a packing
+  // limit above it (so direct_bytes = 100), spans of 40, 50, 30, 120 and 10
+  // bytes: [40, 50] packed; [30] alone, so in place; [120] in place; [10]
+  // alone. Runs of empty spans only are skipped.
+  const size_t direct_bytes =
+      std::min(bucket_bytes, packing_limit(algorithm));
   auto span_bytes = [&](size_t i) { return spans[i].count * element_bytes; };
   std::vector<Bucket> buckets;
   for (size_t first = 0; first < spans.size();) {
@@ -789,7 +790,7 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
                    // The algorithms reduce a whole vector; this rank's block of it is the result.
                    char* whole = static_cast<char*>(staging.reserve(whole_bytes));
                    run_reduce_scatter(chosen,
-                                      CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                      CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_},
                                       Vector{input, whole, p * count, element_bytes});
                    workspace.copy(output, whole + static_cast<size_t>(rank()) * count * element_bytes,
                                   count * element_bytes);
@@ -813,7 +814,7 @@ void Communicator::allgather(const void* input, void* output, size_t count, DTyp
                    char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * block_bytes;
                    if (mine != input) workspace.copy(mine, input, block_bytes);
                    run_allgather(chosen,
-                                 CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                 CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_},
                                  Vector{output, output, p * count, element_bytes});
                  });
 }
@@ -833,7 +834,7 @@ void Communicator::broadcast(void* data, size_t count, DType dtype, int root, Al
                  placement, root_ok ? ArgumentError::kNone : ArgumentError::kBadRoot, carry ? &carried : nullptr,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
                    run_broadcast(chosen,
-                                 CollectiveContext{t, reduction, workspace, options_.ring_segment_bytes, steps_},
+                                 CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_},
                                  Vector{data, data, count, element_bytes}, root);
                  });
 }

@@ -22,7 +22,15 @@ namespace pyallreduce {
 
 struct CommunicatorOptions {
   bool check_arguments = true;          // PYALLREDUCE_CHECK
-  size_t ring_segment_bytes = 1 << 20;  // PYALLREDUCE_RING_SEGMENT_BYTES
+  // The ring's pipeline (RingPipeline): PYALLREDUCE_RING_SEGMENT_BYTES and
+  // PYALLREDUCE_RING_RECEIVE_WINDOW, else what pyallreduce.tune measured for
+  // the layout, else these. A segment of 1 MiB costs a message's latency per
+  // MiB, a small share wherever a byte takes well under a microsecond to
+  // move, and with four receives posted the next segments arrive while one
+  // is combined, even when a peer falls a step behind. The segment shapes a
+  // call's messages and must be alike on every rank; the window need not.
+  size_t ring_segment_bytes = 1 << 20;
+  size_t ring_receive_window = 4;
   // Out-of-place calls of at least this many bytes write their combined
   // outputs with streaming stores: PYALLREDUCE_STREAMING_STORE_BYTES, else
   // what pyallreduce.tune measured for the layout, else derived from the
@@ -175,12 +183,18 @@ class Communicator {
   // `reason` if given (bytes as CostModel::predict counts them).
   Algorithm choose_algorithm(Collective collective, Algorithm requested, size_t bytes,
                              std::string* reason = nullptr) const;
+  // The least span that allreduce_coalesced by `requested` reduces where it
+  // lies rather than packing it (AlgorithmSelector::packing_limit).
+  size_t packing_limit(Algorithm requested) const {
+    return selector_.packing_limit(requested, options_.ring_segment_bytes);
+  }
 
   const CommunicatorOptions& options() const { return options_; }
   // The transport device calls would use now, or nullopt if none can (no
   // CUDA backend registered).
   std::optional<DeviceTransportKind> device_transport() const;
   void set_ring_segment_bytes(size_t bytes);
+  void set_ring_receive_window(size_t window);
   void set_streaming_store_bytes(size_t bytes) { options_.streaming_store_bytes = bytes; }
   // The constants algorithm="auto" uses from now on (see
   // AlgorithmSelector::set_model); the same on every rank, or the ranks may
@@ -301,6 +315,7 @@ class Communicator {
   // hierarchical, with the algorithm between hosts the model picks).
   void run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input, void* output,
                      size_t count, size_t element_bytes, Algorithm chosen);
+  RingPipeline ring_pipeline() const { return {options_.ring_segment_bytes, options_.ring_receive_window}; }
 
   std::unique_ptr<Transport> transport_;
   CommunicatorOptions options_;

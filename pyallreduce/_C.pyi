@@ -40,6 +40,7 @@ def algorithms_of(collective: Collective) -> list[Algorithm]:
 class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
+    ring_receive_window: int
     streaming_store_bytes: int
     algorithm_rules: str
     between_hosts_rules: str
@@ -110,6 +111,7 @@ class Communicator:
     def set_cost_model(self, model: CostModel, source: str) -> None:
         """The constants algorithm="auto" uses from now on, and where they came from (for the log)."""
     ring_segment_bytes: int
+    ring_receive_window: int
     streaming_store_bytes: int
     """Out-of-place calls of at least this many bytes store their outputs around the cache."""
     @property
@@ -138,6 +140,8 @@ class Communicator:
         self, requested: Algorithm, bytes: int, collective: Collective = Collective.allreduce
     ) -> tuple[Algorithm, str]:
         """The algorithm a call of `collective` on `bytes` would use, and why."""
+    def packing_limit(self, requested: Algorithm = Algorithm.auto) -> int:
+        """The least span allreduce_coalesced reduces where it lies rather than packing it with others."""
     def free(self) -> None:
         """Release the transport; later calls raise ValueError."""
     def flight_record(self) -> list[CallRecord]:

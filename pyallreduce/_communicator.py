@@ -43,7 +43,8 @@ class Communicator:
             small recursive-doubling exchange per call. Default: on, unless
             ``PYALLREDUCE_CHECK=0``.
         ring_segment_bytes: pipelining granularity of the ring algorithm.
-            Default: ``PYALLREDUCE_RING_SEGMENT_BYTES`` or 1 MiB.
+            Default: ``PYALLREDUCE_RING_SEGMENT_BYTES``, else what
+            ``python -m pyallreduce.tune`` measured for this layout, else 1 MiB.
         cuda_transport: how CUDA buffers travel between ranks: "nccl"
             (ncclSend/ncclRecv, one GPU per rank), "mpi" (through pinned host
             memory, pipelined; ranks may share a GPU) or "auto" (NCCL where
@@ -80,7 +81,7 @@ class Communicator:
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
         options.on_break = _report_break(self._progress, abort=on_error == "abort")
         self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
-        _use_tuning(comm, self._core)
+        _use_tuning(comm, self._core, segment_given=ring_segment_bytes is not None)
         _close_when_dropped(self)
         if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
             _abort_on_uncaught_exception()
@@ -425,12 +426,16 @@ _SHAPING_SETTINGS = (
 )
 
 
-def _use_tuning(comm: Any, core: _C.Communicator) -> None:
-    """Gives ``core`` the cost model that pyallreduce.tune measured for its
-    layout, if any: rank 0's, on every rank (collective), so that every rank
-    chooses alike; and the size from which streaming stores paid there,
-    unless PYALLREDUCE_STREAMING_STORE_BYTES says otherwise. A tune file
-    rank 0 cannot read raises on every rank."""
+def _use_tuning(comm: Any, core: _C.Communicator, segment_given: bool) -> None:
+    """Gives ``core`` what pyallreduce.tune measured for its layout, if
+    anything: rank 0's, on every rank (collective), so that every rank
+    chooses alike. The cost model; the size from which streaming stores
+    paid and the ring's receive window, each unless its variable says
+    otherwise; and the ring's segment size (which shapes messages) unless a
+    rank was given one (``segment_given``) or its variable. A tune file rank
+    0 cannot read raises on every rank."""
+    from mpi4py import MPI
+
     from . import tune
 
     if comm.rank == 0:
@@ -446,6 +451,12 @@ def _use_tuning(comm: Any, core: _C.Communicator) -> None:
     core.set_cost_model(found.model(), found.source)
     if found.streaming_store_bytes is not None and not os.environ.get("PYALLREDUCE_STREAMING_STORE_BYTES"):
         core.streaming_store_bytes = found.streaming_store_bytes
+    if found.ring_receive_window is not None and not os.environ.get("PYALLREDUCE_RING_RECEIVE_WINDOW"):
+        core.ring_receive_window = found.ring_receive_window
+    segment_given = comm.allreduce(segment_given or bool(os.environ.get("PYALLREDUCE_RING_SEGMENT_BYTES")),
+                                   op=MPI.LOR)
+    if found.ring_segment_bytes is not None and not segment_given:
+        core.ring_segment_bytes = found.ring_segment_bytes
 
 
 def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communicator, str], None]:

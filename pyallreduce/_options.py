@@ -19,7 +19,10 @@ logger = logging.getLogger("pyallreduce")
 #   PYALLREDUCE_CHECK               "0" turns off the cross-rank argument check
 #   PYALLREDUCE_DEBUG               level of the `pyallreduce` logger (INFO, or 1: each distinct
 #                                   call's algorithm and why), with a handler to stderr
-#   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default 1048576)
+#   PYALLREDUCE_RING_SEGMENT_BYTES  ring pipelining granularity (default: pyallreduce.tune's
+#                                   measurement for the layout, else 1048576)
+#   PYALLREDUCE_RING_RECEIVE_WINDOW  receives the ring posts ahead (default: pyallreduce.tune's
+#                                   measurement for the layout, else 4)
 #   PYALLREDUCE_STREAMING_STORE_BYTES  out-of-place calls from this size store their outputs
 #                                   around the cache (default: pyallreduce.tune's measurement for
 #                                   the layout, else a quarter of the last-level cache)
@@ -147,6 +150,7 @@ def communicator_options(
         if ring_segment_bytes is None
         else ring_segment_bytes
     )
+    options.ring_receive_window = _positive_int("PYALLREDUCE_RING_RECEIVE_WINDOW", options.ring_receive_window)
     options.streaming_store_bytes = _positive_int("PYALLREDUCE_STREAMING_STORE_BYTES", options.streaming_store_bytes)
     options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
     options.between_hosts_rules = os.environ.get("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "")

@@ -7,16 +7,22 @@ Measured, per level: between two ranks of one host, and between ranks of two
 hosts, alpha (half an 8-byte ping-pong), beta (a 16 MiB ping-pong, per byte)
 and the rendezvous step (the largest jump in one-way time from one message
 size to the next that the extra bytes do not explain); gamma from a float32
-a += b on every rank at once; and the size from which out-of-place calls
-are faster storing their outputs around the cache (streaming stores), from
-ring allreduces of 1 MiB to 64 MiB timed both ways in turn. The file
+a += b on every rank at once; the size from which out-of-place calls are
+faster storing their outputs around the cache (streaming stores), from ring
+allreduces of 1 MiB to 64 MiB timed both ways in turn; and the ring's
+pipeline, the segment size and then the number of receives posted ahead
+that make a 64 MiB ring allreduce fastest. The file
 (``PYALLREDUCE_TUNE_FILE``, default ``~/.cache/pyallreduce/tune.json``) keeps
 one entry per layout ("2 hosts x 4 ranks"): every communicator over MPI
-whose layout has an entry uses it for ``algorithm="auto"`` and its streaming
-stores, rank 0's copy on every rank. Where the layout has none, ``auto`` uses the built-in constants (``_C.CostModel.default()``: shared
-memory measured on one host, a conservative guess for the network), and
-streaming stores start at a quarter of the last-level cache; a level the
-layout lacks (between hosts, on one host) keeps its built-in constants.
+whose layout has an entry uses it for ``algorithm="auto"``, its streaming
+stores and its ring pipeline, rank 0's copy on every rank (each unless
+set by its variable, or the segment by ``ring_segment_bytes=``). Where the
+layout has none, ``auto`` uses the built-in constants
+(``_C.CostModel.default()``: shared memory measured on one host, a
+conservative guess for the network), streaming stores start at a quarter of
+the last-level cache, and the ring pipelines 1 MiB segments four receives
+ahead; a level the layout lacks (between hosts, on one host) keeps its
+built-in constants.
 
 ``--predict`` prints the model's time per algorithm for a layout of any size,
 from the file's entry for it if there is one, else the built-in constants,
@@ -58,6 +64,12 @@ STREAMING_SEARCH_BYTES = [1 << k for k in range(20, 27)]
 STREAMING_SAMPLE_BYTES = 512 << 20
 STREAMING_REPEATS = 5
 NEVER_STREAM_BYTES = 2**63 - 1
+# The ring's pipeline is searched on an in-place allreduce this large: even
+# at 64 ranks each chunk is a MiB, several segments of most sizes searched.
+RING_PIPELINE_TEST_BYTES = 64 << 20
+RING_SEGMENT_SEARCH_BYTES = [1 << k for k in range(16, 25, 2)]  # 64 KiB .. 16 MiB
+RING_WINDOW_SEARCH = [1, 2, 4, 8, 16]
+RING_PIPELINE_REPEATS = 5
 FILE_VERSION = 1
 
 
@@ -95,6 +107,9 @@ class Tuning:
     # Out-of-place calls from this size stream their outputs; None: the
     # built-in rule (a quarter of the last-level cache).
     streaming_store_bytes: int | None = None
+    # The ring's segment size and receive window; None: built in.
+    ring_segment_bytes: int | None = None
+    ring_receive_window: int | None = None
 
     def model(self) -> _C.CostModel:
         return _C.CostModel(self.inside.cost(), self.between.cost(), self.gamma_s_per_byte)
@@ -140,11 +155,15 @@ def load(hosts: list[int], path: Path | None = None) -> Tuning:
     entry = _read(path)["layouts"].get(layout_key(hosts))
     if entry is None:
         return Tuning.built_in()
+    def optional_int(key: str) -> int | None:
+        value = entry.get(key)
+        return None if value is None else int(value)
+
     try:
-        streaming = entry.get("streaming_store_bytes")
         return Tuning(Link(**entry["inside"]), Link(**entry["between"]), float(entry["gamma_s_per_byte"]),
                       f"measured {entry['measured']} on {entry['machine']} ({path})",
-                      None if streaming is None else int(streaming))
+                      optional_int("streaming_store_bytes"), optional_int("ring_segment_bytes"),
+                      optional_int("ring_receive_window"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"pyallreduce tune file {path}: the entry for {layout_key(hosts)} is malformed ({exc}); "
                          "run python -m pyallreduce.tune again") from None
@@ -158,6 +177,8 @@ def save(hosts: list[int], tuning: Tuning, machine: str, path: Path | None = Non
         "between": asdict(tuning.between),
         "gamma_s_per_byte": tuning.gamma_s_per_byte,
         "streaming_store_bytes": tuning.streaming_store_bytes,
+        "ring_segment_bytes": tuning.ring_segment_bytes,
+        "ring_receive_window": tuning.ring_receive_window,
         "measured": datetime.date.today().isoformat(),
         "machine": machine,
     }
@@ -236,11 +257,10 @@ def measure_streaming(world: Any, comm: Any) -> tuple[int, list[tuple[int, float
     """The least size from which out-of-place ring allreduces over ``comm``
     are faster with streaming stores, at that size and every larger one
     searched (collective): each size timed with them on and off in turn
-    (see STREAMING_SAMPLE_BYTES), the slowest rank's median. NEVER_STREAM_BYTES
-    where they do not pay at the largest size. Also each size's (bytes,
-    seconds streaming, seconds without)."""
+    (see STREAMING_SAMPLE_BYTES). NEVER_STREAM_BYTES where they do not pay
+    at the largest size. Also each size's (bytes, seconds streaming, seconds
+    without)."""
     import numpy as np
-    from mpi4py import MPI
 
     core = comm._core
     kept = core.streaming_store_bytes
@@ -249,18 +269,14 @@ def measure_streaming(world: Any, comm: Any) -> tuple[int, list[tuple[int, float
         for nbytes in STREAMING_SEARCH_BYTES:
             x = np.ones(nbytes // 4, np.float32)
             out = np.empty_like(x)
-            times: dict[bool, list[float]] = {True: [], False: []}
-            repeats = max(STREAMING_REPEATS, STREAMING_SAMPLE_BYTES // nbytes)
-            for _ in range(repeats + 1):  # the first of each touches fresh pages
-                for stream in (True, False):
-                    core.streaming_store_bytes = 1 if stream else NEVER_STREAM_BYTES
-                    world.Barrier()
-                    start = time.perf_counter()
-                    comm.allreduce(x, algorithm="ring", out=out)
-                    times[stream].append(time.perf_counter() - start)
-            streamed, plain = (world.allreduce(statistics.median(times[stream][1:]), op=MPI.MAX)
-                               for stream in (True, False))
-            timings.append((nbytes, streamed, plain))
+
+            def stream(on: bool) -> None:
+                core.streaming_store_bytes = 1 if on else NEVER_STREAM_BYTES
+
+            seconds = _time_in_turn(world, (True, False), stream,
+                                    lambda: comm.allreduce(x, algorithm="ring", out=out),
+                                    max(STREAMING_REPEATS, STREAMING_SAMPLE_BYTES // nbytes))
+            timings.append((nbytes, seconds[True], seconds[False]))
     finally:
         core.streaming_store_bytes = kept
     threshold = NEVER_STREAM_BYTES
@@ -269,6 +285,55 @@ def measure_streaming(world: Any, comm: Any) -> tuple[int, list[tuple[int, float
             break
         threshold = nbytes
     return threshold, timings
+
+
+def measure_ring_pipeline(world: Any, comm: Any) -> tuple[int, int, dict[int, float], dict[int, float]]:
+    """The ring's fastest segment size, then its fastest receive window at
+    that size, on in-place allreduces of RING_PIPELINE_TEST_BYTES over
+    ``comm`` (collective); also the seconds per call of each segment size
+    and of each window searched."""
+    import numpy as np
+
+    core = comm._core
+    kept = core.ring_segment_bytes, core.ring_receive_window
+    x = np.zeros(RING_PIPELINE_TEST_BYTES // 4, np.float32)  # zeros: sums that stay normal numbers
+
+    def call() -> None:
+        comm.allreduce(x, algorithm="ring")
+
+    def segment(nbytes: int) -> None:
+        core.ring_segment_bytes = nbytes
+
+    def window(receives: int) -> None:
+        core.ring_receive_window = receives
+
+    try:
+        by_segment = _time_in_turn(world, RING_SEGMENT_SEARCH_BYTES, segment, call, RING_PIPELINE_REPEATS)
+        core.ring_segment_bytes = min(by_segment, key=by_segment.__getitem__)
+        by_window = _time_in_turn(world, RING_WINDOW_SEARCH, window, call, RING_PIPELINE_REPEATS)
+    finally:
+        core.ring_segment_bytes, core.ring_receive_window = kept
+    return (min(by_segment, key=by_segment.__getitem__), min(by_window, key=by_window.__getitem__), by_segment,
+            by_window)
+
+
+def _time_in_turn(world: Any, settings: Any, apply: Any, call: Any, repeats: int) -> dict[Any, float]:
+    """Seconds per ``call()`` under each of ``settings`` (made current by
+    ``apply(setting)``), the settings taking turns ``repeats`` times after
+    an untimed round (it touches fresh pages), so that a busy spell of the
+    machine falls on all of them: the slowest rank's median (collective)."""
+    from mpi4py import MPI
+
+    times: dict[Any, list[float]] = {setting: [] for setting in settings}
+    for round_ in range(repeats + 1):
+        for setting in settings:
+            apply(setting)
+            world.Barrier()
+            start = time.perf_counter()
+            call()
+            if round_ > 0:
+                times[setting].append(time.perf_counter() - start)
+    return {setting: world.allreduce(statistics.median(samples), op=MPI.MAX) for setting, samples in times.items()}
 
 
 def measure(world: Any, hosts: list[int]) -> Tuning:
@@ -297,6 +362,12 @@ def print_constants(tuning: Tuning) -> None:
                                        "last-level cache, built in)" if streaming is None
                                        else "never" if streaming >= NEVER_STREAM_BYTES
                                        else f"out-of-place calls from {streaming} B"))
+    segment = tuning.ring_segment_bytes
+    window = tuning.ring_receive_window
+    built_in = _C.CommunicatorOptions()
+    print(f"#   ring pipeline: segments of {built_in.ring_segment_bytes if segment is None else segment} B"
+          f"{' (built in)' if segment is None else ''}, {built_in.ring_receive_window if window is None else window} "
+          f"receives ahead{' (built in)' if window is None else ''}")
 
 
 def link_rate_bytes_per_s(text: str) -> float:
@@ -351,11 +422,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.link is not None:
             between = Link(tuning.between.alpha_s, 1 / args.link, tuning.between.rendezvous_bytes,
                            tuning.between.rendezvous_s)
-            tuning = Tuning(tuning.inside, between, tuning.gamma_s_per_byte, tuning.source + ", --link")
+            tuning = replace(tuning, between=between, source=tuning.source + ", --link")
         print(f"# {layout_key(hosts)}; constants {tuning.source}")
         print_constants(tuning)
         sizes = [8 << (2 * k) for k in range(15)]  # 8 B .. 2 GiB
-        for line in predict_table(tuning, hosts, sizes, 1 << 20):
+        segment = tuning.ring_segment_bytes or _C.CommunicatorOptions().ring_segment_bytes
+        for line in predict_table(tuning, hosts, sizes, segment):
             print(line)
         return
 
@@ -367,12 +439,19 @@ def main(argv: list[str] | None = None) -> None:
     with pyallreduce.Communicator(world) as comm:
         hosts = comm.hosts
         streaming, timings = measure_streaming(world, comm)
-        tuning = replace(measure(world, hosts), streaming_store_bytes=streaming)
+        segment, window, by_segment, by_window = measure_ring_pipeline(world, comm)
+        tuning = replace(measure(world, hosts), streaming_store_bytes=streaming, ring_segment_bytes=segment,
+                         ring_receive_window=window)
     if world.rank == 0:
         print(f"# {layout_key(hosts)}; {tuning.source}")
         print_constants(tuning)
         print("#   out-of-place ring allreduce, streaming / plain stores: " + ", ".join(
             f"{nbytes >> 20} MiB {streamed / plain:.2f}" for nbytes, streamed, plain in timings))
+        print(f"#   in-place ring allreduce of {RING_PIPELINE_TEST_BYTES >> 20} MiB, time / the fastest, by segment: "
+              + ", ".join(f"{nbytes >> 10} KiB {seconds / min(by_segment.values()):.2f}"
+                          for nbytes, seconds in by_segment.items()))
+        print(f"#   ... by receive window, {segment >> 10} KiB segments: " + ", ".join(
+            f"{receives} {seconds / min(by_window.values()):.2f}" for receives, seconds in by_window.items()))
         if not args.no_save:
             print(f"# saved for {layout_key(hosts)} in {save(hosts, tuning, tuning.source.split(' on ', 1)[1], args.file)}")
         sys.stdout.flush()

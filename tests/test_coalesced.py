@@ -98,3 +98,23 @@ def test_an_async_error_reaches_every_rank_through_the_future():
 
     for error in spawn_local(3, each_rank):
         assert isinstance(error, ValueError) and "different element counts" in str(error), error
+
+
+def test_spans_are_packed_below_the_size_the_cost_model_says_it_pays():
+    """allreduce_coalesced packs a span only while the latency fusing saves
+    (the model's fixed cost of a call) exceeds copying it in and out: the
+    limit is a power of two, and grows with the latency."""
+    from pyallreduce import _C, tune
+
+    def each_rank(comm):
+        limit = comm._core.packing_limit()
+        model = tune.Tuning.built_in().model()
+        inside = model.inside
+        slower = _C.LinkCost(inside.alpha_s * 16, inside.beta_s_per_byte, inside.rendezvous_bytes,
+                             inside.rendezvous_s)
+        comm._core.set_cost_model(_C.CostModel(slower, model.between, model.gamma_s_per_byte), "16 alphas")
+        return limit, comm._core.packing_limit()
+
+    for limit, with_slower_messages in spawn_local(3, each_rank):
+        assert limit >= 256 and limit & (limit - 1) == 0, limit
+        assert with_slower_messages >= 4 * limit, (limit, with_slower_messages)

@@ -19,14 +19,17 @@ SEGMENT_BYTES = 512
 
 
 def run_cases(world_size, cases, ring_segment_bytes=SEGMENT_BYTES, grouped=False, device="cpu", cuda_transport=None,
-              hosts=None):
+              hosts=None, receive_window=None):
     """Runs each (algorithm, op, inputs, out_of_place) case on every rank of one
     in-process world (grouped: with NCCL's group semantics; device "cuda":
     on CUDA tensors, each rank on a stream of its own; hosts: each rank's
-    host); checks each against the reference and bitwise identity, and that
-    an out-of-place call leaves its input alone."""
+    host; receive_window: the ring's, else the default); checks each against
+    the reference and bitwise identity, and that an out-of-place call leaves
+    its input alone."""
 
     def each_rank(comm):
+        if receive_window is not None:
+            comm._core.ring_receive_window = receive_window
         stream = torch.cuda.Stream() if device == "cuda" else None
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             results = []
@@ -143,17 +146,19 @@ def test_hierarchical_keeps_to_nccl_group_semantics(hosts, monkeypatch):
     op=st.sampled_from(OPS),
     dtype=st.sampled_from(DTYPES),
     segment_bytes=st.sampled_from([2, 64, 4096, 1 << 18]),
+    receive_window=st.sampled_from([1, 2, 4, 16]),
     seed=st.integers(0, 2**16),
     out_of_place=st.booleans(),
     hosts_seed=st.integers(0, 2**16),
 )
-def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, seed, out_of_place,
-                                 hosts_seed):
+def test_random_sizes_and_worlds(world_size, count, algorithm, op, dtype, segment_bytes, receive_window, seed,
+                                 out_of_place, hosts_seed):
     inputs = rank_inputs(world_size, dtype, op, count, seed=seed)
     # Each rank on one of 1..world_size hosts, at random.
     rng = np.random.default_rng(hosts_seed)
     hosts = rng.integers(0, rng.integers(1, world_size + 1), size=world_size).tolist()
-    run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes, hosts=hosts)
+    run_cases(world_size, [(algorithm, op, inputs, out_of_place)], ring_segment_bytes=segment_bytes, hosts=hosts,
+              receive_window=receive_window)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int64"])

@@ -51,36 +51,48 @@ def test_predict_shows_where_the_algorithms_cross_over():
 
 def test_measured_constants_reach_auto_on_every_rank(tmp_path):
     """Under mpiexec: tune measures and saves; a communicator then chooses
-    with those constants, and says so, and streams from the size tune
-    found (unless PYALLREDUCE_STREAMING_STORE_BYTES says otherwise)."""
+    with those constants, and says so, streams from the size tune found and
+    pipelines the ring as tune found fastest (unless their variables say
+    otherwise, or the program gives a segment size)."""
     path = tmp_path / "tune.json"
     env = dict(os.environ, PYALLREDUCE_TUNE_FILE=str(path), OMP_NUM_THREADS="1")
     measured = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "pyallreduce.tune"], capture_output=True,
                               text=True, timeout=300, env=env)
     assert measured.returncode == 0, measured.stdout + measured.stderr
     assert f"saved for 1 host x 2 ranks in {path}" in measured.stdout, measured.stdout
-    streaming = json.loads(path.read_text())["layouts"]["1 host x 2 ranks"]["streaming_store_bytes"]
+    entry = json.loads(path.read_text())["layouts"]["1 host x 2 ranks"]
+    streaming, segment, window = (entry[key] for key in ("streaming_store_bytes", "ring_segment_bytes",
+                                                          "ring_receive_window"))
     assert streaming in (*tune.STREAMING_SEARCH_BYTES, tune.NEVER_STREAM_BYTES)
-    # One print from rank 0: lines printed by both ranks can interleave.
-    script = ("import pyallreduce\n"
-              "comm = pyallreduce.init()\n"
-              "name, reason = comm.choose_algorithm(1 << 20)\n"
-              "from mpi4py import MPI\n"
-              "lines = MPI.COMM_WORLD.gather(f\"{comm.rank} {reason.split(':')[0]}; streams from \"\n"
-              "                              f\"{comm._core.streaming_store_bytes}\")\n"
-              "if comm.rank == 0:\n"
-              "    print('\\n'.join(lines), flush=True)\n")
-    used = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert used.returncode == 0, used.stdout + used.stderr
+    assert segment in tune.RING_SEGMENT_SEARCH_BYTES and window in tune.RING_WINDOW_SEARCH, entry
+    assert "ring pipeline: segments of " in measured.stdout and "by receive window" in measured.stdout
+
+    def run_script(segment_argument="", **variables):
+        # One print from rank 0: lines printed by both ranks can interleave.
+        script = ("import pyallreduce\n"
+                  f"comm = pyallreduce.init({segment_argument})\n"
+                  "name, reason = comm.choose_algorithm(1 << 20)\n"
+                  "from mpi4py import MPI\n"
+                  "lines = MPI.COMM_WORLD.gather(f\"{comm.rank} {reason.split(':')[0]}; streams from \"\n"
+                  "                              f\"{comm._core.streaming_store_bytes}; segments of \"\n"
+                  "                              f\"{comm.ring_segment_bytes}; window {comm._core.ring_receive_window}\")\n"
+                  "if comm.rank == 0:\n"
+                  "    print('\\n'.join(lines), flush=True)\n")
+        result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True, text=True,
+                                timeout=300, env=dict(env, **variables))
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    used = run_script()
     for rank in (0, 1):
-        assert f"{rank} cost model for 1 host x 2 ranks, constants measured " in used.stdout, used.stdout
-        assert f"streams from {streaming}\n" in used.stdout + "\n", used.stdout
-        assert str(path) in used.stdout
-    overridden = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True,
-                                text=True, timeout=300, env=dict(env, PYALLREDUCE_STREAMING_STORE_BYTES="12345"))
-    assert overridden.returncode == 0, overridden.stdout + overridden.stderr
-    assert overridden.stdout.count("streams from 12345") == 2, overridden.stdout
+        assert f"{rank} cost model for 1 host x 2 ranks, constants measured " in used, used
+        assert f"streams from {streaming}; segments of {segment}; window {window}\n" in used + "\n", used
+        assert str(path) in used
+    overridden = run_script(PYALLREDUCE_STREAMING_STORE_BYTES="12345", PYALLREDUCE_RING_SEGMENT_BYTES="4096",
+                            PYALLREDUCE_RING_RECEIVE_WINDOW="3")
+    assert overridden.count("streams from 12345; segments of 4096; window 3") == 2, overridden
+    given = run_script("ring_segment_bytes=8192")
+    assert given.count(f"segments of 8192; window {window}") == 2, given
 
 
 def test_a_tune_file_rank_0_cannot_read_raises_on_every_rank(tmp_path):

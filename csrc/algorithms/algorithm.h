@@ -90,11 +90,19 @@ class StepTracker {
   std::atomic<size_t> steps_{0};
 };
 
+// How a ring phase pipelines its chunks: cut into segments of `segment_bytes`,
+// with up to `receive_window` receives posted at once (fewer where the
+// transport allows fewer: Transport::max_receive_window).
+struct RingPipeline {
+  size_t segment_bytes;
+  size_t receive_window;
+};
+
 struct CollectiveContext {
   Transport& transport;
   const Combiner& reduction;  // unused by collectives that do not reduce
   MemorySpace& memory;        // where the vector lives; scratch comes from here
-  size_t ring_segment_bytes;  // ring: pipelining granularity
+  RingPipeline ring;
   StepTracker& steps;
   // hierarchical: the flat algorithm that runs between hosts.
   Algorithm between_hosts = Algorithm::kRing;

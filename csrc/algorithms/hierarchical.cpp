@@ -70,7 +70,7 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   const PartialCombiner partial(ctx.reduction);
   std::vector<int> core(host_ranks.begin(), host_ranks.begin() + core_size);
   GroupTransport inside(t, core);
-  const CollectiveContext inside_ctx{inside, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  const CollectiveContext inside_ctx{inside, partial, ctx.memory, ctx.ring, ctx.steps};
   ctx.steps.set_stage("hierarchical, inside the host:");
   const int owned = ring_owned_chunk(local, core_size);
   ring_reduce_scatter(inside_ctx, vec, owned);
@@ -79,7 +79,7 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   std::vector<int> peers;  // local index `local` on every host, in host order
   for (int h = 0; h < layout.hosts(); ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
   GroupTransport between(t, peers);
-  const CollectiveContext between_ctx{between, partial, ctx.memory, ctx.ring_segment_bytes, ctx.steps};
+  const CollectiveContext between_ctx{between, partial, ctx.memory, ctx.ring, ctx.steps};
   char* slice = vec.at(chunk.begin);
   ctx.steps.set_stage("hierarchical, between hosts:");
   run_allreduce(ctx.between_hosts, between_ctx, Vector{slice, slice, chunk.end - chunk.begin, vec.element_size});

@@ -21,14 +21,15 @@
 // partial sum arrives. Every chunk of the output is written once, by a combine
 // or by the allgather, so there is no copy of the input.
 //
-// Pipelining: chunks are cut into segments of ring_segment_bytes, and a phase
-// runs as steps: at step k a rank sends the k-th segment of its outgoing
-// stream to the right and receives the k-th of its incoming stream from the
-// left. The right neighbour's incoming stream lists the same chunks in the
-// same order as this rank's outgoing one, so step k of every rank pairs with
-// step k of its neighbours. Up to receive_window() steps are posted ahead, so
-// while one segment is being combined the next ones are already arriving; on
-// a grouped transport (NCCL) the window is 1 and each step is one exchange.
+// Pipelining: chunks are cut into segments of ctx.ring.segment_bytes, and a
+// phase runs as steps: at step k a rank sends the k-th segment of its
+// outgoing stream to the right and receives the k-th of its incoming stream
+// from the left. The right neighbour's incoming stream lists the same chunks
+// in the same order as this rank's outgoing one, so step k of every rank
+// pairs with step k of its neighbours. Up to ctx.ring.receive_window steps
+// are posted ahead, so while one segment is being combined the next ones are
+// already arriving; on a grouped transport (NCCL) the window is 1 and each
+// step is one exchange.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -47,11 +48,15 @@ int mod(int a, int p) { return ((a % p) + p) % p; }
 
 // A segment is at most the largest chunk (chunk 0; see chunk_begin), so a
 // segment size beyond the vector's means one segment per chunk, and the
-// scratch is at most `window` chunks whatever ring_segment_bytes is.
+// scratch is at most `window` chunks whatever the segment size is.
 // Example n = 10, p = 4 with 1 MiB segments of float32: 3 elements each.
 size_t segment_elements(const CollectiveContext& ctx, const Vector& vec) {
   const size_t largest_chunk = std::max<size_t>(1, chunk_begin(vec.count, ctx.transport.size(), 1));
-  return std::clamp<size_t>(ctx.ring_segment_bytes / vec.element_size, 1, largest_chunk);
+  return std::clamp<size_t>(ctx.ring.segment_bytes / vec.element_size, 1, largest_chunk);
+}
+
+size_t receive_window(const CollectiveContext& ctx) {
+  return std::clamp<size_t>(ctx.ring.receive_window, 1, ctx.transport.max_receive_window());
 }
 
 struct Segment {
@@ -94,7 +99,7 @@ void ring_phase(const CollectiveContext& ctx, const char* phase, const Vector& v
   Transport& t = ctx.transport;
   const int right = mod(t.rank() + 1, t.size());
   const int left = mod(t.rank() - 1, t.size());
-  const size_t window = std::max<size_t>(1, t.receive_window());
+  const size_t window = receive_window(ctx);
   const size_t forwarded = static_cast<size_t>(
       std::count_if(incoming.begin(), incoming.end(), [](const Segment& s) { return s.forward; }));
   const size_t outgoing = first.size() + forwarded;
@@ -155,7 +160,7 @@ void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned) {
   std::vector<Segment> first, incoming;
   append_chunk(first, n, p, mod(start, p), segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(start - s - 1, p), segment_elems, s < p - 2);
-  const size_t window = std::max<size_t>(1, t.receive_window());
+  const size_t window = receive_window(ctx);
   char* slots = static_cast<char*>(ctx.memory.reserve(vec.bytes(segment_elems) * window));
   auto slot = [&](size_t j) { return slots + (j % window) * vec.bytes(segment_elems); };
   ring_phase(ctx, "reduce-scatter", vec, vec.input, first, incoming, slot, [&](size_t j) {

@@ -308,6 +308,27 @@ Algorithm AlgorithmSelector::between_hosts(size_t bytes, size_t ring_segment_byt
   return model_.between_hosts(bytes, profile_, ring_segment_bytes);
 }
 
+size_t AlgorithmSelector::packing_limit(Algorithm requested, size_t ring_segment_bytes) const {
+  // Packing a span saves its call's fixed cost, the part of its time that
+  // does not grow with its bytes: t(n) less n times the slope of t at n,
+  // taken over n / 16 more bytes, 17 t(n) - 16 t(17n/16). (The slope over a
+  // doubling would cross a rendezvous step, whose thresholds are powers of
+  // two, and leave a negative intercept.) Packing costs two copies, four
+  // bytes through memory per byte, where gamma's a += b moves three per byte
+  // combined: 4/3 gamma per byte. Example: for t(n) = 2 alpha + n (beta +
+  // gamma), the fixed cost is 2 alpha, and spans are packed below 2 alpha /
+  // (4/3 gamma), 1.5 alpha / gamma.
+  constexpr size_t kSmallest = 256, kLargest = size_t{1} << 40;
+  const double copy_s_per_byte = 4.0 / 3.0 * model_.gamma_s_per_byte;
+  for (size_t n = kSmallest; n < kLargest; n *= 2) {
+    const Algorithm a = choose(Collective::kAllreduce, requested, n, ring_segment_bytes);
+    const double fixed_s = 17 * model_.predict(Collective::kAllreduce, a, n, profile_, ring_segment_bytes) -
+                           16 * model_.predict(Collective::kAllreduce, a, n + n / 16, profile_, ring_segment_bytes);
+    if (fixed_s <= copy_s_per_byte * static_cast<double>(n)) return n;
+  }
+  return kLargest;
+}
+
 const SizeRule* AlgorithmSelector::rule_for(Collective collective, size_t bytes) const {
   for (const SizeRule& rule : rules_) {
     if (rule.collective == collective && bytes >= rule.min_bytes && bytes <= rule.max_bytes) return &rule;

@@ -130,6 +130,10 @@ class AlgorithmSelector {
   // hierarchical's algorithm between hosts for a call of `bytes`: the
   // rules', else the cost model's.
   Algorithm between_hosts(size_t bytes, size_t ring_segment_bytes) const;
+  // The least size (a power of two) from which an allreduce by `requested`
+  // of one span alone is predicted cheaper than copying the span into a
+  // fused buffer and back out: allreduce_coalesced packs only smaller spans.
+  size_t packing_limit(Algorithm requested, size_t ring_segment_bytes) const;
   // The PYALLREDUCE_ALGO rule that covers a call of `collective` on `bytes`,
   // or null.
   const SizeRule* rule_for(Collective collective, size_t bytes) const;

@@ -3,7 +3,7 @@
 // was posted since the last wait is issued as one group when any of it is
 // waited for, and wait() returns without waiting for the GPU: later work on
 // the stream runs after the group. Algorithms keep to the group rules of
-// transport.h, and receive_window() is 1 so pipelines run in lockstep.
+// transport.h, and max_receive_window() is 1 so pipelines run in lockstep.
 #pragma once
 
 #include <memory>
@@ -30,7 +30,7 @@ class NcclTransport final : public Transport {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  size_t receive_window() const override { return 1; }
+  size_t max_receive_window() const override { return 1; }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
 

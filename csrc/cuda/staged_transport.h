@@ -25,7 +25,7 @@ class StagedTransport final : public Transport {
 
   int rank() const override { return host_.rank(); }
   int size() const override { return host_.size(); }
-  size_t receive_window() const override { return host_.receive_window(); }
+  size_t max_receive_window() const override { return host_.max_receive_window(); }
   // Copies `data` to pinned memory on the stream (after the work that wrote
   // it) and hands each piece to the host transport as soon as it is there:
   // the host waits for the copies.

@@ -10,8 +10,8 @@
 // The two element loops are compiled twice on x86-64, for AVX2 and for the
 // baseline, and the loader picks one for the CPU it finds (GCC's function
 // multiversioning): the build stays portable, and AVX2 machines get 8-wide
-// loops. Measured: one thread 16.7 ms without, 14.7 ms with. No FMA, so
-// every machine rounds the same way.
+// loops (bench/RESULTS.md, "Fused LARS step", has what that gained). No FMA,
+// so every machine rounds the same way.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -144,11 +144,12 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   for (size_t t = 0; t < tensors.size(); ++t) total += counts[t] = tensors[t].count;
   const int workers = static_cast<int>(std::clamp<size_t>(total / kMinElementsPerThread, 1, threads));
 
-  // Tiles as large as the last-level cache. Measured on this 2-core VM (32
-  // MiB L3), ResNet-50's shapes, 2 threads, median of 20 steps: tiles of
-  // half the cache 15.6 ms, the whole cache 12.3 ms, twice it 14.9 ms. At
-  // half, the largest tensors (2.4M parameters, 28 MiB with gradient and
-  // momentum) cross memory twice.
+  // Tiles as large as the last-level cache, which the machine reports: each
+  // tile is read twice, for its norms and then for the update, and the second
+  // read finds it in the cache only if it fits. A tensor larger than a tile
+  // is a tile of its own, read from memory both times, and smaller tiles make
+  // more of those; larger tiles spill. bench/RESULTS.md ("Fused LARS step")
+  // has tiles of half, one and two caches timed.
   const bool has_momentum = !tensors.empty() && tensors.front().momentum_buffer != nullptr;
   const size_t bytes_per_element = sizeof(T) * (has_momentum ? 3 : 2);
   const std::vector<Tile> tiles = make_tiles(counts, bytes_per_element, last_level_cache_bytes());

@@ -331,6 +331,7 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init<const CommunicatorOptions&>(), py::arg("other"), "A copy of `other`.")
       .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
+      .def_readwrite("ring_receive_window", &CommunicatorOptions::ring_receive_window)
       .def_readwrite("streaming_store_bytes", &CommunicatorOptions::streaming_store_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
       .def_readwrite("between_hosts_rules", &CommunicatorOptions::between_hosts_rules)
@@ -420,6 +421,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property("ring_segment_bytes",
                     [](const Communicator& c) { return c.options().ring_segment_bytes; },
                     &Communicator::set_ring_segment_bytes)
+      .def_property("ring_receive_window",
+                    [](const Communicator& c) { return c.options().ring_receive_window; },
+                    &Communicator::set_ring_receive_window)
       .def_property("streaming_store_bytes",
                     [](const Communicator& c) { return c.options().streaming_store_bytes; },
                     &Communicator::set_streaming_store_bytes,
@@ -464,6 +468,8 @@ PYBIND11_MODULE(_C, m) {
           },
           py::arg("requested"), py::arg("bytes"), py::arg("collective") = Collective::kAllreduce,
           "The algorithm a call of `collective` on `bytes` would use, and why.")
+      .def("packing_limit", &Communicator::packing_limit, py::arg("requested") = Algorithm::kAuto,
+           "The least span allreduce_coalesced reduces where it lies rather than packing it with others.")
       .def("free", &Communicator::free, "Release the transport; later calls raise ValueError.")
       .def("flight_record", &Communicator::flight_record,
            "The last calls (at most 64), oldest first; the running one with the step it is in.")

@@ -59,8 +59,9 @@ void divide_kernel(void* data, size_t count, int divisor) {
 
 // The last-level cache's size as Linux describes cpu0's caches in sysfs (the
 // highest index, e.g. index3/size = "32768K"), else as the C library reports
-// it, else 32 MiB. sysfs comes first because glibc's figure can be the whole
-// package's: on this VM it says 384 MiB where sysfs and lscpu say 32 MiB.
+// it, else 32 MiB. sysfs comes first because inside a virtual machine glibc's
+// figure can be the whole host package's, many times what the guest's cores
+// share, where sysfs and lscpu give the guest's own.
 size_t last_level_cache_bytes() {
   static const size_t cache_bytes = [] {
     size_t bytes = 0;

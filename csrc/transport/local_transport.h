@@ -108,7 +108,7 @@ class LocalTransport : public Transport {
   int size() const override { return world_->size(); }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
-  size_t receive_window() const override { return world_->grouped() ? 1 : Transport::receive_window(); }
+  size_t max_receive_window() const override { return world_->grouped() ? 1 : Transport::max_receive_window(); }
   void post_notice(const Notice& notice) override;
 
   // Grouped worlds: starts the pending group and waits until all of it is

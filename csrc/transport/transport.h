@@ -10,7 +10,7 @@
 // the next wait, as one group that completes when all of it has met its
 // partners (NCCL does, on a CUDA stream). Algorithms therefore post between
 // two waits only transfers whose partners are posted between the partners'
-// own corresponding waits, as a pairwise exchange does; receive_window()
+// own corresponding waits, as a pairwise exchange does; max_receive_window()
 // says how far a pipeline may post receives ahead of that.
 //
 // Deadlines and notices: every wait of a call returns by the call's deadline
@@ -122,12 +122,12 @@ class Transport {
   // `data` must stay valid (and, for isend, unchanged) until wait() returns.
   virtual RequestPtr isend(int peer, const void* data, size_t bytes) = 0;
   virtual RequestPtr irecv(int peer, void* data, size_t bytes) = 0;
-  // How many receives a pipelined algorithm may have posted at once, counting
+  // The most receives a pipelined algorithm may have posted at once, counting
   // the one it waits for next. Transports that match each message as it
-  // comes (MPI, threads) let receives run ahead, so the next segments arrive
-  // while one is being reduced; a grouped transport allows 1, which makes
-  // every wait close the group {receive k, send k} of a lockstep exchange.
-  virtual size_t receive_window() const { return 4; }
+  // comes (MPI, threads) allow any number, so the next segments arrive while
+  // one is being reduced; a grouped transport allows 1, which makes every
+  // wait close the group {receive k, send k} of a lockstep exchange.
+  virtual size_t max_receive_window() const { return SIZE_MAX; }
 
   // Every wait from now on throws TimeoutError once `deadline` has passed
   // (Clock::time_point::max(): never). A transport that wraps another passes
@@ -172,7 +172,7 @@ class GroupTransport final : public Transport {
   int size() const override { return static_cast<int>(members_.size()); }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
-  size_t receive_window() const override { return parent_.receive_window(); }
+  size_t max_receive_window() const override { return parent_.max_receive_window(); }
 
  private:
   int parent_rank(int peer) const;
