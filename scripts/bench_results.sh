@@ -3,7 +3,8 @@
 # bench/results/ (table as .txt, every sample as .json, plot as .png); the
 # simulated clusters' are scripts/bench_cluster.sh's. First what the machine
 # is (machine.txt) and, per world size, pyallreduce.tune's constants for it
-# (tune.json, which the runs' "auto" then uses). Then the allreduce
+# (tune.json, which the runs' "auto" then uses; what it printed in
+# tune_<N>ranks.txt). Then the allreduce
 # sweep, float32 sum, three interleaved runs each. At 2 and 4 ranks every implementation runs;
 # at 3 ranks only ours, to check "auto" against the fixed algorithms. It runs
 # for half an hour or more at 2 cores; keep the machine otherwise
@@ -29,7 +30,7 @@ export PYALLREDUCE_TUNE_FILE="$root/bench/results/tune.json"
   echo "load average before the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee bench/results/machine.txt
 for ranks in ${RANKS_LIST-2 3 4}; do
-  .venv/bin/mpiexec -n "$ranks" .venv/bin/python -m pyallreduce.tune
+  .venv/bin/mpiexec -n "$ranks" .venv/bin/python -m pyallreduce.tune | tee "bench/results/tune_${ranks}ranks.txt"
   name="bench/results/allreduce_${ranks}ranks"
   impls=()
   if [ "$ranks" = 3 ]; then impls=(--impl ring,halving_doubling,recursive_doubling,auto); fi

@@ -46,6 +46,12 @@ def test_bench_tiny_sweep_is_correct(tmp_path, dtype, op):
     # The nccl-tests table: one row per size and implementation that ran.
     rows = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
     assert len(rows) >= 3 * len(measured)
+    # The summary, out of place and in place, and the same again from the record.
+    summary = result.stdout[result.stdout.index("# speed-up of auto (out of place"):result.stdout.index("# result check")]
+    assert "# speed-up of auto (in place" in summary, summary
+    again = subprocess.run([sys.executable, "-m", "pyallreduce.bench.report", str(record)], capture_output=True,
+                           text=True, check=True).stdout
+    assert summary.strip() in again, again
 
 
 @pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "broadcast"])

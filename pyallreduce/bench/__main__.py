@@ -284,7 +284,7 @@ def run_table(args, world, collective, impls, notes, cal, predict_us, suffix: st
         progress.close()
 
     names = [impl.name for impl in runnable]
-    say(report.summary(results, names, collective.placements[0]))
+    say(report.summary(results, names, collective.placements))
     wrong = sum(m.wrong for m in results.measurements)
     if rank0:
         if args.json:

@@ -1,8 +1,12 @@
 """Turning measurements into the nccl-tests style table, the closing summary
-with the ratios between implementations, a JSON record and a plot."""
+with the ratios between implementations, a JSON record and a plot.
+
+    python -m pyallreduce.bench.report RESULTS.json...   # a saved run's summary again
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -62,6 +66,21 @@ class Results:
                  "skipped": [asdict(s) for s in self.skips]},
                 f, indent=1,
             )
+
+    @classmethod
+    def read_json(cls, path: str) -> Results:
+        """What write_json wrote."""
+        with open(path) as f:
+            content = json.load(f)
+        return cls(content["header"], [Measurement(**m) for m in content["measurements"]],
+                   [Skip(**s) for s in content["skipped"]])
+
+    def impls(self) -> list[str]:
+        """The implementations measured, in the order they first ran."""
+        return list(dict.fromkeys(m.impl for m in self.measurements))
+
+    def placements(self) -> list[str]:
+        return [p for p in PLACEMENTS if any(m.placement == p for m in self.measurements)]
 
 
 # ---- the table ----------------------------------------------------------------
@@ -151,9 +170,10 @@ def _per_run_difference(results: Results, nbytes: int, minuend: str, subtrahend:
     return [first[run] - second[run] for run in sorted(first) if run in second]
 
 
-def summary(results: Results, impls: list[str], placement: str) -> str:
-    """Average busbw per implementation (as nccl-tests ends), then per size:
-    how many times faster "auto" is than each peer, how close it is to the
+def summary(results: Results, impls: list[str], placements: tuple[str, ...] | list[str]) -> str:
+    """Average busbw per implementation (as nccl-tests ends), then for each
+    of ``placements`` ("out", "in") and each size: how many times faster
+    "auto" is than each peer, how close it is to the
     memory-bandwidth bound, "auto" against the best fixed algorithm, and what
     torch's layer adds to auto (pyallreduce's backend under
     torch.distributed, less auto's time, in us and as a share). torch's
@@ -170,6 +190,14 @@ def summary(results: Results, impls: list[str], placement: str) -> str:
             lines.append(f"# {impl:>18}: avg busbw {statistics.mean(busbws):7.2f} GB/s, #wrong {sum(m.wrong for m in results.measurements if m.impl == impl)}")
     if "auto" not in impls:
         return "\n".join(lines)
+    lines.extend(_speed_ups(results, impls, placement) for placement in placements)
+    return "\n".join(lines)
+
+
+def _speed_ups(results: Results, impls: list[str], placement: str) -> str:
+    """summary's table for one placement."""
+    sizes = sorted({m.bytes for m in results.measurements})
+    lines = []
     peers = [i for i in impls if i in PEERS]
     fixed = [i for i in impls if i not in (*PEERS, BACKEND, "auto")]
     backend = BACKEND in impls
@@ -275,3 +303,19 @@ def _bound_points(results: Results, sizes: list[int], placement: str) -> list[tu
         if bound_us > 0:
             points.append((n, bound_us, m.busbw * m.time_us / bound_us))
     return points
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pyallreduce.bench.report",
+                                     description="Print the closing summary of saved benchmark runs again.")
+    parser.add_argument("json", nargs="+", help="files written by the benchmark's --json")
+    for path in parser.parse_args(argv).json:
+        results = Results.read_json(path)
+        header = results.header
+        print(f"# {path}: {header['collective']}, {header['world_size']} ranks on {header['host']} "
+              f"({header['machine']}), {header['date']}")
+        print(summary(results, results.impls(), results.placements()))
+
+
+if __name__ == "__main__":
+    main()
