@@ -128,8 +128,8 @@ class Communicator {
     size_t count;
   };
   // Reduces every span in place, all of one dtype, like one allreduce each,
-  // but fused: consecutive spans smaller than 1 MiB (or than bucket_bytes) are
-  // packed into a buffer of at most `bucket_bytes` and reduced together; a
+  // but fused: consecutive spans smaller than packing_limit(algorithm) (and
+  // than bucket_bytes) are packed into a buffer of at most `bucket_bytes` and reduced together; a
   // larger span, or one alone in its bucket, is reduced where it lies. One
   // argument check covers the call, including the spans' sizes. `algorithm`
   // is resolved per bucket.

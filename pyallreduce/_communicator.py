@@ -212,10 +212,12 @@ class Communicator:
         self, tensors: Sequence[Any], op: Any = "sum", algorithm: str = "auto", bucket_bytes: int = BUCKET_BYTES
     ) -> list:
         """Reduce each tensor of ``tensors`` in place, as one allreduce each,
-        but fused into few: consecutive tensors smaller than 1 MiB (or than
-        ``bucket_bytes``) are copied (in C++) into a buffer of at most
-        ``bucket_bytes``, reduced together and copied back. A larger tensor,
-        or one alone in its bucket, is reduced where it lies.
+        but fused into few: consecutive small tensors are copied (in C++)
+        into a buffer of at most ``bucket_bytes``, reduced together and copied
+        back. A larger tensor, or one alone in its bucket, is reduced where it
+        lies. Small means below ``bucket_bytes`` and below the size from which
+        the cost model predicts that copying a tensor in and out costs more
+        than the latency fusing saves.
 
         Collective: every rank passes tensors of the same sizes in the same
         order, all of one dtype, and the same ``bucket_bytes`` (default 25 MiB,
