@@ -309,12 +309,12 @@ def measure_ring_pipeline(world: Any, comm: Any) -> tuple[int, int, dict[int, fl
 
     try:
         by_segment = _time_in_turn(world, RING_SEGMENT_SEARCH_BYTES, segment, call, RING_PIPELINE_REPEATS)
-        core.ring_segment_bytes = min(by_segment, key=by_segment.__getitem__)
+        fastest_segment = min(by_segment, key=by_segment.__getitem__)
+        core.ring_segment_bytes = fastest_segment
         by_window = _time_in_turn(world, RING_WINDOW_SEARCH, window, call, RING_PIPELINE_REPEATS)
     finally:
         core.ring_segment_bytes, core.ring_receive_window = kept
-    return (min(by_segment, key=by_segment.__getitem__), min(by_window, key=by_window.__getitem__), by_segment,
-            by_window)
+    return fastest_segment, min(by_window, key=by_window.__getitem__), by_segment, by_window
 
 
 def _time_in_turn(world: Any, settings: Any, apply: Any, call: Any, repeats: int) -> dict[Any, float]:
