@@ -676,8 +676,7 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
   // limit above it (so direct_bytes = 100), spans of 40, 50, 30, 120 and 10
   // bytes: [40, 50] packed; [30] alone, so in place; [120] in place; [10]
   // alone. Runs of empty spans only are skipped.
-  const size_t direct_bytes =
-      std::min(bucket_bytes, packing_limit(algorithm));
+  const size_t direct_bytes = std::min(bucket_bytes, packing_limit(algorithm));
   auto span_bytes = [&](size_t i) { return spans[i].count * element_bytes; };
   std::vector<Bucket> buckets;
   for (size_t first = 0; first < spans.size();) {

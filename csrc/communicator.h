@@ -129,10 +129,10 @@ class Communicator {
   };
   // Reduces every span in place, all of one dtype, like one allreduce each,
   // but fused: consecutive spans smaller than packing_limit(algorithm) (and
-  // than bucket_bytes) are packed into a buffer of at most `bucket_bytes` and reduced together; a
-  // larger span, or one alone in its bucket, is reduced where it lies. One
-  // argument check covers the call, including the spans' sizes. `algorithm`
-  // is resolved per bucket.
+  // than bucket_bytes) are packed into a buffer of at most `bucket_bytes` and
+  // reduced together; a larger span, or one alone in its bucket, is reduced
+  // where it lies. One argument check covers the call, including the spans'
+  // sizes. `algorithm` is resolved per bucket.
   void allreduce_coalesced(const std::vector<Span>& spans, DType dtype, ReduceOp op, Algorithm algorithm,
                            size_t bucket_bytes, const Placement& placement = {});
 
