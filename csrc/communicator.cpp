@@ -597,6 +597,28 @@ void Communicator::loopback(const void* input, void* output, size_t bytes, const
   exchange(device->transport(), rank(), input, bytes, output, bytes);
 }
 
+std::vector<double> Communicator::ping_pong(int first, int second, size_t bytes, int repeats) {
+  if (first == second || std::min(first, second) < 0 || std::max(first, second) >= size() || repeats < 1) {
+    throw InvalidArgument("ping_pong needs two different ranks of the communicator and at least one repeat");
+  }
+  const std::unique_lock<std::mutex> lock = exclusive_use();
+  std::vector<double> one_way;
+  if (rank() != first && rank() != second) return one_way;
+  arm_deadline();
+  steps_.set_stage("ping-pong");
+  Transport& t = transport();
+  std::vector<unsigned char> message(bytes);
+  const int peer = rank() == first ? second : first;
+  for (int i = 0; i <= repeats; ++i) {
+    const Clock::time_point start = Clock::now();
+    if (rank() == first) t.isend(peer, message.data(), bytes)->wait();
+    t.irecv(peer, message.data(), bytes)->wait();
+    if (rank() == second) t.isend(peer, message.data(), bytes)->wait();
+    if (i > 0) one_way.push_back(std::chrono::duration<double>(Clock::now() - start).count() / 2);
+  }
+  return one_way;
+}
+
 void Communicator::allreduce(const void* input, void* output, size_t count, DType dtype, ReduceOp op,
                              Algorithm algorithm, const Placement& placement) {
   const size_t bytes = count * element_size(dtype);

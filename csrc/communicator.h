@@ -111,6 +111,9 @@ class Communicator {
   int size() const;
   // Which ranks share a host.
   const HostLayout& layout() const { return transport().layout(); }
+  // The transport of host calls, for the settings of its own kind (the MPI
+  // transport's shared-memory pipes); throws once freed.
+  Transport& host_transport() const { return transport(); }
 
   // Reduces `count` elements at `input` across all ranks into `output`
   // (which may equal `input`). Collective: every rank calls it with the same
@@ -164,6 +167,13 @@ class Communicator {
   // where no allreduce sends anything). Not collective, except that the
   // first device call sets up the device context on every rank.
   void loopback(const void* input, void* output, size_t bytes, const Placement& placement);
+
+  // The one-way times, in seconds, of `repeats` ping-pongs of `bytes` between
+  // ranks `first` and `second` over the host transport, after one untimed
+  // (it touches the pages): what pyallreduce.tune calibrates the cost model
+  // with, over the path the algorithms' messages take. Only those two ranks
+  // take part; the others return no times at once.
+  std::vector<double> ping_pong(int first, int second, size_t bytes, int repeats);
 
   // Collective counterpart of allreduce() for a rank whose arguments were
   // rejected before reaching C++: the other ranks' allreduce() then fails with

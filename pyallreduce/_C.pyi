@@ -92,8 +92,10 @@ class CallRecord:
 
 class Communicator:
     @staticmethod
-    def from_mpi(mpi4py_comm: object, options: CommunicatorOptions, max_message_bytes: int = 2147483647) -> Communicator:
-        """Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point."""
+    def from_mpi(mpi4py_comm: object, options: CommunicatorOptions, max_message_bytes: int = 2147483647,
+                 shared_memory_message_bytes: int = 0) -> Communicator:
+        """Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point, and over
+        shared-memory pipes to the ranks of this host for messages of at most shared_memory_message_bytes."""
     @staticmethod
     def local(world: LocalWorld, rank: int, options: CommunicatorOptions) -> Communicator:
         """Rank `rank` of an in-process world; each rank must run on its own thread."""
@@ -114,6 +116,12 @@ class Communicator:
     ring_receive_window: int
     streaming_store_bytes: int
     """Out-of-place calls of at least this many bytes store their outputs around the cache."""
+    shared_memory_message_bytes: int
+    """Messages of at most this many bytes to a rank of this host go through shared-memory pipes (0: none
+    do). Only an MPI communicator has it; set it alike on every rank, between calls."""
+    @property
+    def shared_memory_absent(self) -> str:
+        """Why this rank has no shared-memory pipes, or '' where it has them."""
     @property
     def device_transport(self) -> str | None:
         """The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded."""
@@ -124,6 +132,9 @@ class Communicator:
     def loopback(self, x: object, out: object, stream: int | None = None) -> None:
         """Send x's bytes to this rank itself into out over the transport x would use (see
         pyallreduce.testing.loopback)."""
+    def ping_pong(self, first: int, second: int, bytes: int, repeats: int) -> list[float]:
+        """One-way seconds of each of `repeats` ping-pongs of `bytes` between ranks first and second over
+        the host transport (after an untimed one); on the other ranks [] at once."""
     def allreduce(self, x: object, op: object, algorithm: object, out: object, stream: int | None = None) -> object:
         """Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's object. See pyallreduce.Communicator.allreduce."""
     def reduce_scatter(self, x: object, out: object, op: object, algorithm: object, stream: int | None = None) -> object:

@@ -11,7 +11,14 @@ from concurrent.futures import Future
 from typing import Any, Callable
 
 from . import _C
-from ._options import communicator_options, env_flag, mpi_max_message_bytes, on_error_choice
+from ._options import (
+    communicator_options,
+    env_flag,
+    logger,
+    mpi_max_message_bytes,
+    on_error_choice,
+    shm_message_bytes,
+)
 from ._progress import ProgressThread
 
 DTYPES = tuple(_C.DType.__members__)
@@ -32,8 +39,10 @@ class Communicator:
 
     ``Communicator(mpi_comm)`` duplicates an mpi4py communicator (collective:
     every rank of ``mpi_comm`` must call it) and sends over MPI point-to-point;
-    ``mpi_comm`` defaults to ``MPI.COMM_WORLD``. In-process communicators for
-    tests come from :func:`pyallreduce.testing.spawn_local`.
+    ``mpi_comm`` defaults to ``MPI.COMM_WORLD``. Messages to the ranks of the
+    same host of at most :attr:`shared_memory_message_bytes` go through
+    shared-memory pipes instead of MPI. In-process communicators for tests
+    come from :func:`pyallreduce.testing.spawn_local`.
 
     Args:
         mpi_comm: an ``mpi4py.MPI.Comm`` (intracommunicator).
@@ -77,11 +86,14 @@ class Communicator:
         comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"mpi_comm must be an mpi4py intracommunicator, not {type(comm).__name__}")
-        options, max_message_bytes, on_error = _agreed_options(comm, check, ring_segment_bytes, cuda_transport, timeout)
+        options, transport, on_error = _agreed_options(comm, check, ring_segment_bytes, cuda_transport, timeout)
         self._progress = ProgressThread("pyallreduce progress", before_first_call=_require_mpi_thread_multiple)
         options.on_break = _report_break(self._progress, abort=on_error == "abort")
-        self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes)
-        _use_tuning(comm, self._core, segment_given=ring_segment_bytes is not None)
+        max_message_bytes, shm_bytes = transport
+        self._core = _C.Communicator.from_mpi(comm, options, max_message_bytes,
+                                              _SHM_MESSAGE_BYTES_UNTUNED if shm_bytes is None else shm_bytes)
+        _report_missing_pipes(self._core, shm_bytes)
+        _use_tuning(comm, self._core, segment_given=ring_segment_bytes is not None, shm_given=shm_bytes is not None)
         _close_when_dropped(self)
         if env_flag("PYALLREDUCE_ABORT_ON_UNCAUGHT", True):
             _abort_on_uncaught_exception()
@@ -120,6 +132,20 @@ class Communicator:
     def ring_segment_bytes(self) -> int:
         """The ring's pipelining granularity (see the class docs)."""
         return self._core.ring_segment_bytes
+
+    @property
+    def shared_memory_message_bytes(self) -> int:
+        """Messages of at most this many bytes to a rank of the same host go
+        through shared-memory pipes (two copies, no MPI), longer ones through
+        MPI. Default: ``PYALLREDUCE_SHM_MESSAGE_BYTES`` (0 turns the pipes
+        off), else the size up to which ``python -m pyallreduce.tune``
+        measured the pipes faster, else a pipe's capacity (64 KiB). 0 where
+        this rank has no pipes (alone on its host, or /dev/shm could not hold
+        them: the DEBUG log says why) and on an in-process communicator."""
+        try:
+            return self._core.shared_memory_message_bytes
+        except ValueError:  # in-process
+            return 0
 
     @property
     def cuda_transport(self) -> str | None:
@@ -425,17 +451,40 @@ _SHAPING_SETTINGS = (
     ("between_hosts_rules", "PYALLREDUCE_ALGO_BETWEEN_HOSTS"),
     ("device_transport", "PYALLREDUCE_CUDA_TRANSPORT"),
     ("max_message_bytes", "PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"),
+    ("shm_message_bytes", "PYALLREDUCE_SHM_MESSAGE_BYTES"),
 )
+_TRANSPORT_SETTINGS = ("max_message_bytes", "shm_message_bytes")
+
+# Where nothing was measured, a message goes through the pipes while it fits
+# in one whole (their capacity): longer ones stream through, copied twice,
+# where MPI's large messages are copied once.
+_SHM_MESSAGE_BYTES_UNTUNED = 1 << 16
 
 
-def _use_tuning(comm: Any, core: _C.Communicator, segment_given: bool) -> None:
+def _report_missing_pipes(core: _C.Communicator, shm_bytes: int | None) -> None:
+    """Says why a rank that shares its host has no shared-memory pipes:
+    a warning where they could not be made, the DEBUG log where they were
+    turned off."""
+    reason = core.shared_memory_absent
+    if not reason or core.hosts.count(core.hosts[core.rank]) == 1:
+        return
+    if shm_bytes == 0:
+        logger.debug("rank %d: no shared-memory pipes (%s)", core.rank, reason)
+    else:
+        logger.warning("pyallreduce: rank %d has no shared-memory pipes (%s); its messages to the ranks of its "
+                       "host go through MPI", core.rank, reason)
+
+
+def _use_tuning(comm: Any, core: _C.Communicator, segment_given: bool, shm_given: bool) -> None:
     """Gives ``core`` what pyallreduce.tune measured for its layout, if
     anything: rank 0's, on every rank (collective), so that every rank
     chooses alike. The cost model; the size from which streaming stores
     paid and the ring's receive window, each unless its variable says
-    otherwise; and the ring's segment size (which shapes messages) unless a
-    rank was given one (``segment_given``) or its variable. A tune file rank
-    0 cannot read raises on every rank."""
+    otherwise; the largest message through the shared-memory pipes unless
+    PYALLREDUCE_SHM_MESSAGE_BYTES set it (``shm_given``, alike on every rank
+    by _agreed_options); and the ring's segment size (which shapes messages)
+    unless a rank was given one (``segment_given``) or its variable. A tune
+    file rank 0 cannot read raises on every rank."""
     from mpi4py import MPI
 
     from . import tune
@@ -459,6 +508,8 @@ def _use_tuning(comm: Any, core: _C.Communicator, segment_given: bool) -> None:
                                    op=MPI.LOR)
     if found.ring_segment_bytes is not None and not segment_given:
         core.ring_segment_bytes = found.ring_segment_bytes
+    if found.shm_message_bytes is not None and not shm_given and core.shared_memory_message_bytes > 0:
+        core.shared_memory_message_bytes = found.shm_message_bytes
 
 
 def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communicator, str], None]:
@@ -520,8 +571,10 @@ def _wait_until_launcher_reads(streams: Iterable[Any], seconds: float) -> None:
 
 def _agreed_options(
     comm: Any, check: bool | None, ring_segment_bytes: int | None, cuda_transport: str | None, timeout: float | None
-) -> tuple[_C.CommunicatorOptions, int, str]:
-    """This rank's options, largest MPI message and PYALLREDUCE_ON_ERROR, once
+) -> tuple[_C.CommunicatorOptions, tuple[int, int | None], str]:
+    """This rank's options, its MPI transport's settings (the largest MPI
+    message; the largest through shared memory, None where unset) and
+    PYALLREDUCE_ON_ERROR, once
     every rank of ``comm`` has its own and they agree (collective). A rank whose options are
     invalid raises its own error and the others a ValueError naming it; ranks
     whose settings differ all raise the same ValueError, naming the setting.
@@ -529,11 +582,11 @@ def _agreed_options(
     truncation on some, a hang on others."""
     try:
         options = communicator_options(check, ring_segment_bytes, cuda_transport, timeout)
-        max_message_bytes = mpi_max_message_bytes()
+        transport = mpi_max_message_bytes(), shm_message_bytes()
         on_error = on_error_choice()
         _C.check_options(options)
-        settings = tuple(max_message_bytes if name == "max_message_bytes" else getattr(options, name)
-                         for name, _ in _SHAPING_SETTINGS)
+        settings = tuple(transport[_TRANSPORT_SETTINGS.index(name)] if name in _TRANSPORT_SETTINGS
+                         else getattr(options, name) for name, _ in _SHAPING_SETTINGS)
         error = None
     except (TypeError, ValueError) as exc:
         settings, error = None, exc
@@ -551,7 +604,7 @@ def _agreed_options(
                     f"ranks disagree on {name} ({variable}): rank 0 has {expected!r}, rank {rank} has "
                     f"{their!r}; set it alike on every rank"
                 )
-    return options, max_message_bytes, on_error
+    return options, transport, on_error
 
 
 _excepthook_installed = False

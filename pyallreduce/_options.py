@@ -165,3 +165,15 @@ def communicator_options(
 
 def mpi_max_message_bytes() -> int:
     return _positive_int("PYALLREDUCE_MPI_MAX_MESSAGE_BYTES", 2**31 - 1)
+
+
+def shm_message_bytes() -> int | None:
+    """PYALLREDUCE_SHM_MESSAGE_BYTES: messages of at most this many bytes to a
+    rank of the same host go through shared-memory pipes, 0 for none; None
+    where it is not set (pyallreduce.tune's measurement then decides)."""
+    text = os.environ.get("PYALLREDUCE_SHM_MESSAGE_BYTES")
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise ValueError(f"PYALLREDUCE_SHM_MESSAGE_BYTES={text!r} is not a non-negative integer")
+    return int(text)

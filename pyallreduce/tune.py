@@ -3,8 +3,12 @@
     mpiexec -n 4 python -m pyallreduce.tune          # measure, and save for this layout
     python -m pyallreduce.tune --predict --hosts 32 --ranks-per-host 8 --link 10gbit
 
-Measured, per level: between two ranks of one host, and between ranks of two
-hosts, alpha (half an 8-byte ping-pong), beta (a 16 MiB ping-pong, per byte)
+Measured first: the largest message that goes faster through the
+shared-memory pipes than through MPI inside a host, from recursive-doubling
+allreduces of 1 KiB to 1 MiB timed both ways in turn. Then, per level,
+over pyallreduce's own transport (so inside a host through the pipes up to
+that size): between two ranks of one host, and between ranks of two hosts,
+alpha (half an 8-byte ping-pong), beta (a 16 MiB ping-pong, per byte)
 and the rendezvous step (the largest jump in one-way time from one message
 size to the next that the extra bytes do not explain); gamma from a float32
 a += b on every rank at once; the size from which out-of-place calls are
@@ -15,14 +19,14 @@ that make a 64 MiB ring allreduce fastest. The file
 (``PYALLREDUCE_TUNE_FILE``, default ``~/.cache/pyallreduce/tune.json``) keeps
 one entry per layout ("2 hosts x 4 ranks"): every communicator over MPI
 whose layout has an entry uses it for ``algorithm="auto"``, its streaming
-stores and its ring pipeline, rank 0's copy on every rank (each unless
-set by its variable, or the segment by ``ring_segment_bytes=``). Where the
-layout has none, ``auto`` uses the built-in constants
+stores, its ring pipeline and its pipes' limit, rank 0's copy on every rank
+(each unless set by its variable, or the segment by ``ring_segment_bytes=``).
+Where the layout has none, ``auto`` uses the built-in constants
 (``_C.CostModel.default()``: shared memory measured on one host, a
 conservative guess for the network), streaming stores start at a quarter of
-the last-level cache, and the ring pipelines 1 MiB segments four receives
-ahead; a level the layout lacks (between hosts, on one host) keeps its
-built-in constants.
+the last-level cache, the ring pipelines 1 MiB segments four receives
+ahead, and the pipes carry messages up to their capacity (64 KiB); a level
+the layout lacks (between hosts, on one host) keeps its built-in constants.
 
 ``--predict`` prints the model's time per algorithm for a layout of any size,
 from the file's entry for it if there is one, else the built-in constants,
@@ -70,6 +74,11 @@ RING_PIPELINE_TEST_BYTES = 64 << 20
 RING_SEGMENT_SEARCH_BYTES = [1 << k for k in range(16, 25, 2)]  # 64 KiB .. 16 MiB
 RING_WINDOW_SEARCH = [1, 2, 4, 8, 16]
 RING_PIPELINE_REPEATS = 5
+# The shared-memory pipes' limit is searched over these sizes, each timed
+# over about SHM_SAMPLE_BYTES per sample, SHM_REPEATS samples each way.
+SHM_SEARCH_BYTES = [1 << k for k in range(10, 21)]  # 1 KiB .. 1 MiB
+SHM_SAMPLE_BYTES = 4 << 20
+SHM_REPEATS = 7
 FILE_VERSION = 1
 
 
@@ -110,6 +119,9 @@ class Tuning:
     # The ring's segment size and receive window; None: built in.
     ring_segment_bytes: int | None = None
     ring_receive_window: int | None = None
+    # The largest message through the shared-memory pipes; None: built in
+    # (a pipe's capacity).
+    shm_message_bytes: int | None = None
 
     def model(self) -> _C.CostModel:
         return _C.CostModel(self.inside.cost(), self.between.cost(), self.gamma_s_per_byte)
@@ -163,7 +175,7 @@ def load(hosts: list[int], path: Path | None = None) -> Tuning:
         return Tuning(Link(**entry["inside"]), Link(**entry["between"]), float(entry["gamma_s_per_byte"]),
                       f"measured {entry['measured']} on {entry['machine']} ({path})",
                       optional_int("streaming_store_bytes"), optional_int("ring_segment_bytes"),
-                      optional_int("ring_receive_window"))
+                      optional_int("ring_receive_window"), optional_int("shm_message_bytes"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"pyallreduce tune file {path}: the entry for {layout_key(hosts)} is malformed ({exc}); "
                          "run python -m pyallreduce.tune again") from None
@@ -179,6 +191,7 @@ def save(hosts: list[int], tuning: Tuning, machine: str, path: Path | None = Non
         "streaming_store_bytes": tuning.streaming_store_bytes,
         "ring_segment_bytes": tuning.ring_segment_bytes,
         "ring_receive_window": tuning.ring_receive_window,
+        "shm_message_bytes": tuning.shm_message_bytes,
         "measured": datetime.date.today().isoformat(),
         "machine": machine,
     }
@@ -189,22 +202,12 @@ def save(hosts: list[int], tuning: Tuning, machine: str, path: Path | None = Non
     return path
 
 
-def _half_ping_pong(world: Any, a: int, b: int, nbytes: int, repeats: int) -> float:
-    """Median one-way time between ranks a and b of ``world`` (the others wait)."""
-    import numpy as np
-
-    message = np.zeros(nbytes, np.uint8)
-    samples = []
-    for _ in range(repeats):
-        world.Barrier()
-        start = time.perf_counter()
-        if world.rank == a:
-            world.Send(message, dest=b)
-            world.Recv(message, source=b)
-        elif world.rank == b:
-            world.Recv(message, source=a)
-            world.Send(message, dest=a)
-        samples.append((time.perf_counter() - start) / 2)
+def _half_ping_pong(world: Any, comm: Any, a: int, b: int, nbytes: int, repeats: int) -> float:
+    """Median one-way time between ranks a and b over ``comm``'s own
+    transport, the path its algorithms' messages take (shared-memory pipes
+    or MPI); the other ranks wait (collective over ``world``)."""
+    world.Barrier()
+    samples = comm._core.ping_pong(a, b, nbytes, repeats)
     return float(statistics.median(world.bcast(samples, root=a)))
 
 
@@ -213,10 +216,11 @@ def _repeats(nbytes: int) -> int:
     return 300 if nbytes <= 64 << 10 else 30
 
 
-def measure_link(world: Any, a: int, b: int) -> Link:
-    """Alpha, beta and the rendezvous step between ranks a and b (collective)."""
-    alpha = _half_ping_pong(world, a, b, PING_PONG_SMALL_BYTES, repeats=2000)
-    large = _half_ping_pong(world, a, b, PING_PONG_LARGE_BYTES, repeats=10)
+def measure_link(world: Any, comm: Any, a: int, b: int) -> Link:
+    """Alpha, beta and the rendezvous step between ranks a and b over
+    ``comm`` (collective)."""
+    alpha = _half_ping_pong(world, comm, a, b, PING_PONG_SMALL_BYTES, repeats=2000)
+    large = _half_ping_pong(world, comm, a, b, PING_PONG_LARGE_BYTES, repeats=10)
     beta = max(large - alpha, 0.0) / PING_PONG_LARGE_BYTES
     # The step is the largest rise in one-way time from one size to the next
     # that its extra bytes do not explain. Example: if 4 KiB takes 1.6 us and
@@ -225,7 +229,7 @@ def measure_link(world: Any, a: int, b: int) -> Link:
     # under alpha / 2 is noise, and then there is no step.
     sizes = [n for n in RENDEZVOUS_SEARCH_BYTES if n * beta <= RENDEZVOUS_SEARCH_ALPHAS * alpha]
     sizes = sizes if len(sizes) >= 2 else RENDEZVOUS_SEARCH_BYTES[:2]
-    times = [_half_ping_pong(world, a, b, n, _repeats(n)) for n in sizes]
+    times = [_half_ping_pong(world, comm, a, b, n, _repeats(n)) for n in sizes]
     rises = [later - earlier - (larger - smaller) * beta
              for earlier, later, smaller, larger in zip(times, times[1:], sizes, sizes[1:])]
     steepest = max(range(len(rises)), key=rises.__getitem__)
@@ -287,6 +291,53 @@ def measure_streaming(world: Any, comm: Any) -> tuple[int, list[tuple[int, float
     return threshold, timings
 
 
+def _size_text(nbytes: int) -> str:
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{nbytes >> 10} KiB"
+
+
+def measure_shm_limit(world: Any, comm: Any) -> tuple[int | None, dict[int, tuple[float, float]]]:
+    """The largest message the shared-memory pipes should carry: the largest
+    size searched (SHM_SEARCH_BYTES) at which a recursive-doubling
+    allreduce over the ranks of each host, all hosts at once, ran faster
+    with its messages through the pipes than through MPI, the two timed in
+    turn (collective); 0 where MPI was faster at every size. (Where the two
+    are close, at the small sizes, either may win a run; the largest win
+    marks where the pipes' second copy starts to cost more than MPI's
+    handshake.) Also each size's (seconds through the pipes, through MPI).
+    None, and nothing timed, where ``comm`` has no pipes (every rank alone on
+    its host, the pipes turned off, or /dev/shm too small): then nothing is
+    saved and the setting stays as it is. Rank 0's host decides."""
+    import numpy as np
+    from mpi4py import MPI
+
+    has_pipes = world.allreduce(comm._core.shared_memory_absent == "", op=MPI.LAND)
+    if not has_pipes:
+        return None, {}
+    from ._communicator import Communicator
+
+    host = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
+    by_size: dict[int, tuple[float, float]] = {}
+    # Without the argument check, whose frame would travel beside the data.
+    with Communicator(host, check=False) as local:
+        core = local._core
+        for nbytes in SHM_SEARCH_BYTES:
+            x = np.zeros(nbytes // 4, np.float32)
+            calls = max(1, SHM_SAMPLE_BYTES // nbytes)
+
+            def through(pipes: bool) -> None:  # alike on every rank, between calls
+                core.shared_memory_message_bytes = nbytes if pipes else 0
+
+            def call() -> None:
+                for _ in range(calls):
+                    local.allreduce(x, algorithm="recursive_doubling")
+
+            seconds = _time_in_turn(world, (True, False), through, call, SHM_REPEATS)
+            by_size[nbytes] = (seconds[True] / calls, seconds[False] / calls)
+    host.Free()
+    by_size = world.bcast(by_size, root=0)
+    return max((nbytes for nbytes, (pipes, mpi) in by_size.items() if pipes < mpi), default=0), by_size
+
+
 def measure_ring_pipeline(world: Any, comm: Any) -> tuple[int, int, dict[int, float], dict[int, float]]:
     """The ring's fastest segment size, then its fastest receive window at
     that size, on in-place allreduces of RING_PIPELINE_TEST_BYTES over
@@ -336,19 +387,20 @@ def _time_in_turn(world: Any, settings: Any, apply: Any, call: Any, repeats: int
     return {setting: world.allreduce(statistics.median(samples), op=MPI.MAX) for setting, samples in times.items()}
 
 
-def measure(world: Any, hosts: list[int]) -> Tuning:
-    """Every constant of the cost model this layout has a level for
-    (collective over ``world``, whose rank r runs on host hosts[r]); the
-    others stay built in."""
+def measure(world: Any, comm: Any) -> Tuning:
+    """Every constant of the cost model ``comm``'s layout has a level for,
+    over its transport (collective over ``world``, of which ``comm`` is a
+    duplicate); the others stay built in."""
+    hosts = comm.hosts
     built_in = Tuning.built_in()
     by_host: dict[int, list[int]] = {}
     for rank, host in enumerate(hosts):
         by_host.setdefault(host, []).append(rank)
     shared = next((ranks for ranks in by_host.values() if len(ranks) > 1), None)
-    inside = measure_link(world, shared[0], shared[1]) if shared else built_in.inside
+    inside = measure_link(world, comm, shared[0], shared[1]) if shared else built_in.inside
     # Each host's first rank: with several hosts, between two of them.
     firsts = [ranks[0] for ranks in by_host.values()]
-    between = measure_link(world, firsts[0], firsts[1]) if len(firsts) > 1 else built_in.between
+    between = measure_link(world, comm, firsts[0], firsts[1]) if len(firsts) > 1 else built_in.between
     machine = f"{socket.gethostname()}, {len(by_host)} host(s)"
     return Tuning(inside, between, measure_gamma(world), f"measured {datetime.date.today()} on {machine}")
 
@@ -368,6 +420,9 @@ def print_constants(tuning: Tuning) -> None:
     print(f"#   ring pipeline: segments of {built_in.ring_segment_bytes if segment is None else segment} B"
           f"{' (built in)' if segment is None else ''}, {built_in.ring_receive_window if window is None else window} "
           f"receives ahead{' (built in)' if window is None else ''}")
+    shm = tuning.shm_message_bytes
+    print("#   shared-memory pipes: " + ("messages up to their capacity (built in)" if shm is None
+                                         else "none" if shm == 0 else f"messages up to {shm} B"))
 
 
 def link_rate_bytes_per_s(text: str) -> float:
@@ -438,10 +493,13 @@ def main(argv: list[str] | None = None) -> None:
     world = MPI.COMM_WORLD
     with pyallreduce.Communicator(world) as comm:
         hosts = comm.hosts
+        shm, by_size = measure_shm_limit(world, comm)
+        if shm is not None:
+            comm._core.shared_memory_message_bytes = shm
         streaming, timings = measure_streaming(world, comm)
         segment, window, by_segment, by_window = measure_ring_pipeline(world, comm)
-        tuning = replace(measure(world, hosts), streaming_store_bytes=streaming, ring_segment_bytes=segment,
-                         ring_receive_window=window)
+        tuning = replace(measure(world, comm), streaming_store_bytes=streaming, ring_segment_bytes=segment,
+                         ring_receive_window=window, shm_message_bytes=shm)
     if world.rank == 0:
         print(f"# {layout_key(hosts)}; {tuning.source}")
         print_constants(tuning)
@@ -452,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
                           for nbytes, seconds in by_segment.items()))
         print(f"#   ... by receive window, {segment >> 10} KiB segments: " + ", ".join(
             f"{receives} {seconds / min(by_window.values()):.2f}" for receives, seconds in by_window.items()))
+        if by_size:
+            print("#   recursive-doubling allreduce inside a host, shared-memory pipes / MPI: " + ", ".join(
+                f"{_size_text(nbytes)} {pipes / mpi:.2f}" for nbytes, (pipes, mpi) in by_size.items()))
         if not args.no_save:
             print(f"# saved for {layout_key(hosts)} in {save(hosts, tuning, tuning.source.split(' on ', 1)[1], args.file)}")
         sys.stdout.flush()

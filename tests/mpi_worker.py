@@ -100,10 +100,26 @@ def main() -> None:
     checks += check_collective_mismatches(comm)
     comm.free()
 
-    # Transfers split into many MPI messages must reassemble exactly.
-    os.environ["PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"] = "1000"
-    with pyallreduce.Communicator(world) as split:
-        checks += check_all_algorithms(split, [4099])
+    # Every message through MPI, none through the shared-memory pipes.
+    os.environ["PYALLREDUCE_SHM_MESSAGE_BYTES"] = "0"
+    with pyallreduce.Communicator(world, ring_segment_bytes=4096) as through_mpi:
+        assert through_mpi.shared_memory_message_bytes == 0
+        checks += check_all_algorithms(through_mpi, counts_for(world.size))
+        checks += check_other_collectives(through_mpi)
+
+        # Transfers split into many MPI messages must reassemble exactly.
+        os.environ["PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"] = "1000"
+        with pyallreduce.Communicator(world) as split:
+            checks += check_all_algorithms(split, [4099])
+        del os.environ["PYALLREDUCE_MPI_MAX_MESSAGE_BYTES"]
+
+    # Messages many times a pipe's capacity stream through it.
+    os.environ["PYALLREDUCE_SHM_MESSAGE_BYTES"] = str(1 << 20)
+    with pyallreduce.Communicator(world) as streamed:
+        alone = streamed.hosts.count(streamed.hosts[streamed.rank]) == 1
+        assert streamed.shared_memory_message_bytes == (0 if alone else 1 << 20)
+        checks += check_all_algorithms(streamed, [100_003])
+    del os.environ["PYALLREDUCE_SHM_MESSAGE_BYTES"]
 
     print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
 

@@ -1,7 +1,9 @@
 """Faults under mpiexec (tests/fault_worker.py): a rank that sleeps past the
 timeout, skips a call, sends a short message, or is killed. Every surviving
 rank must end within the timeout plus the culprit search plus a few seconds,
-with an error that names the culprit rank and the step it was waiting in."""
+with an error that names the culprit rank and the step it was waiting in.
+The ranks share a host, so the faults are made with the messages through
+MPI and, again, through the shared-memory pipes."""
 
 import os
 import subprocess
@@ -18,6 +20,10 @@ TIMEOUT = 2.0
 # The timeout, at most as long again looking for the culprit, and slack for
 # a loaded machine.
 BOUND = 2 * TIMEOUT + 4
+# The worker's ring messages (64 KiB-128 KiB) all through MPI, or all through
+# the shared-memory pipes.
+THROUGH = {"mpi": {"PYALLREDUCE_SHM_MESSAGE_BYTES": "0"},
+           "shared memory": {"PYALLREDUCE_SHM_MESSAGE_BYTES": str(1 << 20)}}
 
 
 def run_job(ranks, fault, culprit, **env):
@@ -37,10 +43,12 @@ def seconds_to_error(outcome):
     return float(outcome.split(" after ", 1)[1].split(" s: ", 1)[0])
 
 
-@pytest.mark.parametrize("ranks, fault", [(2, "sleep"), (4, "sleep"), (3, "skip"), (3, "async"), (2, "ddp")])
-def test_every_survivor_names_the_rank_that_holds_the_call_up(ranks, fault):
+@pytest.mark.parametrize("ranks, fault, through", [
+    (2, "sleep", "mpi"), (4, "sleep", "mpi"), (4, "sleep", "shared memory"), (3, "skip", "mpi"),
+    (3, "skip", "shared memory"), (3, "async", "mpi"), (2, "ddp", "mpi")])
+def test_every_survivor_names_the_rank_that_holds_the_call_up(ranks, fault, through):
     culprit = 1
-    result, outcomes, _ = run_job(ranks, fault, culprit)
+    result, outcomes, _ = run_job(ranks, fault, culprit, **THROUGH[through])
     assert sorted(outcomes) == list(range(ranks)), result.stdout + result.stderr
     for rank, outcome in outcomes.items():
         if rank == culprit:
@@ -52,8 +60,9 @@ def test_every_survivor_names_the_rank_that_holds_the_call_up(ranks, fault):
     assert result.stderr.count("pyallreduce flight record, rank") >= ranks - 1, result.stderr
 
 
-def test_a_short_message_unchecked_fails_every_rank_at_once():
-    result, outcomes, _ = run_job(3, "short", 1, PYALLREDUCE_CHECK="0")
+@pytest.mark.parametrize("through", THROUGH)
+def test_a_short_message_unchecked_fails_every_rank_at_once(through):
+    result, outcomes, _ = run_job(3, "short", 1, PYALLREDUCE_CHECK="0", **THROUGH[through])
     assert sorted(outcomes) == [0, 1, 2], result.stdout + result.stderr
     for outcome in outcomes.values():
         assert "RuntimeError" in outcome and "message size mismatch" in outcome, outcome
@@ -68,10 +77,11 @@ def test_on_error_abort_ends_the_job_with_the_error():
     assert elapsed < BOUND + 10, elapsed  # before the sleeping rank would have woken up and finished
 
 
-def test_a_killed_rank_ends_the_job():
+@pytest.mark.parametrize("through", THROUGH)
+def test_a_killed_rank_ends_the_job(through):
     # MPICH's hydra ends the job when a rank dies and names its PID and signal;
     # no survivor is left waiting.
-    result, outcomes, elapsed = run_job(3, "kill", 1)
+    result, outcomes, elapsed = run_job(3, "kill", 1, **THROUGH[through])
     assert result.returncode != 0
     assert "EXIT CODE: 9" in result.stdout + result.stderr, result.stdout + result.stderr
     assert elapsed < BOUND + 10, elapsed

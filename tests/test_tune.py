@@ -61,9 +61,11 @@ def test_measured_constants_reach_auto_on_every_rank(tmp_path):
     assert measured.returncode == 0, measured.stdout + measured.stderr
     assert f"saved for 1 host x 2 ranks in {path}" in measured.stdout, measured.stdout
     entry = json.loads(path.read_text())["layouts"]["1 host x 2 ranks"]
-    streaming, segment, window = (entry[key] for key in ("streaming_store_bytes", "ring_segment_bytes",
-                                                          "ring_receive_window"))
+    streaming, segment, window, shm = (entry[key] for key in ("streaming_store_bytes", "ring_segment_bytes",
+                                                               "ring_receive_window", "shm_message_bytes"))
     assert streaming in (*tune.STREAMING_SEARCH_BYTES, tune.NEVER_STREAM_BYTES)
+    assert shm in (0, *tune.SHM_SEARCH_BYTES), entry
+    assert "shared-memory pipes / MPI: 1 KiB " in measured.stdout, measured.stdout
     assert segment in tune.RING_SEGMENT_SEARCH_BYTES and window in tune.RING_WINDOW_SEARCH, entry
     assert "ring pipeline: segments of " in measured.stdout and "by receive window" in measured.stdout
 
@@ -75,7 +77,8 @@ def test_measured_constants_reach_auto_on_every_rank(tmp_path):
                   "from mpi4py import MPI\n"
                   "lines = MPI.COMM_WORLD.gather(f\"{comm.rank} {reason.split(':')[0]}; streams from \"\n"
                   "                              f\"{comm._core.streaming_store_bytes}; segments of \"\n"
-                  "                              f\"{comm.ring_segment_bytes}; window {comm._core.ring_receive_window}\")\n"
+                  "                              f\"{comm.ring_segment_bytes}; window {comm._core.ring_receive_window}; \"\n"
+                  "                              f\"pipes to {comm.shared_memory_message_bytes}\")\n"
                   "if comm.rank == 0:\n"
                   "    print('\\n'.join(lines), flush=True)\n")
         result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", script], capture_output=True, text=True,
@@ -86,11 +89,11 @@ def test_measured_constants_reach_auto_on_every_rank(tmp_path):
     used = run_script()
     for rank in (0, 1):
         assert f"{rank} cost model for 1 host x 2 ranks, constants measured " in used, used
-        assert f"streams from {streaming}; segments of {segment}; window {window}\n" in used + "\n", used
+        assert f"streams from {streaming}; segments of {segment}; window {window}; pipes to {shm}\n" in used + "\n", used
         assert str(path) in used
     overridden = run_script(PYALLREDUCE_STREAMING_STORE_BYTES="12345", PYALLREDUCE_RING_SEGMENT_BYTES="4096",
-                            PYALLREDUCE_RING_RECEIVE_WINDOW="3")
-    assert overridden.count("streams from 12345; segments of 4096; window 3") == 2, overridden
+                            PYALLREDUCE_RING_RECEIVE_WINDOW="3", PYALLREDUCE_SHM_MESSAGE_BYTES="5000")
+    assert overridden.count("streams from 12345; segments of 4096; window 3; pipes to 5000") == 2, overridden
     given = run_script("ring_segment_bytes=8192")
     assert given.count(f"segments of 8192; window {window}") == 2, given
 

@@ -39,6 +39,14 @@ MPI_Comm mpi_handle(const py::object& mpi4py_comm) {
   return *handle;
 }
 
+// The MPI transport of a communicator made by from_mpi; InvalidArgument for
+// an in-process one.
+MpiTransport& mpi_transport_of(const Communicator& comm) {
+  auto* mpi = dynamic_cast<MpiTransport*>(&comm.host_transport());
+  if (mpi == nullptr) throw InvalidArgument("only a communicator over MPI has shared-memory pipes");
+  return *mpi;
+}
+
 std::string mpi_built_against() {
 #if defined(OMPI_MAJOR_VERSION)
   return "Open MPI " + std::to_string(OMPI_MAJOR_VERSION) + "." + std::to_string(OMPI_MINOR_VERSION) +
@@ -387,14 +395,17 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Communicator>(m, "Communicator")
       .def_static(
           "from_mpi",
-          [](const py::object& mpi4py_comm, const CommunicatorOptions& options, size_t max_message_bytes) {
+          [](const py::object& mpi4py_comm, const CommunicatorOptions& options, size_t max_message_bytes,
+             size_t shared_memory_message_bytes) {
             const MPI_Comm handle = mpi_handle(mpi4py_comm);
             py::gil_scoped_release release;  // MPI_Comm_dup is collective
-            return std::make_unique<Communicator>(std::make_unique<MpiTransport>(handle, max_message_bytes),
-                                                  options);
+            return std::make_unique<Communicator>(
+                std::make_unique<MpiTransport>(handle, max_message_bytes, shared_memory_message_bytes), options);
           },
           py::arg("mpi4py_comm"), py::arg("options"), py::arg("max_message_bytes") = static_cast<size_t>(INT_MAX),
-          "Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point.")
+          py::arg("shared_memory_message_bytes") = 0,
+          "Duplicate an mpi4py communicator (collective) and communicate over MPI point-to-point, and over\n"
+          "shared-memory pipes to the ranks of this host for messages of at most shared_memory_message_bytes.")
       .def_static(
           "local",
           [](std::shared_ptr<LocalWorld> world, int rank, const CommunicatorOptions& options) {
@@ -428,6 +439,16 @@ PYBIND11_MODULE(_C, m) {
                     [](const Communicator& c) { return c.options().streaming_store_bytes; },
                     &Communicator::set_streaming_store_bytes,
                     "Out-of-place calls of at least this many bytes store their outputs around the cache.")
+      .def_property(
+          "shared_memory_message_bytes",
+          [](const Communicator& c) { return mpi_transport_of(c).shared_memory_message_bytes(); },
+          [](Communicator& c, size_t bytes) { mpi_transport_of(c).set_shared_memory_message_bytes(bytes); },
+          "Messages of at most this many bytes to a rank of this host go through shared-memory pipes (0: none\n"
+          "do). Only an MPI communicator has it; set it alike on every rank, between calls.")
+      .def_property_readonly(
+          "shared_memory_absent",
+          [](const Communicator& c) { return mpi_transport_of(c).shared_memory_absent(); },
+          "Why this rank has no shared-memory pipes, or '' where it has them.")
       .def_property_readonly(
           "device_transport", [](const Communicator& c) { return name_or_none(c.device_transport()); },
           "The transport CUDA calls use ('nccl' or 'mpi'), or None before pyallreduce._cuda is loaded.")
@@ -438,6 +459,15 @@ PYBIND11_MODULE(_C, m) {
       .def("loopback", &loopback, py::arg("x"), py::arg("out"), py::arg("stream") = py::none(),
            "Send x's bytes to this rank itself into out over the transport x would use (see\n"
            "pyallreduce.testing.loopback).")
+      .def(
+          "ping_pong",
+          [](Communicator& c, int first, int second, size_t bytes, int repeats) {
+            py::gil_scoped_release release;
+            return c.ping_pong(first, second, bytes, repeats);
+          },
+          py::arg("first"), py::arg("second"), py::arg("bytes"), py::arg("repeats"),
+          "One-way seconds of each of `repeats` ping-pongs of `bytes` between ranks first and second over\n"
+          "the host transport (after an untimed one); on the other ranks [] at once.")
       .def("allreduce", &allreduce, py::arg("x"), py::arg("op"), py::arg("algorithm"), py::arg("out"),
            py::arg("stream") = py::none(),
            "Reduce `x` across all ranks, in place or into `out` (None for in place); returns the result's "

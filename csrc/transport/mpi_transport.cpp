@@ -21,6 +21,11 @@ constexpr int kNoticeTag = 1;
 // finish it alone (see ~MpiRequest).
 constexpr auto kCancelGrace = std::chrono::seconds(1);
 
+// Each shared-memory pipe's ring. Messages longer than it stream through
+// it; it bounds the memory the pipes take: a rank maps one pipe per rank of
+// its host into each of their segments.
+constexpr size_t kPipeCapacity = size_t{1} << 16;
+
 std::string mpi_error_text(int code) {
   char message[MPI_MAX_ERROR_STRING];
   int length = 0;
@@ -34,7 +39,9 @@ class MpiRequest : public Request {
  public:
   MpiRequest(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece)
       : transport_(transport), is_send_(is_send), peer_(peer), bytes_(bytes), max_piece_(max_piece),
-        requests_(piece_count(bytes, max_piece), MPI_REQUEST_NULL) {}
+        requests_(piece_count(bytes, max_piece), MPI_REQUEST_NULL) {
+    ++transport_.mpi_in_flight;
+  }
   MPI_Request* slot(size_t i) { return &requests_[i]; }
 
   // A request dropped before it completed (its call is unwinding from an
@@ -43,6 +50,7 @@ class MpiRequest : public Request {
   // cannot be cancelled in time (a send being read by its peer) is handed to
   // MPI, which only reads its buffer.
   ~MpiRequest() override {
+    if (in_flight_) --transport_.mpi_in_flight;
     if (std::all_of(requests_.begin(), requests_.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; })) return;
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -83,8 +91,11 @@ class MpiRequest : public Request {
       // own waits) made each step of a call wait out the peer's time slice
       // with more ranks than cores; bench/RESULTS.md has the measurements.
       std::this_thread::yield();
+      transport_.progress_pipes();
       rc = MPI_Testall(n, requests_.data(), &done, status);
     }
+    if (in_flight_) --transport_.mpi_in_flight;
+    in_flight_ = false;
     for (int i = 0; i < n; ++i) {
       const int code = rc == MPI_ERR_IN_STATUS ? status[i].MPI_ERROR : rc;
       if (rc != MPI_SUCCESS && code != MPI_SUCCESS && code != MPI_ERR_PENDING) fail(code);
@@ -120,6 +131,7 @@ class MpiRequest : public Request {
   size_t bytes_;
   size_t max_piece_;
   std::vector<MPI_Request> requests_;
+  bool in_flight_ = true;
 };
 
 // Posts `bytes` as pieces of at most `max_piece` bytes (see piece_count).
@@ -170,8 +182,10 @@ HostLayout shared_memory_layout(MPI_Comm comm) {
 
 }  // namespace
 
-MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
-    : Transport(shared_memory_layout(comm)), max_message_bytes_(max_message_bytes) {
+MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes, size_t shared_memory_message_bytes)
+    : Transport(shared_memory_layout(comm)),
+      max_message_bytes_(max_message_bytes),
+      shared_memory_message_bytes_(shared_memory_message_bytes) {
   if (max_message_bytes == 0 || max_message_bytes > static_cast<size_t>(INT_MAX)) {
     throw InvalidArgument("max_message_bytes must be in 1..INT_MAX");
   }
@@ -181,6 +195,17 @@ MpiTransport::MpiTransport(MPI_Comm comm, size_t max_message_bytes)
   check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  if (shared_memory_message_bytes == 0) {
+    shared_memory_absent_ = "turned off";
+    return;
+  }
+  pipes_ = SharedMemoryPipes::create(comm_, layout(), kPipeCapacity, &shared_memory_absent_);
+  if (pipes_) {
+    pipes_->between_polls = [this] {
+      int arrived = 0;  // any MPI call drives MPI's progress; a probe changes nothing
+      if (mpi_in_flight > 0) MPI_Iprobe(MPI_ANY_SOURCE, kNoticeTag, comm_, &arrived, MPI_STATUS_IGNORE);
+    };
+  }
 }
 
 MpiTransport::~MpiTransport() {
@@ -200,6 +225,9 @@ MpiTransport::~MpiTransport() {
 
 RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
   require_mpi_running();
+  if (pipes_ && bytes <= shared_memory_message_bytes_ && pipes_->reaches(peer)) {
+    return pipes_->isend(*this, peer, data, bytes);
+  }
   const char* base = static_cast<const char*>(data);
   return post_in_pieces(*this, true, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Isend(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Isend");
@@ -208,6 +236,9 @@ RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
 
 RequestPtr MpiTransport::irecv(int peer, void* data, size_t bytes) {
   require_mpi_running();
+  if (pipes_ && bytes <= shared_memory_message_bytes_ && pipes_->reaches(peer)) {
+    return pipes_->irecv(*this, peer, data, bytes);
+  }
   char* base = static_cast<char*>(data);
   return post_in_pieces(*this, false, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Irecv(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Irecv");

@@ -195,7 +195,7 @@ def benchmark(args: argparse.Namespace) -> None:
     if not 0 <= args.root < world.size:
         raise SystemExit(f"--root {args.root} is not a rank of {world.size}")
 
-    cal = calibration.calibrate(world, comm.hosts)
+    cal = calibration.calibrate(world, comm)
     model = cal.model()
 
     def predict_us(algorithm, nbytes: int) -> float:

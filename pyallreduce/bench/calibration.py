@@ -7,6 +7,7 @@ hosts."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mpi4py import MPI
 
@@ -51,8 +52,9 @@ class Calibration:
         return asdict(self)
 
 
-def calibrate(world: MPI.Comm, hosts: list[int]) -> Calibration:
-    """Collective over ``world``, whose rank r runs on host hosts[r]; every
-    rank gets the same numbers."""
-    tuning = tune.measure(world, hosts)
-    return Calibration(tuning, hosts, 3 / tuning.gamma_s_per_byte)
+def calibrate(world: MPI.Comm, comm: Any) -> Calibration:
+    """Collective over ``world``, of which the pyallreduce communicator
+    ``comm`` is a duplicate (its messages are timed); every rank gets the
+    same numbers."""
+    tuning = tune.measure(world, comm)
+    return Calibration(tuning, comm.hosts, 3 / tuning.gamma_s_per_byte)
