@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstring>
 #include <sstream>
 #include <thread>
@@ -59,6 +60,7 @@ Communicator::Communicator(std::unique_ptr<Transport> transport, const Communica
                 default_cost_model(), transport_->layout()),
       records_(kRecordedCalls) {
   check_options(options);
+  update_carry_limits();
 }
 
 Transport& Communicator::transport() const {
@@ -72,6 +74,12 @@ int Communicator::size() const { return transport().size(); }
 void Communicator::set_ring_segment_bytes(size_t bytes) {
   if (bytes == 0) throw InvalidArgument("ring_segment_bytes must be positive");
   options_.ring_segment_bytes = bytes;
+  update_carry_limits();
+}
+
+void Communicator::set_cost_model(const CostModel& model, const std::string& source) {
+  selector_.set_model(model, source);
+  update_carry_limits();
 }
 
 void Communicator::set_ring_receive_window(size_t window) {
@@ -88,6 +96,7 @@ void Communicator::free() {
                           "free it once that call has returned");
   }
   device_.reset();  // first: a device transport may run over the host one
+  check_transport_.reset();  // likewise
   transport_.reset();
 }
 
@@ -341,32 +350,46 @@ namespace {
 // the collective. The error field, last, is (rank + 1) * kErrorCodes + code,
 // so the maximum names the highest failing rank and its reason.
 //
-// Calls of at most kCarriedPayloadBytes that run their collective's
-// fewest-message algorithm carry their data in the same frame: the check and
-// the call then share each step's message instead of taking two rounds, which
-// is most of a small call's time. An allreduce or a reduce-scatter reduces
+// Calls up to their collective's carry limit that run its fewest-message
+// algorithm carry their data in the same frame: the check and the call then
+// share each step's message instead of taking two rounds, which is most of a
+// small call's time. The limit is the cost model's (AlgorithmSelector::
+// carry_limit), up to the frame's room, kCarriedPayloadBytes: the carried
+// call is a recursive-doubling allreduce of its whole payload, which beyond
+// some size costs more than the check alone and the best algorithm after
+// it. An allreduce or a reduce-scatter reduces
 // its whole vector there; an allgather's blocks, each rank's at its place,
 // and a broadcast's data, the root's alone, are combined by byte-wise or,
-// which leaves every rank's bytes where they were put. The frame has the same
-// size on every rank whatever it carries, so ranks that disagree still
-// exchange well-formed messages before they raise.
-constexpr int kFields = 10;
+// which leaves every rank's bytes where they were put.
+//
+// A frame travels as long as its call needs: its header (the length, the
+// fields) and the payload it carries, which ranks that agree on the call
+// size alike. Each receive takes up to a whole frame (a bounded receive), so
+// ranks that disagree, whose frames differ in length, still exchange
+// well-formed messages before they raise; and a frame is combined with one
+// of another length by its fields alone. Example: an allreduce of 2 floats
+// sends 8 + 176 + 8 = 192 bytes where the whole frame is 16568. The
+// payload's length is a field too: ranks whose models differ on what to
+// carry raise instead of returning what their own frames held.
+constexpr int kFields = 11;
 constexpr int kErrorField = kFields - 1;
 constexpr int64_t kErrorCodes = 16;  // more than the highest ArgumentError
-constexpr size_t kCarriedPayloadBytes = 1024;
+constexpr size_t kCarriedPayloadBytes = 16384;
 
 struct CheckFrame {
+  uint64_t length;  // of the frame as sent: header and payload
   int64_t fields[2 * kFields];
   alignas(16) unsigned char payload[kCarriedPayloadBytes];
 };
+constexpr size_t kFrameHeaderBytes = offsetof(CheckFrame, payload);
 
-// Combines check frames: fields by maximum, and a carried call's payload by
-// its reduction over `payload_count` elements, or byte-wise or over
-// `payload_bytes` where it has none.
+// Combines check frames: fields by maximum, and where the two carry payloads
+// of the same length, the payload by a carried call's reduction over
+// `payload_count` elements, or byte-wise or where it has none.
 class CheckFrameCombiner final : public Combiner {
  public:
-  CheckFrameCombiner(const Reduction* reduction, size_t payload_count, size_t payload_bytes)
-      : reduction_(reduction), payload_count_(payload_count), payload_bytes_(payload_bytes) {}
+  CheckFrameCombiner(const Reduction* reduction, size_t payload_count)
+      : reduction_(reduction), payload_count_(payload_count) {}
 
   void combine(const void* left, const void* right, void* out, size_t count) const override {
     const auto* l = static_cast<const CheckFrame*>(left);
@@ -374,11 +397,14 @@ class CheckFrameCombiner final : public Combiner {
     auto* o = static_cast<CheckFrame*>(out);
     for (size_t i = 0; i < count; ++i) {
       for (int f = 0; f < 2 * kFields; ++f) o[i].fields[f] = std::max(l[i].fields[f], r[i].fields[f]);
+      // Lengths that differ come from calls that differ, which the fields
+      // show: the payload is not read, and the call raises.
+      if (l[i].length != r[i].length) continue;
       if (reduction_ != nullptr) {
         reduction_->combine(l[i].payload, r[i].payload, o[i].payload, payload_count_);
         continue;
       }
-      for (size_t b = 0; b < payload_bytes_; ++b) o[i].payload[b] = l[i].payload[b] | r[i].payload[b];
+      for (size_t b = 0; b < l[i].length - kFrameHeaderBytes; ++b) o[i].payload[b] = l[i].payload[b] | r[i].payload[b];
     }
   }
 
@@ -391,15 +417,64 @@ class CheckFrameCombiner final : public Combiner {
  private:
   const Reduction* reduction_;
   size_t payload_count_;
-  size_t payload_bytes_;
+};
+
+// What the check's recursive doubling runs over: each frame it sends goes
+// as a bounded message of its own length, and each frame that arrives must
+// be as long as it says.
+class CheckFrameTransport final : public Transport {
+ public:
+  explicit CheckFrameTransport(Transport& parent) : Transport(parent.layout()), parent_(parent) {}
+  int rank() const override { return parent_.rank(); }
+  int size() const override { return parent_.size(); }
+  RequestPtr isend(int peer, const void* data, size_t bytes) override {
+    return parent_.isend_bounded(peer, data, static_cast<const CheckFrame*>(data)->length, bytes);
+  }
+  RequestPtr irecv(int peer, void* data, size_t bytes) override {
+    auto receive = std::make_unique<FrameReceive>(peer, static_cast<const CheckFrame*>(data));
+    receive->transfer = parent_.irecv_bounded(peer, data, bytes, &receive->received);
+    return receive;
+  }
+  size_t max_receive_window() const override { return parent_.max_receive_window(); }
+
+ private:
+  struct FrameReceive final : Request {
+    FrameReceive(int peer, const CheckFrame* frame) : peer(peer), frame(frame) {}
+    void wait() override {
+      transfer->wait();
+      if (received < kFrameHeaderBytes || received != frame->length) {
+        throw TransportError("message size mismatch: rank " + std::to_string(peer) + " sent " +
+                             std::to_string(received) + " bytes of an argument check's frame that says " +
+                             (received < kFrameHeaderBytes ? std::string("nothing")
+                                                           : std::to_string(frame->length)) +
+                             "; the ranks are not running the same call");
+      }
+    }
+    int peer;
+    const CheckFrame* frame;
+    size_t received = 0;
+    RequestPtr transfer;
+  };
+  Transport& parent_;
 };
 
 }  // namespace
 
+void Communicator::update_carry_limits() {
+  carry_limits_.assign(all_collectives().size(), 0);
+  if (!options_.check_arguments) return;
+  for (Collective c : all_collectives()) {
+    carry_limits_[static_cast<size_t>(c)] =
+        selector_.carry_limit(c, kCarriedPayloadBytes, kFrameHeaderBytes, options_.ring_segment_bytes);
+  }
+}
+
+size_t Communicator::carry_limit(Collective collective) const { return carry_limits_[static_cast<size_t>(collective)]; }
+
 bool Communicator::carries_payload(Collective collective, Algorithm algorithm, size_t bytes,
                                    const Placement& placement) const {
-  return options_.check_arguments && !placement.on_device() && bytes <= kCarriedPayloadBytes &&
-         collective != Collective::kBarrier && algorithm == algorithms_of(collective).front();
+  return !placement.on_device() && bytes <= carry_limit(collective) &&
+         algorithm == algorithms_of(collective).front();
 }
 
 Algorithm Communicator::resolve(Collective collective, Algorithm requested, size_t bytes, const Placement& placement,
@@ -412,7 +487,7 @@ Algorithm Communicator::resolve(Collective collective, Algorithm requested, size
       selector_.rule_for(collective, bytes) == nullptr) {
     const Algorithm carried = algorithms_of(collective).front();
     if (reason != nullptr) {
-      *reason = "at most " + std::to_string(kCarriedPayloadBytes) + " bytes";
+      *reason = "at most " + std::to_string(carry_limit(collective)) + " bytes, the cost model's limit for the check";
     }
     return carried;
   }
@@ -421,23 +496,27 @@ Algorithm Communicator::resolve(Collective collective, Algorithm requested, size
 
 std::string Communicator::agree(const Signature& mine, ArgumentError error, const CarriedCall* call) {
   Transport& t = transport();
-  CheckFrame frame{};
+  CheckFrame frame;
+  // The payload's bytes that no rank's input fills (an allgather's other
+  // blocks, a broadcast's on ranks but the root) are zeros for the byte-wise or.
+  const size_t payload_bytes =
+      call != nullptr ? std::max(call->input_at + call->input_bytes, call->output_at + call->output_bytes) : 0;
   const int64_t mine_fields[kFields] = {
       mine.count, mine.dtype, mine.op, mine.algorithm, mine.shape, mine.placement,
       static_cast<int64_t>(calls_), static_cast<int64_t>(options_.ring_segment_bytes),
-      static_cast<int64_t>(mine.collective),
+      static_cast<int64_t>(mine.collective), static_cast<int64_t>(payload_bytes),
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * kErrorCodes + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
     frame.fields[kFields + i] = -mine_fields[i];
   }
+  frame.length = kFrameHeaderBytes + payload_bytes;
+  std::memset(frame.payload, 0, payload_bytes);
   if (call != nullptr && call->input_bytes > 0) std::memcpy(frame.payload + call->input_at, call->input, call->input_bytes);
-  const CheckFrameCombiner combiner(call != nullptr ? call->reduction : nullptr, call != nullptr ? call->count : 0,
-                                    call != nullptr ? std::max(call->input_at + call->input_bytes,
-                                                               call->output_at + call->output_bytes)
-                                                    : 0);
+  const CheckFrameCombiner combiner(call != nullptr ? call->reduction : nullptr, call != nullptr ? call->count : 0);
   steps_.set_stage(call != nullptr ? "argument check (carrying the data)" : "argument check");
-  recursive_doubling_allreduce(CollectiveContext{t, combiner, workspace_, ring_pipeline(), steps_},
+  if (check_transport_ == nullptr) check_transport_ = std::make_unique<CheckFrameTransport>(t);
+  recursive_doubling_allreduce(CollectiveContext{*check_transport_, combiner, workspace_, ring_pipeline(), steps_},
                                Vector{&frame, &frame, 1, sizeof(CheckFrame)});
   auto max_of = [&](int i) { return frame.fields[i]; };
   auto min_of = [&](int i) { return -frame.fields[kFields + i]; };
@@ -499,6 +578,11 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
     return "ranks passed buffers in different places to the same " + collective + " (" + where(min_of(5)) + " and " +
            where(max_of(5)) + "): pass CUDA tensors on every rank or on none, and set "
            "PYALLREDUCE_CUDA_TRANSPORT alike";
+  }
+  if (max_of(9) != min_of(9)) {
+    return "ranks disagree on carrying the same " + collective + " inside the argument check (payloads of " +
+           std::to_string(min_of(9)) + " and " + std::to_string(max_of(9)) +
+           " bytes): their cost models differ; give every rank the same constants (PYALLREDUCE_TUNE_FILE)";
   }
   if (call != nullptr && call->output_bytes > 0) {
     std::memcpy(call->output, frame.payload + call->output_at, call->output_bytes);

@@ -209,7 +209,10 @@ class Communicator {
   // The constants algorithm="auto" uses from now on (see
   // AlgorithmSelector::set_model); the same on every rank, or the ranks may
   // choose differently (which the argument check then reports).
-  void set_cost_model(const CostModel& model, const std::string& source) { selector_.set_model(model, source); }
+  void set_cost_model(const CostModel& model, const std::string& source);
+  // The largest call of `collective` (its whole vector's bytes) the argument
+  // check carries (see agree); 0 with the check off.
+  size_t carry_limit(Collective collective) const;
 
   // Releases the transport (for MPI, the duplicated communicator). Every later
   // call raises. Safe to call twice; raises InvalidArgument while another
@@ -280,9 +283,13 @@ class Communicator {
   // the result is in call->output.
   std::string agree(const Signature& mine, ArgumentError error, const CarriedCall* call = nullptr);
   // Whether a call of `collective` whose payload is `bytes` (the whole
-  // vector) running `algorithm` is carried by the check: small calls of the
-  // collective's fewest-message algorithm, on host buffers, with the check on.
+  // vector) running `algorithm` is carried by the check: calls up to the
+  // collective's carry limit by its fewest-message algorithm, on host
+  // buffers, with the check on.
   bool carries_payload(Collective collective, Algorithm algorithm, size_t bytes, const Placement& placement) const;
+  // Recomputes carry_limits_ from the selector's model (after it or the ring
+  // segment changed).
+  void update_carry_limits();
   // What `requested` runs for a call of `collective` on `bytes` at
   // `placement`, and why in `reason`: auto carries what the check can carry,
   // and asks the selector (rules, then the cost model) otherwise.
@@ -328,8 +335,10 @@ class Communicator {
   RingPipeline ring_pipeline() const { return {options_.ring_segment_bytes, options_.ring_receive_window}; }
 
   std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Transport> check_transport_;  // the argument check's frames, over transport_ (made at first use)
   CommunicatorOptions options_;
   AlgorithmSelector selector_;
+  std::vector<size_t> carry_limits_;  // by collective
   HostMemory workspace_;  // the algorithms'
   HostMemory fusion_;     // allreduce_coalesced's packed buckets; the other collectives' staging
   std::unique_ptr<DeviceContext> device_;  // after the first device call

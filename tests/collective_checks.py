@@ -4,11 +4,22 @@ communicator, against float64 references: run by every rank, in process
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
 from pyallreduce import COLLECTIVE_ALGORITHMS
 from reference import DTYPES, OPS, check_result, rank_inputs, result_bytes
+
+
+def carry_limit(comm, collective: str = "allreduce") -> int:
+    """The most bytes of a call of ``collective`` that the argument check
+    carries on ``comm`` (its choose_algorithm reason says)."""
+    name, reason = comm.choose_algorithm(0, collective=collective)
+    match = re.match(r"at most (\d+) bytes, the cost model's limit for the check", reason)
+    assert match, (name, reason)
+    return int(match.group(1))
 
 
 def block_counts(world_size: int) -> list[int]:

@@ -8,7 +8,7 @@ import pytest
 
 from pyallreduce import COLLECTIVE_ALGORITHMS, _C
 from pyallreduce.testing import LocalWorldError, spawn_local
-from collective_checks import (block_counts, check_allgather, check_broadcast, check_collective_mismatches,
+from collective_checks import (block_counts, carry_limit, check_allgather, check_broadcast, check_collective_mismatches,
                                check_reduce_scatter)
 
 WORLD_SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 13]
@@ -145,7 +145,7 @@ def test_small_calls_travel_inside_the_argument_check(monkeypatch, capfd):
 
     def each_rank(comm):
         p = comm.size
-        for m in (8, 1024):  # 3 x 8 floats are carried, 3 x 1024 are not
+        for m in (8, 1 << 16):  # 3 x 8 floats are carried, 3 x 65536 do not fit the frame
             comm.reduce_scatter(np.ones(p * m, np.float32), np.empty(m, np.float32))
             comm.allgather(np.ones(m, np.float32), np.empty(p * m, np.float32))
             comm.broadcast(np.ones(p * m, np.float32), root=1)
@@ -157,14 +157,22 @@ def test_small_calls_travel_inside_the_argument_check(monkeypatch, capfd):
     assert all(" of 24 x float32 " in line for line in carried), carried
 
 
-def test_counts_either_side_of_the_carried_size_raise_on_every_rank():
-    # 3 x 85 floats (1020 bytes) travel inside the check, 3 x 86 do not: the ranks still meet there.
+@pytest.mark.parametrize("collective", ["allgather", "broadcast", "reduce_scatter"])
+def test_counts_either_side_of_the_carried_size_raise_on_every_rank(collective):
+    # Rank 2's call is one float per block longer than the largest the check
+    # carries, the others' fit: the ranks still meet there and raise together.
     def each_rank(comm):
-        m = 85 + (comm.rank == 2)
+        p = comm.size
+        largest = carry_limit(comm, collective) // (4 * p)
+        assert largest > 0
+        m = largest + (comm.rank == 2)
         with pytest.raises(ValueError, match="different element counts"):
-            comm.allgather(np.zeros(m, np.float32), np.empty(3 * m, np.float32))
-        with pytest.raises(ValueError, match="different element counts"):
-            comm.broadcast(np.zeros(3 * m, np.float32), root=0)
+            if collective == "allgather":
+                comm.allgather(np.zeros(m, np.float32), np.empty(p * m, np.float32))
+            elif collective == "broadcast":
+                comm.broadcast(np.zeros(p * m, np.float32), root=0)
+            else:
+                comm.reduce_scatter(np.zeros(p * m, np.float32), np.empty(m, np.float32))
         return comm.allreduce(np.ones(1))[0]
 
     assert spawn_local(3, each_rank) == [3, 3, 3]

@@ -10,6 +10,7 @@ import torch.distributed
 
 import pyallreduce
 from pyallreduce.testing import LocalWorldError, spawn_local
+from collective_checks import carry_limit
 
 
 def errors_on_every_rank(world_size, call, **options):
@@ -36,10 +37,16 @@ def test_different_counts(world_size):
 
 @pytest.mark.parametrize("algorithm", ["auto", "recursive_doubling"])
 def test_different_counts_across_the_carried_size(algorithm):
-    """Calls up to 1 KiB travel inside the argument check; a rank whose call
-    does not (257 floats) must still meet the others' check and raise with them."""
-    errors = errors_on_every_rank(3, lambda c: c.allreduce(torch.zeros(256 + (c.rank == 2)), algorithm=algorithm))
-    assert all("smallest 256, largest 257" in str(e) for e in errors)
+    """Small calls travel inside the argument check; a rank whose call is one
+    float too long for it must still meet the others' check and raise with them."""
+    def call(comm):
+        largest = carry_limit(comm) // 4
+        comm.allreduce(torch.zeros(largest + (comm.rank == 2)), algorithm=algorithm)
+
+    errors = errors_on_every_rank(3, call)
+    assert all("different element counts" in str(e) for e in errors)
+    largest = spawn_local(3, lambda comm: carry_limit(comm))[0] // 4
+    assert all(f"smallest {largest}, largest {largest + 1}" in str(e) for e in errors)
 
 
 def test_different_dtypes():

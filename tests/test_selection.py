@@ -1,18 +1,21 @@
 """Algorithm selection: PYALLREDUCE_ALGO rules and the cost model."""
 
 import logging
+import re
 
+import numpy as np
 import pytest
 import torch
 
 from pyallreduce import _C
 from pyallreduce.testing import LocalWorldError, spawn_local
+from collective_checks import carry_limit
 
 RULES = "recursive_doubling:0-4096;halving_doubling:4097-1048576;ring:1048577-max"
 
 
-def choices(world_size, sizes):
-    return spawn_local(world_size, lambda comm: [comm.choose_algorithm(n) for n in sizes])[0]
+def choices(world_size, sizes, check=None):
+    return spawn_local(world_size, lambda comm: [comm.choose_algorithm(n) for n in sizes], check=check)[0]
 
 
 def test_size_range_rules(monkeypatch):
@@ -31,10 +34,45 @@ def test_a_bare_name_applies_to_every_size(monkeypatch):
 
 def test_uncovered_sizes_fall_back_to_the_cost_model(monkeypatch):
     monkeypatch.setenv("PYALLREDUCE_ALGO", "ring:1000-2000")
-    name, reason = choices(4, [4096])[0]
+    name, reason = choices(4, [1 << 20])[0]
     assert reason.startswith("cost model for 1 host x 4 ranks, constants built-in:")
-    # Calls small enough for the argument check to carry need no model.
-    assert choices(4, [10])[0] == ("recursive_doubling", "at most 1024 bytes")
+    # Calls small enough for the argument check to carry run inside it.
+    name, reason = choices(4, [10])[0]
+    assert name == "recursive_doubling" and re.fullmatch(r"at most \d+ bytes, the cost model's limit for the check",
+                                                          reason), reason
+
+
+def test_the_check_carries_what_the_cost_model_says_it_should():
+    # Where messages cost latency alone, carrying a call in the check saves a
+    # round and every size that fits the frame is carried; where bytes cost
+    # and latency does not, recursive doubling's whole-vector steps lose to
+    # the check and halving/doubling from a few bytes on.
+    def limits(alpha, beta):
+        def each_rank(comm):
+            link = _C.LinkCost(alpha, beta)
+            comm._core.set_cost_model(_C.CostModel(link, link, beta), "test")
+            return carry_limit(comm), comm.choose_algorithm(carry_limit(comm) + 1)[1]
+        return spawn_local(8, each_rank)[0]
+
+    latency_bound, after = limits(1e-5, 1e-12)
+    assert latency_bound == 16384 and after.startswith("cost model"), (latency_bound, after)
+    bandwidth_bound, after = limits(1e-12, 1e-9)
+    assert bandwidth_bound < 1024 and after.startswith("cost model"), (bandwidth_bound, after)
+
+
+def test_ranks_whose_models_differ_on_carrying_a_call_raise_together():
+    def each_rank(comm):
+        if comm.rank == 1:
+            link = _C.LinkCost(1e-12, 1e-9)
+            comm._core.set_cost_model(_C.CostModel(link, link, 1e-9), "test")
+        x = np.ones(1024, np.float32)
+        carried = carry_limit(comm) >= x.nbytes
+        with pytest.raises(ValueError, match="disagree on carrying the same allreduce inside the argument check"):
+            comm.allreduce(x, algorithm="recursive_doubling")
+        assert x[0] == 1  # nothing was written
+        return carried
+
+    assert spawn_local(2, each_rank) == [True, False]
 
 
 def test_cost_model_prefers_few_messages_small_and_the_ring_large():
@@ -58,9 +96,10 @@ def test_a_rendezvous_message_pays_the_step():
     assert stepped.predict(rd, 8192, 2) == pytest.approx(eager_only.predict(rd, 8192, 2) + 3e-6)
     # The ring at 2 ranks sends halves: two exchanges of 8 KiB, two steps.
     assert stepped.predict(ring, 16384, 2) == pytest.approx(eager_only.predict(ring, 16384, 2) + 2 * 3e-6)
-    # With the default model, 8 KiB at 2 ranks goes as two eager halves rather
-    # than one rendezvous message; from 16 KiB one message is cheaper again.
-    picked = [name for name, _ in choices(2, [4096, 8192, 16384])]
+    # With the default model and no check to carry it, 8 KiB at 2 ranks goes
+    # as two eager halves rather than one rendezvous message; from 16 KiB one
+    # message is cheaper again.
+    picked = [name for name, _ in choices(2, [4096, 8192, 16384], check=False)]
     assert picked[0] == picked[2] == "recursive_doubling"
     assert picked[1] != "recursive_doubling"
 
@@ -161,8 +200,8 @@ def test_debug_info_logs_each_distinct_call_once(monkeypatch, capfd, fresh_logge
     spawn_local(2, each_rank)
     lines = [line for line in capfd.readouterr().err.splitlines() if "pyallreduce INFO" in line]
     assert len(lines) == 2  # one per rank
-    assert "allreduce of 100 x float32 (sum, auto) -> recursive_doubling inside the argument check " \
-           "[at most 1024 bytes]" in lines[0]
+    assert re.search(r"allreduce of 100 x float32 \(sum, auto\) -> recursive_doubling inside the argument check "
+                     r"\[at most \d+ bytes, the cost model's limit for the check\]", lines[0]), lines[0]
 
 
 def test_the_pyallreduce_logger_gets_the_choices_without_the_variable(monkeypatch, caplog, fresh_logger):

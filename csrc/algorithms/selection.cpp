@@ -329,6 +329,27 @@ size_t AlgorithmSelector::packing_limit(Algorithm requested, size_t ring_segment
   return kLargest;
 }
 
+size_t AlgorithmSelector::carry_limit(Collective collective, size_t capacity, size_t header_bytes,
+                                      size_t ring_segment_bytes) const {
+  if (collective == Collective::kBarrier) return 0;
+  auto frame_s = [&](size_t payload) {
+    return model_.predict(Collective::kAllreduce, Algorithm::kRecursiveDoubling, payload + header_bytes, profile_,
+                          ring_segment_bytes);
+  };
+  const double check_s = frame_s(0);
+  size_t limit = 0;
+  for (size_t n = 1; n <= capacity; n *= 2) {
+    double best_s = std::numeric_limits<double>::infinity();
+    for (Algorithm a : algorithms_of(collective)) {
+      if (a == Algorithm::kHierarchical && profile_.one_per_host == nullptr) continue;
+      best_s = std::min(best_s, model_.predict(collective, a, n, profile_, ring_segment_bytes));
+    }
+    if (frame_s(n) > check_s + best_s) break;
+    limit = n;
+  }
+  return limit;
+}
+
 const SizeRule* AlgorithmSelector::rule_for(Collective collective, size_t bytes) const {
   for (const SizeRule& rule : rules_) {
     if (rule.collective == collective && bytes >= rule.min_bytes && bytes <= rule.max_bytes) return &rule;

@@ -134,6 +134,13 @@ class AlgorithmSelector {
   // of one span alone is predicted cheaper than copying the span into a
   // fused buffer and back out: allreduce_coalesced packs only smaller spans.
   size_t packing_limit(Algorithm requested, size_t ring_segment_bytes) const;
+  // The largest call of `collective` (bytes as CostModel::predict counts
+  // them: a power of two, at most `capacity`) up to which the argument
+  // check's frame is predicted to carry it no slower than the check alone
+  // followed by the best algorithm, and so do all smaller powers of two; 0
+  // where none is. A carried call is one recursive-doubling allreduce of its
+  // payload and the frame's `header_bytes`, the check alone one of the header.
+  size_t carry_limit(Collective collective, size_t capacity, size_t header_bytes, size_t ring_segment_bytes) const;
   // The PYALLREDUCE_ALGO rule that covers a call of `collective` on `bytes`,
   // or null.
   const SizeRule* rule_for(Collective collective, size_t bytes) const;

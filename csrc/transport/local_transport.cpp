@@ -10,12 +10,15 @@ namespace {
 // Completes a matched pair under the channel's lock: copies the sender's bytes
 // into the receiver's buffer, or records why it cannot.
 void complete(LocalTransfer& send, LocalTransfer& recv) {
-  if (send.bytes != recv.bytes) {
+  const bool bounded = recv.received != nullptr;
+  if (bounded ? send.bytes > recv.bytes : send.bytes != recv.bytes) {
     send.error = recv.error = "message size mismatch: rank " + std::to_string(recv.peer) + " sent " +
                               std::to_string(send.bytes) + " bytes where rank " + std::to_string(send.peer) +
-                              " expected " + std::to_string(recv.bytes) + "; the ranks are not running the same call";
-  } else if (send.bytes > 0) {
-    std::memcpy(recv.recv_data, send.send_data, send.bytes);
+                              " expected " + (bounded ? "at most " : "") + std::to_string(recv.bytes) +
+                              "; the ranks are not running the same call";
+  } else {
+    if (send.bytes > 0) std::memcpy(recv.recv_data, send.send_data, send.bytes);
+    if (bounded) *recv.received = send.bytes;
   }
   send.done = recv.done = true;
 }
@@ -180,11 +183,24 @@ RequestPtr LocalTransport::isend(int peer, const void* data, size_t bytes) {
   return post(world_->channel(rank_, peer), std::move(transfer), /*is_send=*/true);
 }
 
-RequestPtr LocalTransport::irecv(int peer, void* data, size_t bytes) {
+RequestPtr LocalTransport::irecv(int peer, void* data, size_t bytes) { return receive(peer, data, bytes, nullptr); }
+
+// The in-process world matches each message as it comes, whatever its way,
+// so a bounded send is a send.
+RequestPtr LocalTransport::isend_bounded(int peer, const void* data, size_t bytes, size_t) {
+  return isend(peer, data, bytes);
+}
+
+RequestPtr LocalTransport::irecv_bounded(int peer, void* data, size_t bound, size_t* received) {
+  return receive(peer, data, bound, received);
+}
+
+RequestPtr LocalTransport::receive(int peer, void* data, size_t bytes, size_t* received) {
   check_peer(peer);
   auto transfer = std::make_shared<LocalTransfer>();
   transfer->recv_data = data;
   transfer->bytes = bytes;
+  transfer->received = received;
   transfer->peer = peer;
   return post(world_->channel(peer, rank_), std::move(transfer), /*is_send=*/false);
 }

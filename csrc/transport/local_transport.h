@@ -28,7 +28,8 @@ struct LocalTransfer {
   void* recv_data = nullptr;        // set for a receive
   int peer = -1;                    // the other side
   bool is_send = false;
-  size_t bytes = 0;
+  size_t bytes = 0;                 // a bounded receive's bound
+  size_t* received = nullptr;       // set for a bounded receive: where the length that came goes
   bool done = false;
   bool started = true;  // false while it waits in a grouped rank's pending group
   std::string error;  // set instead of copying when the two sides disagree
@@ -108,6 +109,8 @@ class LocalTransport : public Transport {
   int size() const override { return world_->size(); }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
+  RequestPtr isend_bounded(int peer, const void* data, size_t bytes, size_t bound) override;
+  RequestPtr irecv_bounded(int peer, void* data, size_t bound, size_t* received) override;
   size_t max_receive_window() const override { return world_->grouped() ? 1 : Transport::max_receive_window(); }
   void post_notice(const Notice& notice) override;
 
@@ -130,6 +133,8 @@ class LocalTransport : public Transport {
     bool is_send;
   };
   void check_peer(int peer) const;
+  // A receive of exactly `bytes`, or with `received` set, of at most `bytes`.
+  RequestPtr receive(int peer, void* data, size_t bytes, size_t* received);
   RequestPtr post(LocalChannel& channel, std::shared_ptr<LocalTransfer> transfer, bool is_send);
   // Matches the transfer on its channel, or queues it there for its partner.
   void start(LocalChannel& channel, const std::shared_ptr<LocalTransfer>& transfer, bool is_send);

@@ -34,12 +34,14 @@ std::string mpi_error_text(int code) {
 }
 
 // One logical transfer: a single MPI request, or several when the transfer
-// was split into pieces of at most max_message_bytes.
+// was split into pieces of at most max_message_bytes. A bounded receive
+// (`received` set) is one request of `bytes`, the bound.
 class MpiRequest : public Request {
  public:
-  MpiRequest(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece)
+  MpiRequest(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece,
+             size_t* received = nullptr)
       : transport_(transport), is_send_(is_send), peer_(peer), bytes_(bytes), max_piece_(max_piece),
-        requests_(piece_count(bytes, max_piece), MPI_REQUEST_NULL) {
+        received_(received), requests_(piece_count(bytes, max_piece), MPI_REQUEST_NULL) {
     ++transport_.mpi_in_flight;
   }
   MPI_Request* slot(size_t i) { return &requests_[i]; }
@@ -72,7 +74,9 @@ class MpiRequest : public Request {
   // Polls until every piece is done, checking between polls for the
   // deadline and for peers' notices (Transport::check_wait). A receive
   // checks that each piece got exactly the bytes expected: a shorter message
-  // means the ranks disagree on the call, and is never read as data.
+  // means the ranks disagree on the call, and is never read as data. A
+  // bounded receive takes any length up to its bound (MPI fails a longer
+  // one with MPI_ERR_TRUNCATE) and reports it.
   void wait() override {
     MPI_Status one_status;
     std::vector<MPI_Status> statuses(requests_.size() > 1 ? requests_.size() : 0);
@@ -102,6 +106,10 @@ class MpiRequest : public Request {
       if (is_send_) continue;
       int received = 0;
       MPI_Get_count(&status[i], MPI_BYTE, &received);
+      if (received_ != nullptr) {
+        *received_ = static_cast<size_t>(received);
+        continue;
+      }
       const size_t expected = piece_length(bytes_, max_piece_, static_cast<size_t>(i));
       if (static_cast<size_t>(received) != expected) {
         throw TransportError("message size mismatch: received " + std::to_string(received) + " bytes from rank " +
@@ -130,6 +138,7 @@ class MpiRequest : public Request {
   int peer_;
   size_t bytes_;
   size_t max_piece_;
+  size_t* received_;
   std::vector<MPI_Request> requests_;
   bool in_flight_ = true;
 };
@@ -223,11 +232,13 @@ MpiTransport::~MpiTransport() {
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
 
+bool MpiTransport::through_pipes(int peer, size_t bytes) const {
+  return pipes_ && bytes <= shared_memory_message_bytes_ && pipes_->reaches(peer);
+}
+
 RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
   require_mpi_running();
-  if (pipes_ && bytes <= shared_memory_message_bytes_ && pipes_->reaches(peer)) {
-    return pipes_->isend(*this, peer, data, bytes);
-  }
+  if (through_pipes(peer, bytes)) return pipes_->isend(*this, peer, data, bytes);
   const char* base = static_cast<const char*>(data);
   return post_in_pieces(*this, true, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Isend(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Isend");
@@ -236,13 +247,32 @@ RequestPtr MpiTransport::isend(int peer, const void* data, size_t bytes) {
 
 RequestPtr MpiTransport::irecv(int peer, void* data, size_t bytes) {
   require_mpi_running();
-  if (pipes_ && bytes <= shared_memory_message_bytes_ && pipes_->reaches(peer)) {
-    return pipes_->irecv(*this, peer, data, bytes);
-  }
+  if (through_pipes(peer, bytes)) return pipes_->irecv(*this, peer, data, bytes);
   char* base = static_cast<char*>(data);
   return post_in_pieces(*this, false, peer, bytes, max_message_bytes_, [&](size_t offset, int length, MPI_Request* r) {
     check_mpi(MPI_Irecv(base + offset, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Irecv");
   });
+}
+
+// A bounded message goes through the pipes wherever they reach its peer,
+// whatever its bound (sender and receiver see the same pipes), and through
+// MPI as one message elsewhere.
+RequestPtr MpiTransport::isend_bounded(int peer, const void* data, size_t bytes, size_t bound) {
+  require_mpi_running();
+  if (pipes_ && pipes_->reaches(peer)) return pipes_->isend(*this, peer, data, bytes);
+  if (bound > static_cast<size_t>(INT_MAX)) throw InvalidArgument("a bounded message must fit one MPI message");
+  auto request = std::make_unique<MpiRequest>(*this, true, peer, bytes, std::max<size_t>(bytes, 1));
+  check_mpi(MPI_Isend(data, static_cast<int>(bytes), MPI_BYTE, peer, kDataTag, comm_, request->slot(0)), "MPI_Isend");
+  return request;
+}
+
+RequestPtr MpiTransport::irecv_bounded(int peer, void* data, size_t bound, size_t* received) {
+  require_mpi_running();
+  if (pipes_ && pipes_->reaches(peer)) return pipes_->irecv_bounded(*this, peer, data, bound, received);
+  if (bound > static_cast<size_t>(INT_MAX)) throw InvalidArgument("a bounded message must fit one MPI message");
+  auto request = std::make_unique<MpiRequest>(*this, false, peer, bound, std::max<size_t>(bound, 1), received);
+  check_mpi(MPI_Irecv(data, static_cast<int>(bound), MPI_BYTE, peer, kDataTag, comm_, request->slot(0)), "MPI_Irecv");
+  return request;
 }
 
 void MpiTransport::post_notice(const Notice& notice) {

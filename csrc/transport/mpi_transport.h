@@ -32,6 +32,8 @@ class MpiTransport : public Transport {
   int size() const override { return size_; }
   RequestPtr isend(int peer, const void* data, size_t bytes) override;
   RequestPtr irecv(int peer, void* data, size_t bytes) override;
+  RequestPtr isend_bounded(int peer, const void* data, size_t bytes, size_t bound) override;
+  RequestPtr irecv_bounded(int peer, void* data, size_t bound, size_t* received) override;
   void post_notice(const Notice& notice) override;
 
   // The largest transfer the pipes carry; 0 where there are none (turned
@@ -59,6 +61,8 @@ class MpiTransport : public Transport {
 
  private:
   // A notice's bytes stay alive until its send completes.
+  // Whether a transfer of `bytes` to or from `peer` goes through the pipes.
+  bool through_pipes(int peer, size_t bytes) const;
   struct NoticeSend {
     std::string bytes;
     MPI_Request request = MPI_REQUEST_NULL;

@@ -81,9 +81,9 @@ struct SharedMemoryPipes::Pipe {
 class PipeTransfer final : public Request {
  public:
   PipeTransfer(SharedMemoryPipes& pipes, Transport& owner, bool is_send, int peer, unsigned char* data,
-               size_t bytes)
+               size_t bytes, size_t* received = nullptr)
       : pipes_(pipes), owner_(owner), is_send_(is_send), peer_(peer), data_(data), bytes_(bytes),
-        header_(is_send ? bytes : 0) {}
+        received_(received), header_(is_send ? bytes : 0) {}
   ~PipeTransfer() override { pipes_.forget(this); }
 
   // Polls the pipes until this transfer is complete, checking between polls
@@ -119,7 +119,8 @@ class PipeTransfer final : public Request {
   bool is_send_;
   int peer_;
   unsigned char* data_;
-  size_t bytes_;
+  size_t bytes_;         // a bounded receive's bound, until its header says the length
+  size_t* received_;     // set for a bounded receive: where the length goes
   uint64_t header_;  // the length sent, or as received
   size_t moved_ = 0;
   bool queued_ = true;
@@ -243,6 +244,11 @@ RequestPtr SharedMemoryPipes::irecv(Transport& owner, int peer, void* data, size
   return post(std::make_unique<PipeTransfer>(*this, owner, false, peer, static_cast<unsigned char*>(data), bytes));
 }
 
+RequestPtr SharedMemoryPipes::irecv_bounded(Transport& owner, int peer, void* data, size_t bound, size_t* received) {
+  return post(std::make_unique<PipeTransfer>(*this, owner, false, peer, static_cast<unsigned char*>(data), bound,
+                                             received));
+}
+
 // A transfer posted behind none moves what it can at once: a small send is
 // then complete when posted, and a receive whose message is there already
 // has it.
@@ -314,14 +320,18 @@ bool SharedMemoryPipes::advance(PipeTransfer& t) {
   }
   mine.store(position + n, std::memory_order_release);
   t.moved_ += n;
-  if (!t.is_send_ && t.moved_ == kHeaderBytes && t.header_ != t.bytes_) {
-    broken_[static_cast<size_t>(t.peer_)] =
-        "message size mismatch: received " + std::to_string(t.header_) + " bytes from rank " +
-        std::to_string(t.peer_) + " where " + std::to_string(t.bytes_) +
-        " were expected; the ranks are not running the same call";
-    t.error_ = broken_[static_cast<size_t>(t.peer_)];
-    t.done_ = true;
-    return true;
+  if (!t.is_send_ && t.moved_ == kHeaderBytes) {
+    const bool bounded = t.received_ != nullptr;
+    if (bounded ? t.header_ > t.bytes_ : t.header_ != t.bytes_) {
+      broken_[static_cast<size_t>(t.peer_)] =
+          "message size mismatch: received " + std::to_string(t.header_) + " bytes from rank " +
+          std::to_string(t.peer_) + " where " + (bounded ? "at most " : "") + std::to_string(t.bytes_) +
+          " were expected; the ranks are not running the same call";
+      t.error_ = broken_[static_cast<size_t>(t.peer_)];
+      t.done_ = true;
+      return true;
+    }
+    if (bounded) *t.received_ = t.bytes_ = static_cast<size_t>(t.header_);
   }
   t.done_ = t.moved_ == t.stream_bytes();
   return true;

@@ -17,9 +17,9 @@
 //
 // A message is its length (8 bytes) followed by its bytes; a message longer
 // than the pipe streams through it, the sender writing as the receiver
-// drains. The receiver checks the length against what it posted, so ranks
-// that disagree about a call fail with an error instead of reading each
-// other's bytes as data.
+// drains. The receiver checks the length against what it posted (for a
+// bounded receive, against its bound), so ranks that disagree about a call
+// fail with an error instead of reading each other's bytes as data.
 #pragma once
 
 #include <mpi.h>
@@ -59,6 +59,8 @@ class SharedMemoryPipes {
   // Transfers whose waits poll `owner` for its deadline and notices.
   RequestPtr isend(Transport& owner, int peer, const void* data, size_t bytes);
   RequestPtr irecv(Transport& owner, int peer, void* data, size_t bytes);
+  // A receive of at most `bound` bytes (Transport::irecv_bounded).
+  RequestPtr irecv_bounded(Transport& owner, int peer, void* data, size_t bound, size_t* received);
   // Moves what the pipes allow of every posted transfer, each peer's in the
   // order posted; returns whether any byte moved. Every wait of the
   // transport calls it, so that a transfer completes while its rank waits

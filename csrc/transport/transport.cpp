@@ -95,6 +95,15 @@ RequestPtr GroupTransport::irecv(int peer, void* data, size_t bytes) {
   return parent_.irecv(parent_rank(peer), data, bytes);
 }
 
+namespace {
+[[noreturn]] void no_bounded_messages() {
+  throw TransportError("this transport cannot carry messages of unknown length");
+}
+}  // namespace
+
+RequestPtr Transport::isend_bounded(int, const void*, size_t, size_t) { no_bounded_messages(); }
+RequestPtr Transport::irecv_bounded(int, void*, size_t, size_t*) { no_bounded_messages(); }
+
 double PendingWait::waited_s() const {
   return since == Clock::time_point{} ? 0 : std::chrono::duration<double>(Clock::now() - since).count();
 }

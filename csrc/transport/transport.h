@@ -122,6 +122,16 @@ class Transport {
   // `data` must stay valid (and, for isend, unchanged) until wait() returns.
   virtual RequestPtr isend(int peer, const void* data, size_t bytes) = 0;
   virtual RequestPtr irecv(int peer, void* data, size_t bytes) = 0;
+  // A message whose receiver knows only a bound on its length (the argument
+  // check's frames, each as long as its own call needs): the sender posts
+  // `bytes` <= `bound`, the receiver posts the same `bound`, and once the
+  // receive's wait returns `*received` holds the length that came; a longer
+  // message fails the receive. The length never picks the way the message
+  // travels (only the receiver knows it), and it stays one message, never
+  // split into pieces. The host transports (MPI, in-process) carry these;
+  // the others throw TransportError.
+  virtual RequestPtr isend_bounded(int peer, const void* data, size_t bytes, size_t bound);
+  virtual RequestPtr irecv_bounded(int peer, void* data, size_t bound, size_t* received);
   // The most receives a pipelined algorithm may have posted at once, counting
   // the one it waits for next. Transports that match each message as it
   // comes (MPI, threads) allow any number, so the next segments arrive while
