@@ -462,7 +462,6 @@ class CheckFrameTransport final : public Transport {
 
 void Communicator::update_carry_limits() {
   carry_limits_.assign(all_collectives().size(), 0);
-  if (!options_.check_arguments) return;
   for (Collective c : all_collectives()) {
     carry_limits_[static_cast<size_t>(c)] =
         selector_.carry_limit(c, kCarriedPayloadBytes, kFrameHeaderBytes, options_.ring_segment_bytes);
@@ -473,7 +472,7 @@ size_t Communicator::carry_limit(Collective collective) const { return carry_lim
 
 bool Communicator::carries_payload(Collective collective, Algorithm algorithm, size_t bytes,
                                    const Placement& placement) const {
-  return !placement.on_device() && bytes <= carry_limit(collective) &&
+  return options_.check_arguments && !placement.on_device() && bytes <= carry_limit(collective) &&
          algorithm == algorithms_of(collective).front();
 }
 

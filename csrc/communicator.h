@@ -211,7 +211,7 @@ class Communicator {
   // choose differently (which the argument check then reports).
   void set_cost_model(const CostModel& model, const std::string& source);
   // The largest call of `collective` (its whole vector's bytes) the argument
-  // check carries (see agree); 0 with the check off.
+  // check carries when it is on (see agree).
   size_t carry_limit(Collective collective) const;
 
   // Releases the transport (for MPI, the duplicated communicator). Every later

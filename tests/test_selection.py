@@ -60,6 +60,10 @@ def test_the_check_carries_what_the_cost_model_says_it_should():
     assert bandwidth_bound < 1024 and after.startswith("cost model"), (bandwidth_bound, after)
 
 
+def test_without_the_check_nothing_is_carried():
+    assert all(reason.startswith("cost model") for _, reason in choices(3, [0, 8, 4096], check=False))
+
+
 def test_ranks_whose_models_differ_on_carrying_a_call_raise_together():
     def each_rank(comm):
         if comm.rank == 1:
