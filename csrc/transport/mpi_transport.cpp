@@ -146,10 +146,11 @@ class MpiRequest : public Request {
 // Posts `bytes` as pieces of at most `max_piece` bytes (see piece_count).
 // Example: 5 GiB with max_piece = 2^31 - 1 gives pieces at offsets 0,
 // 2^31 - 1 and 2^32 - 2, the last 1 GiB + 2 bytes long.
+// With `received` (a bounded receive), `bytes` is the bound.
 template <class PostPiece>
 RequestPtr post_in_pieces(MpiTransport& transport, bool is_send, int peer, size_t bytes, size_t max_piece,
-                          PostPiece post_piece) {
-  auto request = std::make_unique<MpiRequest>(transport, is_send, peer, bytes, max_piece);
+                          PostPiece post_piece, size_t* received = nullptr) {
+  auto request = std::make_unique<MpiRequest>(transport, is_send, peer, bytes, max_piece, received);
   for (size_t i = 0; i < piece_count(bytes, max_piece); ++i) {
     post_piece(i * max_piece, static_cast<int>(piece_length(bytes, max_piece, i)), request->slot(i));
   }
@@ -257,22 +258,33 @@ RequestPtr MpiTransport::irecv(int peer, void* data, size_t bytes) {
 // A bounded message goes through the pipes wherever they reach its peer,
 // whatever its bound (sender and receiver see the same pipes), and through
 // MPI as one message elsewhere.
+namespace {
+
+// A bounded message's one piece: as long as its bound (at least 1, see piece_count).
+size_t one_piece(size_t bound) {
+  if (bound > static_cast<size_t>(INT_MAX)) throw InvalidArgument("a bounded message must fit one MPI message");
+  return std::max<size_t>(bound, 1);
+}
+
+}  // namespace
+
 RequestPtr MpiTransport::isend_bounded(int peer, const void* data, size_t bytes, size_t bound) {
   require_mpi_running();
   if (pipes_ && pipes_->reaches(peer)) return pipes_->isend(*this, peer, data, bytes);
-  if (bound > static_cast<size_t>(INT_MAX)) throw InvalidArgument("a bounded message must fit one MPI message");
-  auto request = std::make_unique<MpiRequest>(*this, true, peer, bytes, std::max<size_t>(bytes, 1));
-  check_mpi(MPI_Isend(data, static_cast<int>(bytes), MPI_BYTE, peer, kDataTag, comm_, request->slot(0)), "MPI_Isend");
-  return request;
+  return post_in_pieces(*this, true, peer, bytes, one_piece(bound), [&](size_t, int length, MPI_Request* r) {
+    check_mpi(MPI_Isend(data, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Isend");
+  });
 }
 
 RequestPtr MpiTransport::irecv_bounded(int peer, void* data, size_t bound, size_t* received) {
   require_mpi_running();
   if (pipes_ && pipes_->reaches(peer)) return pipes_->irecv_bounded(*this, peer, data, bound, received);
-  if (bound > static_cast<size_t>(INT_MAX)) throw InvalidArgument("a bounded message must fit one MPI message");
-  auto request = std::make_unique<MpiRequest>(*this, false, peer, bound, std::max<size_t>(bound, 1), received);
-  check_mpi(MPI_Irecv(data, static_cast<int>(bound), MPI_BYTE, peer, kDataTag, comm_, request->slot(0)), "MPI_Irecv");
-  return request;
+  return post_in_pieces(
+      *this, false, peer, bound, one_piece(bound),
+      [&](size_t, int length, MPI_Request* r) {
+        check_mpi(MPI_Irecv(data, length, MPI_BYTE, peer, kDataTag, comm_, r), "MPI_Irecv");
+      },
+      received);
 }
 
 void MpiTransport::post_notice(const Notice& notice) {

@@ -60,9 +60,9 @@ class MpiTransport : public Transport {
   std::optional<Notice> receive_notice() override;
 
  private:
-  // A notice's bytes stay alive until its send completes.
   // Whether a transfer of `bytes` to or from `peer` goes through the pipes.
   bool through_pipes(int peer, size_t bytes) const;
+  // A notice's bytes stay alive until its send completes.
   struct NoticeSend {
     std::string bytes;
     MPI_Request request = MPI_REQUEST_NULL;

@@ -127,7 +127,7 @@ class Transport {
   // `bytes` <= `bound`, the receiver posts the same `bound`, and once the
   // receive's wait returns `*received` holds the length that came; a longer
   // message fails the receive. The length never picks the way the message
-  // travels (only the receiver knows it), and it stays one message, never
+  // travels (only the sender knows it), and it stays one message, never
   // split into pieces. The host transports (MPI, in-process) carry these;
   // the others throw TransportError.
   virtual RequestPtr isend_bounded(int peer, const void* data, size_t bytes, size_t bound);
