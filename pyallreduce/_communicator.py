@@ -522,14 +522,7 @@ def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communi
 
         write_flight_record(flight_record(core, progress), core.rank, core.size, message)
         if abort:
-            from mpi4py import MPI
-
-            sys.stderr.write(f"pyallreduce: rank {core.rank} aborts the MPI job (PYALLREDUCE_ON_ERROR=abort): "
-                             f"{message}\n")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            _wait_until_launcher_reads((sys.stdout, sys.stderr), _LAUNCHER_READ_WAIT_S)
-            MPI.COMM_WORLD.Abort(1)
+            abort_mpi_job(f"pyallreduce: rank {core.rank} aborts the MPI job (PYALLREDUCE_ON_ERROR=abort): {message}")
 
     return on_break
 
@@ -538,6 +531,20 @@ def _report_break(progress: ProgressThread, abort: bool) -> Callable[[_C.Communi
 # Reading a pipe takes the launcher microseconds; this only bounds the wait
 # where it has stopped reading.
 _LAUNCHER_READ_WAIT_S = 2.0
+
+
+def abort_mpi_job(message: str) -> None:
+    """Writes ``message`` to stderr, waits until the launcher has read this
+    rank's output, then ends every rank of the job with MPI_Abort. Every
+    deliberate abort of pyallreduce goes through here, so that what was
+    printed before it (a traceback, the error) reaches the user."""
+    from mpi4py import MPI
+
+    sys.stderr.write(message + "\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _wait_until_launcher_reads((sys.stdout, sys.stderr), _LAUNCHER_READ_WAIT_S)
+    MPI.COMM_WORLD.Abort(1)
 
 
 def _wait_until_launcher_reads(streams: Iterable[Any], seconds: float) -> None:
@@ -626,10 +633,8 @@ def _abort_on_uncaught_exception() -> None:
         previous(kind, value, traceback)
         if MPI.Is_finalized():  # nothing left to abort: the process ends as usual
             return
-        sys.stderr.write(f"pyallreduce: uncaught {kind.__name__} on rank {MPI.COMM_WORLD.rank}; "
-                         "aborting the MPI job (PYALLREDUCE_ABORT_ON_UNCAUGHT=0 leaves it running)\n")
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
+        abort_mpi_job(f"pyallreduce: uncaught {kind.__name__} on rank {MPI.COMM_WORLD.rank}; "
+                      "aborting the MPI job (PYALLREDUCE_ABORT_ON_UNCAUGHT=0 leaves it running)")
 
     sys.excepthook = print_then_abort
     _excepthook_installed = True

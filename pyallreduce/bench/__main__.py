@@ -43,6 +43,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .. import DTYPES, OPS, build_info, init
+from .._communicator import abort_mpi_job
 from .._optional import require
 from . import calibration, data, implementations, report, timing
 from .collectives import COLLECTIVES, Collective, calls
@@ -309,7 +310,7 @@ def main() -> None:
     except Exception:
         # One rank failing must not leave the others waiting in a collective.
         traceback.print_exc()
-        MPI.COMM_WORLD.Abort(1)
+        abort_mpi_job(f"pyallreduce.bench: rank {MPI.COMM_WORLD.rank} failed; aborting the MPI job")
 
 
 if __name__ == "__main__":
