@@ -193,8 +193,10 @@ def lars_step(
     nesterov: bool,
     trust_clip: bool,
     threads: int,
+    tile_bytes: int = 0,
 ) -> None:
-    """One fused LARS step over contiguous CPU float32 or float64 tensors, in place."""
+    """One fused LARS step over contiguous CPU float32 or float64 tensors, in place, in tiles of
+    tile_bytes (0: the last-level cache); the same bits whatever threads and tile_bytes are."""
 
 class LinkCost:
     """What a message costs on one level: inside a host, or between hosts."""

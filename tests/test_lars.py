@@ -153,6 +153,36 @@ def test_fused_cpu_float32_step_matches_algorithm_1(config, threads, monkeypatch
     check_each_step(make_weights(SHAPES, torch.float32, seed=4, zero={3}), CONFIGS[config], torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_step_gives_the_same_bits_whatever_the_threads_tiles_and_alignment(dtype):
+    """Ranks whose thread counts or tile sizes differ must keep identical
+    replicas: the norms are summed in fixed blocks and lanes, not per thread."""
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.001, eps=1e-9, nesterov=False,
+                 trust_clip=False)
+    weights = make_weights(SHAPES, dtype, seed=21)
+    grads = gradients([tuple(w.shape) for w in weights], dtype, 22, 0)
+
+    def stepped(threads, tile_bytes, offset):
+        # Each tensor copied to `offset` elements into its own storage, so its
+        # data starts at another alignment.
+        def placed(t):
+            storage = torch.zeros(t.numel() + offset, dtype=dtype)
+            storage[offset:] = t.detach().reshape(-1)
+            return storage[offset:]
+
+        w, g = [placed(t) for t in weights], [placed(t) for t in grads]
+        v = [torch.full_like(t, 0.5) for t in w]
+        for _ in range(3):
+            _C.lars_step(w, g, v, [t.numel() > 1 for t in w], [1.0] * len(w), **hyper, threads=threads,
+                         tile_bytes=tile_bytes)
+        return [t.clone() for t in w + v]
+
+    expected = stepped(1, 0, 0)
+    for threads, tile_bytes, offset in [(2, 0, 0), (3, 4096, 0), (5, 1 << 20, 1), (2, 1, 3), (1, 64 << 20, 1)]:
+        got = stepped(threads, tile_bytes, offset)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), (threads, tile_bytes, offset)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("config", ["nesterov_eps", "no_momentum"])
 def test_half_parameters_on_the_cpu_match_algorithm_1(config, dtype):

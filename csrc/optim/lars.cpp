@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <thread>
+#include <utility>
 
 #include "../reduce/reduction.h"
 #include "../types.h"
@@ -45,57 +46,124 @@ class SpinBarrier {
   std::atomic<int> generation_{0};
 };
 
-// A run of consecutive tensors whose parameters, gradients and momentum
-// buffers fit in the cache together: the norm phase reads them into it and
-// the update phase finds them there, so the tile crosses memory once.
-struct Tile {
-  size_t first_tensor;
-  size_t end_tensor;
-  size_t elements;
+// The norms are summed over fixed blocks of each tensor, and the block sums
+// added in block order, so that the trust ratio (and with it every bit of the
+// step) is the same whatever the thread count and the tile size: ranks that
+// run with different thread counts still update their replicas alike.
+// Example: a tensor of 20,000 elements has the blocks [0, 8192), [8192,
+// 16384) and [16384, 20000), each summed alone (sum_squares), then the three
+// sums added left to right.
+constexpr size_t kNormBlockElements = size_t{1} << 13;
+
+struct Block {
+  size_t tensor;
+  size_t begin, end;  // elements of the tensor
+  size_t start;       // where it starts among all the step's elements, tensors laid end to end
 };
 
-std::vector<Tile> make_tiles(const std::vector<size_t>& counts, size_t bytes_per_element, size_t tile_bytes) {
-  std::vector<Tile> tiles;
+// Every tensor's blocks in order; first_block[t] is tensor t's first (and
+// first_block[t + 1] one past its last). A tensor of 0 elements has none.
+std::vector<Block> make_blocks(const std::vector<size_t>& counts, std::vector<size_t>& first_block) {
+  std::vector<Block> blocks;
+  first_block.assign(counts.size() + 1, 0);
+  size_t start = 0;
   for (size_t t = 0; t < counts.size(); ++t) {
-    const bool fits = !tiles.empty() && (tiles.back().elements + counts[t]) * bytes_per_element <= tile_bytes;
-    if (!fits) tiles.push_back({t, t, 0});
-    tiles.back().end_tensor = t + 1;
-    tiles.back().elements += counts[t];
+    first_block[t] = blocks.size();
+    for (size_t begin = 0; begin < counts[t]; begin += kNormBlockElements) {
+      blocks.push_back({t, begin, std::min(counts[t], begin + kNormBlockElements), start + begin});
+    }
+    start += counts[t];
+  }
+  first_block[counts.size()] = blocks.size();
+  return blocks;
+}
+
+// A run of consecutive tensors whose parameters, gradients and momentum
+// buffers fit in `tile_bytes` together: the norm phase reads them into the
+// cache and the update phase finds them there, so the tile crosses memory
+// once. Its blocks are [first_block, end_block), its elements [start, end).
+struct Tile {
+  size_t first_block, end_block;
+  size_t start, end;
+};
+
+std::vector<Tile> make_tiles(const std::vector<size_t>& counts, const std::vector<size_t>& first_block,
+                             size_t bytes_per_element, size_t tile_bytes) {
+  std::vector<Tile> tiles;
+  size_t start = 0;
+  for (size_t t = 0; t < counts.size(); ++t) {
+    const bool fits = !tiles.empty() && (tiles.back().end - tiles.back().start + counts[t]) * bytes_per_element <= tile_bytes;
+    if (!fits) tiles.push_back({first_block[t], first_block[t], start, start});
+    tiles.back().end_block = first_block[t + 1];
+    tiles.back().end += counts[t];
+    start += counts[t];
   }
   return tiles;
 }
 
-// The elements of a tile split evenly over `threads`, as ranges of the tile's
-// tensors laid end to end. Example: tensors of 10 and 6 elements, 2 threads:
-// thread 0 gets [0, 8) (elements 0-7 of tensor 0), thread 1 gets [8, 16)
-// (elements 8-9 of tensor 0, then 0-5 of tensor 1). `visit(tensor, begin,
-// end)` is called for each piece of thread `thread`'s share.
-template <class Visit>
-void for_each_piece(const Tile& tile, const std::vector<size_t>& counts, int thread, int threads, Visit visit) {
-  const size_t share_begin = tile.elements * thread / threads;
-  const size_t share_end = tile.elements * (thread + 1) / threads;
-  size_t tensor_start = 0;  // offset of tensor t within the tile
-  for (size_t t = tile.first_tensor; t < tile.end_tensor && tensor_start < share_end; ++t) {
-    const size_t tensor_end = tensor_start + counts[t];
-    const size_t begin = std::max(share_begin, tensor_start);
-    const size_t end = std::min(share_end, tensor_end);
-    if (begin < end) visit(t, begin - tensor_start, end - tensor_start);
-    tensor_start = tensor_end;
-  }
+// The blocks of `tile` that thread `thread` of `threads` works on: those
+// that start in its even share of the tile's elements. Example: tensors of
+// 10,000 and 6,000 elements in one tile, 2 threads: the shares are [0, 8000)
+// and [8000, 16000); the blocks start at 0, 8192 (tensor 0) and 10000
+// (tensor 1), so thread 0 takes the first block and thread 1 the other two.
+std::pair<size_t, size_t> blocks_of_thread(const Tile& tile, const std::vector<Block>& blocks, int thread,
+                                           int threads) {
+  auto first_at_or_after = [&](size_t element) {
+    return static_cast<size_t>(
+        std::lower_bound(blocks.begin() + static_cast<std::ptrdiff_t>(tile.first_block),
+                         blocks.begin() + static_cast<std::ptrdiff_t>(tile.end_block), element,
+                         [](const Block& block, size_t at) { return block.start < at; }) -
+        blocks.begin());
+  };
+  const size_t elements = tile.end - tile.start;
+  return {first_at_or_after(tile.start + elements * thread / threads),
+          first_at_or_after(tile.start + elements * (thread + 1) / threads)};
 }
 
+// Four doubles that GCC keeps in one AVX2 register, or two SSE2 ones in the
+// baseline clone: the same four additions either way.
+typedef double Doubles4 __attribute__((vector_size(32)));
+
+// Adds the squares of x[0, 4) to `sums`. (Inlined into each clone: taking
+// and giving vectors by value would need AVX in the baseline's calling
+// convention.)
 template <class T>
-VECTOR_CLONES void accumulate_squares(const T* w, const T* g, size_t begin, size_t end, double& w_squares,
-                                      double& g_squares) {
-  double w_sum = 0.0, g_sum = 0.0;
-#pragma omp simd reduction(+ : w_sum, g_sum)
-  for (size_t i = begin; i < end; ++i) {
-    const double wi = w[i], gi = g[i];
-    w_sum += wi * wi;
-    g_sum += gi * gi;
+inline void add_squares(const T* x, Doubles4& sums) {
+  const Doubles4 v = {static_cast<double>(x[0]), static_cast<double>(x[1]), static_cast<double>(x[2]),
+                      static_cast<double>(x[3])};
+  sums += v * v;
+}
+
+// The sums of squares of w[0, n) and g[0, n) in eight lanes (element i in
+// lane i mod 8: lanes 0-3 in `low`, 4-7 in `high`), the lanes added in a fixed
+// order: the same bits whichever clone runs and wherever the data starts.
+template <class T>
+VECTOR_CLONES void sum_squares(const T* w, const T* g, size_t n, double& w_squares, double& g_squares) {
+  Doubles4 w_low = {}, w_high = {}, g_low = {}, g_high = {};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    add_squares(w + i, w_low);
+    add_squares(w + i + 4, w_high);
+    add_squares(g + i, g_low);
+    add_squares(g + i + 4, g_high);
   }
-  w_squares += w_sum;
-  g_squares += g_sum;
+  double w_lane[8], g_lane[8];
+  for (int lane = 0; lane < 4; ++lane) {
+    w_lane[lane] = w_low[lane];
+    w_lane[lane + 4] = w_high[lane];
+    g_lane[lane] = g_low[lane];
+    g_lane[lane + 4] = g_high[lane];
+  }
+  for (size_t lane = 0; i < n; ++i, ++lane) {
+    const double wi = w[i], gi = g[i];
+    w_lane[lane] += wi * wi;
+    g_lane[lane] += gi * gi;
+  }
+  auto total = [](const double* lane) {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  };
+  w_squares = total(w_lane);
+  g_squares = total(g_lane);
 }
 
 template <class T>
@@ -137,50 +205,53 @@ constexpr size_t kMinElementsPerThread = size_t{1} << 16;
 }  // namespace
 
 template <class T>
-void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads) {
+void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads,
+               size_t tile_bytes) {
   if (threads < 1) throw InvalidArgument("threads must be at least 1");
   std::vector<size_t> counts(tensors.size());
   size_t total = 0;
   for (size_t t = 0; t < tensors.size(); ++t) total += counts[t] = tensors[t].count;
   const int workers = static_cast<int>(std::clamp<size_t>(total / kMinElementsPerThread, 1, threads));
 
-  // Tiles as large as the last-level cache, which the machine reports: each
-  // tile is read twice, for its norms and then for the update, and the second
-  // read finds it in the cache only if it fits. A tensor larger than a tile
-  // is a tile of its own, read from memory both times, and smaller tiles make
-  // more of those; larger tiles spill. bench/RESULTS.md ("Fused LARS step")
-  // has tiles of half, one and two caches timed.
+  std::vector<size_t> first_block;
+  const std::vector<Block> blocks = make_blocks(counts, first_block);
   const bool has_momentum = !tensors.empty() && tensors.front().momentum_buffer != nullptr;
   const size_t bytes_per_element = sizeof(T) * (has_momentum ? 3 : 2);
-  const std::vector<Tile> tiles = make_tiles(counts, bytes_per_element, last_level_cache_bytes());
+  const std::vector<Tile> tiles =
+      make_tiles(counts, first_block, bytes_per_element, tile_bytes > 0 ? tile_bytes : lars_tile_bytes());
 
-  // Each thread's partial sums of squares per tensor, [tensor][thread]:
-  // summed in thread order, so every thread derives the same trust ratio.
-  std::vector<double> w_squares(tensors.size() * workers, 0.0), g_squares(tensors.size() * workers, 0.0);
+  std::vector<double> w_squares(blocks.size(), 0.0), g_squares(blocks.size(), 0.0);  // by block
+  auto ratio_of = [&](size_t t) {
+    if (!tensors[t].adapt) return 1.0;
+    double w_sum = 0.0, g_sum = 0.0;
+    for (size_t b = first_block[t]; b < first_block[t + 1]; ++b) {
+      w_sum += w_squares[b];
+      g_sum += g_squares[b];
+    }
+    return trust_ratio(hyper, w_sum, g_sum);
+  };
   SpinBarrier norms_done(workers);
 
   auto work = [&](int thread) {
     for (const Tile& tile : tiles) {
-      for_each_piece(tile, counts, thread, workers, [&](size_t t, size_t begin, size_t end) {
-        if (tensors[t].adapt) {
-          accumulate_squares(tensors[t].param, tensors[t].grad, begin, end, w_squares[t * workers + thread],
-                             g_squares[t * workers + thread]);
+      const auto [first, end] = blocks_of_thread(tile, blocks, thread, workers);
+      for (size_t b = first; b < end; ++b) {
+        const Block& block = blocks[b];
+        const LarsTensor<T>& x = tensors[block.tensor];
+        if (x.adapt) {
+          sum_squares(x.param + block.begin, x.grad + block.begin, block.end - block.begin, w_squares[b],
+                      g_squares[b]);
         }
-      });
+      }
       norms_done.arrive_and_wait();
-      for_each_piece(tile, counts, thread, workers, [&](size_t t, size_t begin, size_t end) {
-        double ratio = 1.0;
-        if (tensors[t].adapt) {
-          double w_sum = 0.0, g_sum = 0.0;
-          for (int k = 0; k < workers; ++k) {
-            w_sum += w_squares[t * workers + k];
-            g_sum += g_squares[t * workers + k];
-          }
-          ratio = trust_ratio(hyper, w_sum, g_sum);
-        }
-        update(tensors[t], hyper, ratio, begin, end);
-      });
-      // No barrier here: the next tile's norms go to other tensors' slots,
+      // This thread's blocks of one tensor are consecutive: one update each.
+      for (size_t b = first; b < end;) {
+        const size_t t = blocks[b].tensor;
+        const size_t last = std::min(end, first_block[t + 1]) - 1;
+        update(tensors[t], hyper, ratio_of(t), blocks[b].begin, blocks[last].end);
+        b = last + 1;
+      }
+      // No barrier here: the next tile's norms go to other blocks' slots,
       // and its elements are disjoint from this tile's.
     }
   };
@@ -192,7 +263,15 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   for (std::thread& helper : helpers) helper.join();
 }
 
-template void lars_step<float>(const std::vector<LarsTensor<float>>&, const LarsHyperparameters&, int);
-template void lars_step<double>(const std::vector<LarsTensor<double>>&, const LarsHyperparameters&, int);
+// Tiles as large as the last-level cache, which the machine reports: each
+// tile is read twice, for its norms and then for the update, and the second
+// read finds it in the cache only if it fits. A tensor larger than a tile is
+// a tile of its own, read from memory both times, and smaller tiles make more
+// of those; larger tiles spill. bench/RESULTS.md ("Fused LARS step") has tiles
+// of half, one and two caches timed.
+size_t lars_tile_bytes() { return last_level_cache_bytes(); }
+
+template void lars_step<float>(const std::vector<LarsTensor<float>>&, const LarsHyperparameters&, int, size_t);
+template void lars_step<double>(const std::vector<LarsTensor<double>>&, const LarsHyperparameters&, int, size_t);
 
 }  // namespace pyallreduce

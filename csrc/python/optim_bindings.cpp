@@ -40,7 +40,7 @@ const PythonBuffer& open_buffer(StepArguments& args, py::handle tensor, const st
 template <class T>
 void run_step(StepArguments& args, const py::list& params, const py::list& grads, const py::object& buffers,
               const std::vector<bool>& adapt, const std::vector<double>& corrections,
-              const LarsHyperparameters& hyper, int threads) {
+              const LarsHyperparameters& hyper, int threads, size_t tile_bytes) {
   std::vector<LarsTensor<T>> tensors;
   for (size_t i = 0; i < params.size(); ++i) {
     const std::string index = "[" + std::to_string(i) + "]";
@@ -58,13 +58,13 @@ void run_step(StepArguments& args, const py::list& params, const py::list& grads
                        adapt[i], corrections[i]});
   }
   py::gil_scoped_release release;
-  lars_step(tensors, hyper, threads);
+  lars_step(tensors, hyper, threads, tile_bytes);
 }
 
 void lars_step_binding(const py::list& params, const py::list& grads, const py::object& momentum_buffers,
                        const std::vector<bool>& adapt, const std::vector<double>& momentum_corrections, double lr,
                        double momentum, double weight_decay, double trust_coefficient, double eps, bool nesterov,
-                       bool trust_clip, int threads) {
+                       bool trust_clip, int threads, size_t tile_bytes) {
   const size_t n = params.size();
   if (grads.size() != n || adapt.size() != n || momentum_corrections.size() != n ||
       (!momentum_buffers.is_none() && momentum_buffers.cast<py::list>().size() != n)) {
@@ -76,9 +76,11 @@ void lars_step_binding(const py::list& params, const py::list& grads, const py::
     const LarsHyperparameters hyper{lr, momentum, weight_decay, trust_coefficient, eps, nesterov, trust_clip};
     switch (args.dtype) {
       case DType::kFloat32:
-        return run_step<float>(args, params, grads, momentum_buffers, adapt, momentum_corrections, hyper, threads);
+        return run_step<float>(args, params, grads, momentum_buffers, adapt, momentum_corrections, hyper, threads,
+                               tile_bytes);
       case DType::kFloat64:
-        return run_step<double>(args, params, grads, momentum_buffers, adapt, momentum_corrections, hyper, threads);
+        return run_step<double>(args, params, grads, momentum_buffers, adapt, momentum_corrections, hyper, threads,
+                                tile_bytes);
       default:
         throw InvalidArgument(std::string("the fused LARS step takes float32 or float64, not ") +
                               dtype_name(args.dtype));
@@ -95,9 +97,10 @@ void bind_optim(py::module_& m) {
   m.def("lars_step", &lars_step_binding, py::arg("params"), py::arg("grads"), py::arg("momentum_buffers"),
         py::arg("adapt"), py::arg("momentum_corrections"), py::arg("lr"), py::arg("momentum"),
         py::arg("weight_decay"), py::arg("trust_coefficient"), py::arg("eps"), py::arg("nesterov"),
-        py::arg("trust_clip"), py::arg("threads"),
+        py::arg("trust_clip"), py::arg("threads"), py::arg("tile_bytes") = 0,
         "One fused LARS step over contiguous CPU float32 or float64 tensors, in place (momentum_buffers None\n"
-        "when momentum is 0). See pyallreduce.optim.LARS for the update.");
+        "when momentum is 0), in tiles of tile_bytes (0: the last-level cache). See pyallreduce.optim.LARS for\n"
+        "the update.");
 }
 
 }  // namespace pyallreduce
