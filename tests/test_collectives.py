@@ -135,6 +135,27 @@ def test_cost_model_per_collective():
     assert chosen[0] == ["binomial_tree", "scatter_allgather"]
 
 
+def test_the_broadcast_model_counts_the_tree_messages_that_cross_hosts():
+    # At 2 hosts x 2 ranks the binomial tree sends the vector across once
+    # (0 -> 2, then 0 -> 1 and 2 -> 3 inside); scatter + allgather's ring
+    # sends 1.5 times it. Where the network is the cost, the tree wins at
+    # every size, which a model of recursive-doubling exchanges (both ranks
+    # of a host sending at once) missed.
+    network = _C.LinkCost(1e-5, 1 / 0.12e9)
+    model = _C.CostModel(_C.LinkCost(5e-7, 1 / 6e9), network, 1 / 8e9)
+    broadcast = _C.Collective.broadcast
+    tree, scatter = _C.Algorithm.binomial_tree, _C.Algorithm.scatter_allgather
+    hosts = [0, 0, 1, 1]
+    n = 4 << 20
+    assert model.predict(tree, n, hosts, collective=broadcast) == pytest.approx(
+        1e-5 + 5e-7 + n / 0.12e9 + n / 6e9, rel=1e-3)
+    assert model.predict(tree, n, hosts, collective=broadcast) < model.predict(scatter, n, hosts,
+                                                                               collective=broadcast)
+    # On one host the tree's levels are lg p messages, as before.
+    one_host = model.predict(tree, n, 6, collective=broadcast)
+    assert one_host == pytest.approx(3 * (5e-7 + n / 6e9))
+
+
 def test_small_calls_travel_inside_the_argument_check(monkeypatch, capfd):
     import logging
 

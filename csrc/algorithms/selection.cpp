@@ -77,6 +77,13 @@ LayoutProfile::LayoutProfile(const HostLayout& layout)
   pairs.clear();
   for (int r = 0; r < size && size > 1; ++r) pairs.emplace_back(r, (r + 1) % size);
   ring = profile_step(layout, pairs);
+  int span = 1;
+  while (span * 2 < size) span *= 2;
+  for (; span > 0 && size > 1; span /= 2) {
+    pairs.clear();
+    for (int q = 0; q + span < size; q += 2 * span) pairs.emplace_back(q, q + span);
+    tree.push_back(profile_step(layout, pairs));
+  }
   if (hosts > 1 && most_per_host > 1) {
     std::vector<int> one_each(static_cast<size_t>(hosts));
     for (int h = 0; h < hosts; ++h) one_each[static_cast<size_t>(h)] = h;
@@ -194,10 +201,11 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
       break;
     case Collective::kBroadcast:
       if (algorithm == Algorithm::kBinomialTree) {
-        // ceil(lg p) levels of the whole vector, counted as the exchanges of
-        // the same span (and the fold's, for the last partial level).
-        double t = folds ? step_s(layout.fold, n, 1) : 0.0;
-        for (const auto& step : layout.masks) t += step_s(step, n, 1);
+        // ceil(lg p) levels of the whole vector, one after another; a level's
+        // messages between hosts share a link only where a host sends
+        // several (at 2 hosts x 2 ranks, one crosses: 0 -> 2).
+        double t = 0.0;
+        for (const auto& step : layout.tree) t += step_s(step, n, 1);
         return t;
       }
       if (algorithm == Algorithm::kScatterAllgather) {

@@ -45,6 +45,10 @@ struct LayoutProfile {
   Step fold;                // the fold's messages, paired rank 2i with 2i + 1
   std::vector<Step> masks;  // the exchange between virtual ranks v and v ^ (1 << j), by j
   Step ring;                // every rank to the next
+  // The binomial tree broadcast's levels from root 0, largest span first:
+  // rank q sends to q + m at the level of span m where q is a multiple of 2m.
+  // Example p = 6: (0 -> 4); (0 -> 2); (0 -> 1, 2 -> 3, 4 -> 5).
+  std::vector<Step> tree;
   // hierarchical's level between hosts (one rank per host), where hosts > 1
   // and some host has several ranks (else that level is this layout).
   std::shared_ptr<const LayoutProfile> one_per_host;
