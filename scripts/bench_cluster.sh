@@ -5,9 +5,12 @@
 # measures the cost model's constants for the layout (into
 # bench/results/tune_<link>.json, which auto then reads), and the benchmark
 # runs every algorithm and every peer, float32 sum, three interleaved runs,
-# into bench/results/cluster_<layout>_<link>.{txt,json,png}. Needs root. All
-# hosts share this machine's cores: keep it otherwise idle. LINKS and LAYOUTS
-# pick what runs (defaults "unshaped 1gbit" and "2:1 4:1 2:2").
+# into bench/results/cluster_<layout>_<link>.{txt,json,png}; where hosts have
+# several ranks, the other collectives too (issue 17's 2x2 targets), into
+# cluster_<layout>_<link>_<collective>.*. Needs root. All hosts share this
+# machine's cores: keep it otherwise idle. LINKS, LAYOUTS and COLLECTIVES
+# pick what runs (defaults "unshaped 1gbit", "2:1 4:1 2:2" and
+# "reduce_scatter allgather broadcast").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup_venv.sh"
@@ -23,5 +26,11 @@ for link in ${LINKS:-unshaped 1gbit}; do
     scripts/simcluster.sh run "$layout" -- .venv/bin/python -m pyallreduce.tune | tee "$name.txt"
     scripts/simcluster.sh run "$layout" -- .venv/bin/python -m pyallreduce.bench \
       -b 16 -e 64M -f 4 -n 3 -w 1 -N 3 --no-progress --json "$name.json" --plot "$name.png" | tee -a "$name.txt"
+    [ "${layout#*:}" != 1 ] || continue  # one rank per host: the flat runs say it all
+    for collective in ${COLLECTIVES:-reduce_scatter allgather broadcast}; do
+      scripts/simcluster.sh run "$layout" -- .venv/bin/python -m pyallreduce.bench --collective "$collective" \
+        -b 16 -e 64M -f 4 -n 3 -w 1 -N 3 --no-progress --json "${name}_$collective.json" \
+        --plot "${name}_$collective.png" | tee "${name}_$collective.txt"
+    done
   done
 done
