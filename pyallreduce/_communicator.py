@@ -307,9 +307,10 @@ class Communicator:
         Args:
             x: as for :meth:`allreduce` (may be read-only).
             out: ``size * len(x)`` elements of x's dtype on x's device.
-            algorithm: "auto", "ring" or "recursive_doubling"; "auto" follows
-                ``PYALLREDUCE_ALGO`` rules for ``allgather:``, else the cost
-                model.
+            algorithm: "auto", "ring", "recursive_doubling" or
+                "hierarchical" (between hosts, then inside each; see the
+                README's Algorithms); "auto" follows ``PYALLREDUCE_ALGO`` rules
+                for ``allgather:``, else the cost model.
 
         Returns:
             ``out``, bitwise identical on every rank.

@@ -59,6 +59,7 @@ void run_allgather(Algorithm algorithm, const CollectiveContext& ctx, Vector vec
   switch (algorithm) {
     case Algorithm::kRing: return ring_allgather_blocks(ctx, vec);
     case Algorithm::kRecursiveDoubling: return recursive_doubling_allgather_blocks(ctx, vec);
+    case Algorithm::kHierarchical: return hierarchical_allgather_blocks(ctx, vec);
     default: break;
   }
   throw InvalidArgument(std::string("run_allgather: ") + algorithm_name(algorithm) + " is not an allgather algorithm");

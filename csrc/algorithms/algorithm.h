@@ -127,6 +127,7 @@ void halving_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
 // block on every rank.
 void ring_allgather_blocks(const CollectiveContext& ctx, Vector vec);
 void recursive_doubling_allgather_blocks(const CollectiveContext& ctx, Vector vec);
+void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec);
 // A broadcast copies vec.data of rank `root` into vec.data of every rank
 // (vec in place; any count).
 void binomial_tree_broadcast(const CollectiveContext& ctx, Vector vec, int root);

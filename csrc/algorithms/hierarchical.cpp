@@ -94,4 +94,55 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   }
 }
 
+// Hierarchical allgather, for H hosts of S ranks each: first between hosts,
+// each rank with the ranks of its local index on the other hosts, then inside
+// each host, so that each host's link carries the n(H-1)/H bytes its ranks'
+// blocks need, where a ring over all ranks sends n(p-1)/p through some link.
+// The blocks travel in a scratch vector ordered by local index, then host:
+// super-block j holds the blocks of local index j on hosts 0..H-1, so that
+// both phases are ring allgathers of contiguous blocks. Worked example, hosts
+// {0, 1} and {2, 3}: super-block 0 is [block 0, block 2], super-block 1 is
+// [block 1, block 3]. Rank 1 puts its block in super-block 1, slot 0; rank 3
+// in slot 1; ranks 1 and 3 allgather super-block 1 across the network (as 0
+// and 2 do super-block 0); then ranks 0 and 1 allgather the two super-blocks
+// inside host 0, and each copies block (j, h) back to block ranks_on(h)[j].
+// Where hosts differ in size, or there is one host or one rank per host, it
+// is the ring.
+void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
+  Transport& t = ctx.transport;
+  const HostLayout& layout = t.layout();
+  const int hosts = layout.hosts();
+  const int per_host = layout.fewest_ranks_per_host();
+  if (hosts == 1 || per_host == 1 || per_host != layout.most_ranks_per_host() || vec.count == 0) {
+    return ring_allgather_blocks(ctx, vec);
+  }
+  const int me = t.rank();
+  const int host = layout.host_of(me);
+  const int local = layout.local_index(me);
+  const size_t block = vec.count / static_cast<size_t>(t.size());
+  char* scratch = static_cast<char*>(ctx.memory.reserve(vec.bytes(vec.count)));
+  auto slot = [&](int j, int h) { return scratch + vec.bytes((static_cast<size_t>(j) * hosts + h) * block); };
+  ctx.memory.copy(slot(local, host), vec.at(static_cast<size_t>(me) * block), vec.bytes(block));
+
+  std::vector<int> peers;  // local index `local` on every host, in host order
+  for (int h = 0; h < hosts; ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
+  GroupTransport between(t, peers);
+  ctx.steps.set_stage("hierarchical, between hosts:");
+  char* mine = slot(local, 0);
+  ring_allgather_blocks(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
+                        Vector{mine, mine, static_cast<size_t>(hosts) * block, vec.element_size});
+
+  GroupTransport inside(t, layout.ranks_on(host));
+  ctx.steps.set_stage("hierarchical, inside the host:");
+  ring_allgather_blocks(CollectiveContext{inside, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
+                        Vector{scratch, scratch, vec.count, vec.element_size});
+  ctx.steps.set_stage("hierarchical");
+  for (int h = 0; h < hosts; ++h) {
+    for (int j = 0; j < per_host; ++j) {
+      const int rank = layout.ranks_on(h)[static_cast<size_t>(j)];
+      if (rank != me) ctx.memory.copy(vec.at(static_cast<size_t>(rank) * block), slot(j, h), vec.bytes(block));
+    }
+  }
+}
+
 }  // namespace pyallreduce

@@ -189,6 +189,17 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
       break;
     case Collective::kAllgather:
       if (algorithm == Algorithm::kRing) return ring_steps;
+      if (algorithm == Algorithm::kHierarchical) {
+        // See hierarchical.cpp: the ring where hosts differ in size; else H - 1
+        // ring steps between hosts, where a host's S ranks share its link, then
+        // S - 1 inside the host of n / S each, and the pass that copies the
+        // blocks back into place (about a combine's).
+        const int s = layout.fewest_per_host;
+        if (layout.one_per_host == nullptr || s != layout.most_per_host) return ring_steps;
+        const double super_block = n / s;
+        return (layout.hosts - 1) * step_s(layout.one_per_host->ring, block, s) +
+               (s - 1) * (inside.message_s(super_block) + super_block * inside.beta_s_per_byte) + n * g;
+      }
       if (algorithm == Algorithm::kRecursiveDoubling) {
         // The fold hands in one block and returns the whole vector; step k
         // (from 0) exchanges n 2^k / p2 across bit k.
