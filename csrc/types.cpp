@@ -67,7 +67,8 @@ constexpr AlgorithmEntry kAlgorithms[] = {
     {Algorithm::kRecursiveDoubling, "recursive_doubling", bit(Collective::kAllreduce) | bit(Collective::kAllgather)},
     {Algorithm::kHalvingDoubling, "halving_doubling", bit(Collective::kAllreduce) | bit(Collective::kReduceScatter)},
     {Algorithm::kRing, "ring", bit(Collective::kAllreduce) | bit(Collective::kReduceScatter) | bit(Collective::kAllgather)},
-    {Algorithm::kHierarchical, "hierarchical", bit(Collective::kAllreduce) | bit(Collective::kAllgather)},
+    {Algorithm::kHierarchical, "hierarchical",
+     bit(Collective::kAllreduce) | bit(Collective::kReduceScatter) | bit(Collective::kAllgather)},
     {Algorithm::kBinomialTree, "binomial_tree", bit(Collective::kBroadcast)},
     {Algorithm::kScatterAllgather, "scatter_allgather", bit(Collective::kBroadcast)},
 };

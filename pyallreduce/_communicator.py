@@ -281,8 +281,9 @@ class Communicator:
         Args:
             x, op: as for :meth:`allreduce` (``x`` may be read-only).
             out: ``len(x) / size`` elements of x's dtype on x's device.
-            algorithm: "auto", "ring" or "halving_doubling" (recursive
-                halving); "auto" follows ``PYALLREDUCE_ALGO`` rules for
+            algorithm: "auto", "ring", "halving_doubling" (recursive
+                halving) or "hierarchical" (inside each host, then between
+                hosts); "auto" follows ``PYALLREDUCE_ALGO`` rules for
                 ``reduce_scatter:``, else the cost model.
 
         Returns:

@@ -32,7 +32,7 @@ def test_every_algorithm(check, counts, world_size, grouped):
                                    [0, 0, 1, 1, 2, 2, 3, 3]])
 def test_across_hosts(hosts):
     def each_rank(comm):
-        return (check_reduce_scatter(comm, [3], ops=("sum",), dtypes=("float32",))
+        return (check_reduce_scatter(comm, [0, 1, 3, 1009], ops=("sum", "avg", "max"), dtypes=("float32", "int64"))
                 + check_allgather(comm, [0, 1, 3, 1009]) + check_broadcast(comm, [5]))
 
     assert all(spawn_local(len(hosts), each_rank, hosts=hosts))
@@ -88,7 +88,7 @@ def test_flight_record_names_the_collective():
 
 
 def test_algorithm_names_per_collective():
-    assert COLLECTIVE_ALGORITHMS["reduce_scatter"] == ("auto", "halving_doubling", "ring")
+    assert COLLECTIVE_ALGORITHMS["reduce_scatter"] == ("auto", "halving_doubling", "ring", "hierarchical")
     assert COLLECTIVE_ALGORITHMS["allgather"] == ("auto", "recursive_doubling", "ring", "hierarchical")
     assert COLLECTIVE_ALGORITHMS["broadcast"] == ("auto", "binomial_tree", "scatter_allgather")
 
@@ -157,21 +157,21 @@ def test_the_broadcast_model_counts_the_tree_messages_that_cross_hosts():
     assert one_host == pytest.approx(3 * (5e-7 + n / 6e9))
 
 
-def test_hierarchical_allgather_sends_a_hosts_share_through_its_link():
+@pytest.mark.parametrize("collective", ["allgather", "reduce_scatter"])
+def test_hierarchical_blocks_send_a_hosts_share_through_its_link(collective):
     # At 2 hosts x 2 ranks the ring over all 4 ranks puts 3n/4 through a
     # host's link, the hierarchical form n/2; on one host, or with hosts of
-    # different sizes, the hierarchical allgather is the ring.
+    # different sizes, the hierarchical form is the ring.
     network = _C.LinkCost(1e-5, 1 / 0.12e9)
     model = _C.CostModel(_C.LinkCost(5e-7, 1 / 6e9), network, 1 / 8e9)
-    allgather = _C.Collective.allgather
+    kind = getattr(_C.Collective, collective)
     ring, hier = _C.Algorithm.ring, _C.Algorithm.hierarchical
     n = 16 << 20
-    flat = model.predict(ring, n, [0, 0, 1, 1], collective=allgather)
-    assert model.predict(hier, n, [0, 0, 1, 1], collective=allgather) < flat / 1.4
+    flat = model.predict(ring, n, [0, 0, 1, 1], collective=kind)
+    assert model.predict(hier, n, [0, 0, 1, 1], collective=kind) < flat / 1.4
     for hosts in (4, [0, 0, 0, 1, 1]):
-        assert model.predict(hier, n, hosts, collective=allgather) == model.predict(ring, n, hosts,
-                                                                                   collective=allgather)
-    chosen = spawn_local(4, lambda comm: comm.choose_algorithm(64 << 20, collective="allgather")[0],
+        assert model.predict(hier, n, hosts, collective=kind) == model.predict(ring, n, hosts, collective=kind)
+    chosen = spawn_local(4, lambda comm: comm.choose_algorithm(64 << 20, collective=collective)[0],
                          hosts=[0, 0, 1, 1])
     assert chosen == ["hierarchical"] * 4
 

@@ -50,6 +50,7 @@ void run_reduce_scatter(Algorithm algorithm, const CollectiveContext& ctx, Vecto
   switch (algorithm) {
     case Algorithm::kRing: return ring_reduce_scatter_blocks(ctx, vec);
     case Algorithm::kHalvingDoubling: return halving_reduce_scatter_blocks(ctx, vec);
+    case Algorithm::kHierarchical: return hierarchical_reduce_scatter_blocks(ctx, vec);
     default: break;
   }
   throw InvalidArgument(std::string("run_reduce_scatter: ") + algorithm_name(algorithm) + " is not a reduce_scatter algorithm");

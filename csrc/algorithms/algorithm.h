@@ -123,6 +123,7 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec);
 // finalized; the other blocks of vec.data are scratch.
 void ring_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
 void halving_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
+void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec);
 // An allgather starts from block r of vec.data (in place) and leaves every
 // block on every rank.
 void ring_allgather_blocks(const CollectiveContext& ctx, Vector vec);

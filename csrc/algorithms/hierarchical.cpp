@@ -34,6 +34,17 @@
 
 namespace pyallreduce {
 
+namespace {
+
+// Where the hierarchical reduce-scatter and allgather run as the ring: hosts
+// of different sizes, one host, one rank per host, or nothing to move.
+bool hierarchical_blocks_are_the_ring(const HostLayout& layout, const Vector& vec) {
+  const int per_host = layout.fewest_ranks_per_host();
+  return layout.hosts() == 1 || per_host == 1 || per_host != layout.most_ranks_per_host() || vec.count == 0;
+}
+
+}  // namespace
+
 void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
@@ -94,6 +105,50 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   }
 }
 
+// Hierarchical reduce-scatter, the allgather below run backwards: the input
+// is copied into vec.data ordered by local index, then host (super-block j:
+// the blocks of local index j on hosts 0..H-1); a ring reduce-scatter inside
+// each host leaves local index i with super-block i reduced over its host,
+// and a ring reduce-scatter between hosts, among the ranks of local index i,
+// leaves each with its own block reduced over every rank. Example, hosts
+// {0, 1} and {2, 3}: vec.data holds [block 0, block 2 | block 1, block 3];
+// inside host 0, rank 1 ends with [1, 3] summed over ranks 0 and 1; ranks 1
+// and 3 then reduce-scatter that pair, and rank 1 keeps block 1.
+void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec) {
+  Transport& t = ctx.transport;
+  const HostLayout& layout = t.layout();
+  if (hierarchical_blocks_are_the_ring(layout, vec)) return ring_reduce_scatter_blocks(ctx, vec);
+  const int hosts = layout.hosts();
+  const int per_host = layout.fewest_ranks_per_host();
+  const int me = t.rank();
+  const int host = layout.host_of(me);
+  const int local = layout.local_index(me);
+  const size_t block = vec.count / static_cast<size_t>(t.size());
+  auto slot = [&](int j, int h) { return vec.at((static_cast<size_t>(j) * hosts + h) * block); };
+  for (int h = 0; h < hosts; ++h) {
+    for (int j = 0; j < per_host; ++j) {
+      const int rank = layout.ranks_on(h)[static_cast<size_t>(j)];
+      ctx.memory.copy(slot(j, h), vec.input_at(static_cast<size_t>(rank) * block), vec.bytes(block));
+    }
+  }
+  GroupTransport inside(t, layout.ranks_on(host));
+  ctx.steps.set_stage("hierarchical, inside the host:");
+  ring_reduce_scatter(CollectiveContext{inside, ctx.reduction, ctx.memory, ctx.ring, ctx.steps}, vec.in_place(),
+                      local);
+
+  std::vector<int> peers;  // local index `local` on every host, in host order
+  for (int h = 0; h < hosts; ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
+  GroupTransport between(t, peers);
+  ctx.steps.set_stage("hierarchical, between hosts:");
+  char* mine = slot(local, 0);
+  ring_reduce_scatter(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
+                      Vector{mine, mine, static_cast<size_t>(hosts) * block, vec.element_size}, host);
+  ctx.steps.set_stage("hierarchical");
+  ctx.reduction.finalize(slot(local, host), block, t.size());
+  char* result = vec.at(static_cast<size_t>(me) * block);
+  if (result != slot(local, host)) ctx.memory.copy(result, slot(local, host), vec.bytes(block));
+}
+
 // Hierarchical allgather, for H hosts of S ranks each: first between hosts,
 // each rank with the ranks of its local index on the other hosts, then inside
 // each host, so that each host's link carries the n(H-1)/H bytes its ranks'
@@ -107,15 +162,13 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
 // and 2 do super-block 0); then ranks 0 and 1 allgather the two super-blocks
 // inside host 0, and each copies block (j, h) back to block ranks_on(h)[j].
 // Where hosts differ in size, or there is one host or one rank per host, it
-// is the ring.
+// is the ring (as the reduce-scatter is).
 void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
+  if (hierarchical_blocks_are_the_ring(layout, vec)) return ring_allgather_blocks(ctx, vec);
   const int hosts = layout.hosts();
   const int per_host = layout.fewest_ranks_per_host();
-  if (hosts == 1 || per_host == 1 || per_host != layout.most_ranks_per_host() || vec.count == 0) {
-    return ring_allgather_blocks(ctx, vec);
-  }
   const int me = t.rank();
   const int host = layout.host_of(me);
   const int local = layout.local_index(me);

@@ -176,6 +176,14 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
   switch (collective) {
     case Collective::kReduceScatter:
       if (algorithm == Algorithm::kRing) return ring_steps + (p - 1) * block * g;
+      if (algorithm == Algorithm::kHierarchical) {
+        // The allgather's levels below, run backwards, combining what arrives.
+        const int s = layout.fewest_per_host;
+        if (layout.one_per_host == nullptr || s != layout.most_per_host) return ring_steps + (p - 1) * block * g;
+        const double super_block = n / s;
+        return (s - 1) * (inside.message_s(super_block) + super_block * (inside.beta_s_per_byte + g)) +
+               (layout.hosts - 1) * (step_s(layout.one_per_host->ring, block, s) + block * g) + n * g;
+      }
       if (algorithm == Algorithm::kHalvingDoubling) {
         // The fold hands over the whole vector and returns one block; step k
         // (from 1) exchanges about n / 2^k across bit lg - k.
