@@ -43,6 +43,13 @@ bool hierarchical_blocks_are_the_ring(const HostLayout& layout, const Vector& ve
   return layout.hosts() == 1 || per_host == 1 || per_host != layout.most_ranks_per_host() || vec.count == 0;
 }
 
+// The rank of local index `local` on every host, in host order.
+std::vector<int> local_index_on_every_host(const HostLayout& layout, int local) {
+  std::vector<int> ranks;
+  for (int h = 0; h < layout.hosts(); ++h) ranks.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
+  return ranks;
+}
+
 }  // namespace
 
 void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
@@ -87,9 +94,7 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
   ring_reduce_scatter(inside_ctx, vec, owned);
 
   const ElementRange chunk = ring_chunk(vec.count, core_size, owned);
-  std::vector<int> peers;  // local index `local` on every host, in host order
-  for (int h = 0; h < layout.hosts(); ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
-  GroupTransport between(t, peers);
+  GroupTransport between(t, local_index_on_every_host(layout, local));
   const CollectiveContext between_ctx{between, partial, ctx.memory, ctx.ring, ctx.steps};
   char* slice = vec.at(chunk.begin);
   ctx.steps.set_stage("hierarchical, between hosts:");
@@ -113,7 +118,8 @@ void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
 // leaves each with its own block reduced over every rank. Example, hosts
 // {0, 1} and {2, 3}: vec.data holds [block 0, block 2 | block 1, block 3];
 // inside host 0, rank 1 ends with [1, 3] summed over ranks 0 and 1; ranks 1
-// and 3 then reduce-scatter that pair, and rank 1 keeps block 1.
+// and 3 then reduce-scatter that pair, and rank 1 keeps block 1. The input
+// must lie apart from vec.data (the communicator's whole-vector buffer).
 void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
@@ -136,9 +142,7 @@ void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec
   ring_reduce_scatter(CollectiveContext{inside, ctx.reduction, ctx.memory, ctx.ring, ctx.steps}, vec.in_place(),
                       local);
 
-  std::vector<int> peers;  // local index `local` on every host, in host order
-  for (int h = 0; h < hosts; ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
-  GroupTransport between(t, peers);
+  GroupTransport between(t, local_index_on_every_host(layout, local));
   ctx.steps.set_stage("hierarchical, between hosts:");
   char* mine = slot(local, 0);
   ring_reduce_scatter(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
@@ -177,9 +181,7 @@ void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
   auto slot = [&](int j, int h) { return scratch + vec.bytes((static_cast<size_t>(j) * hosts + h) * block); };
   ctx.memory.copy(slot(local, host), vec.at(static_cast<size_t>(me) * block), vec.bytes(block));
 
-  std::vector<int> peers;  // local index `local` on every host, in host order
-  for (int h = 0; h < hosts; ++h) peers.push_back(layout.ranks_on(h)[static_cast<size_t>(local)]);
-  GroupTransport between(t, peers);
+  GroupTransport between(t, local_index_on_every_host(layout, local));
   ctx.steps.set_stage("hierarchical, between hosts:");
   char* mine = slot(local, 0);
   ring_allgather_blocks(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
