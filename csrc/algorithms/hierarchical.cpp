@@ -50,6 +50,36 @@ std::vector<int> local_index_on_every_host(const HostLayout& layout, int local) 
   return ranks;
 }
 
+// A vector of p equal blocks laid out by local index, then host, from
+// `base`: super-block j holds the blocks of local index j on hosts 0..H-1
+// (the hierarchical reduce-scatter and allgather below). Example, hosts
+// {0, 1} and {2, 3}: [block 0, block 2 | block 1, block 3].
+struct SuperBlocks {
+  SuperBlocks(const Transport& t, const Vector& vec, char* base)
+      : layout(t.layout()),
+        hosts(layout.hosts()),
+        host(layout.host_of(t.rank())),
+        local(layout.local_index(t.rank())),
+        block(vec.count / static_cast<size_t>(t.size())),
+        element_size(vec.element_size),
+        base(base) {}
+  // Where the block of local index j on host h lies.
+  char* slot(int j, int h) const { return base + (static_cast<size_t>(j) * hosts + h) * block * element_size; }
+  // visit(rank, its slot) for every rank.
+  template <class Visit>
+  void for_each_block(Visit visit) const {
+    for (int h = 0; h < hosts; ++h) {
+      const std::vector<int>& ranks = layout.ranks_on(h);
+      for (size_t j = 0; j < ranks.size(); ++j) visit(ranks[j], slot(static_cast<int>(j), h));
+    }
+  }
+
+  const HostLayout& layout;
+  int hosts, host, local;
+  size_t block, element_size;
+  char* base;
+};
+
 }  // namespace
 
 void hierarchical_allreduce(const CollectiveContext& ctx, Vector vec) {
@@ -124,19 +154,12 @@ void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
   if (hierarchical_blocks_are_the_ring(layout, vec)) return ring_reduce_scatter_blocks(ctx, vec);
-  const int hosts = layout.hosts();
-  const int per_host = layout.fewest_ranks_per_host();
-  const int me = t.rank();
-  const int host = layout.host_of(me);
-  const int local = layout.local_index(me);
-  const size_t block = vec.count / static_cast<size_t>(t.size());
-  auto slot = [&](int j, int h) { return vec.at((static_cast<size_t>(j) * hosts + h) * block); };
-  for (int h = 0; h < hosts; ++h) {
-    for (int j = 0; j < per_host; ++j) {
-      const int rank = layout.ranks_on(h)[static_cast<size_t>(j)];
-      ctx.memory.copy(slot(j, h), vec.input_at(static_cast<size_t>(rank) * block), vec.bytes(block));
-    }
-  }
+  const SuperBlocks order(t, vec, static_cast<char*>(vec.data));
+  const int hosts = order.hosts, host = order.host, local = order.local;
+  const size_t block = order.block;
+  order.for_each_block([&](int rank, char* at) {
+    ctx.memory.copy(at, vec.input_at(static_cast<size_t>(rank) * block), vec.bytes(block));
+  });
   GroupTransport inside(t, layout.ranks_on(host));
   ctx.steps.set_stage("hierarchical, inside the host:");
   ring_reduce_scatter(CollectiveContext{inside, ctx.reduction, ctx.memory, ctx.ring, ctx.steps}, vec.in_place(),
@@ -144,13 +167,14 @@ void hierarchical_reduce_scatter_blocks(const CollectiveContext& ctx, Vector vec
 
   GroupTransport between(t, local_index_on_every_host(layout, local));
   ctx.steps.set_stage("hierarchical, between hosts:");
-  char* mine = slot(local, 0);
+  char* mine = order.slot(local, 0);
   ring_reduce_scatter(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
                       Vector{mine, mine, static_cast<size_t>(hosts) * block, vec.element_size}, host);
   ctx.steps.set_stage("hierarchical");
-  ctx.reduction.finalize(slot(local, host), block, t.size());
-  char* result = vec.at(static_cast<size_t>(me) * block);
-  if (result != slot(local, host)) ctx.memory.copy(result, slot(local, host), vec.bytes(block));
+  char* reduced = order.slot(local, host);
+  ctx.reduction.finalize(reduced, block, t.size());
+  char* result = vec.at(static_cast<size_t>(t.rank()) * block);
+  if (result != reduced) ctx.memory.copy(result, reduced, vec.bytes(block));
 }
 
 // Hierarchical allgather, for H hosts of S ranks each: first between hosts,
@@ -171,19 +195,15 @@ void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
   Transport& t = ctx.transport;
   const HostLayout& layout = t.layout();
   if (hierarchical_blocks_are_the_ring(layout, vec)) return ring_allgather_blocks(ctx, vec);
-  const int hosts = layout.hosts();
-  const int per_host = layout.fewest_ranks_per_host();
-  const int me = t.rank();
-  const int host = layout.host_of(me);
-  const int local = layout.local_index(me);
-  const size_t block = vec.count / static_cast<size_t>(t.size());
   char* scratch = static_cast<char*>(ctx.memory.reserve(vec.bytes(vec.count)));
-  auto slot = [&](int j, int h) { return scratch + vec.bytes((static_cast<size_t>(j) * hosts + h) * block); };
-  ctx.memory.copy(slot(local, host), vec.at(static_cast<size_t>(me) * block), vec.bytes(block));
+  const SuperBlocks order(t, vec, scratch);
+  const int hosts = order.hosts, host = order.host, local = order.local, me = t.rank();
+  const size_t block = order.block;
+  ctx.memory.copy(order.slot(local, host), vec.at(static_cast<size_t>(me) * block), vec.bytes(block));
 
   GroupTransport between(t, local_index_on_every_host(layout, local));
   ctx.steps.set_stage("hierarchical, between hosts:");
-  char* mine = slot(local, 0);
+  char* mine = order.slot(local, 0);
   ring_allgather_blocks(CollectiveContext{between, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
                         Vector{mine, mine, static_cast<size_t>(hosts) * block, vec.element_size});
 
@@ -192,12 +212,9 @@ void hierarchical_allgather_blocks(const CollectiveContext& ctx, Vector vec) {
   ring_allgather_blocks(CollectiveContext{inside, ctx.reduction, ctx.memory, ctx.ring, ctx.steps},
                         Vector{scratch, scratch, vec.count, vec.element_size});
   ctx.steps.set_stage("hierarchical");
-  for (int h = 0; h < hosts; ++h) {
-    for (int j = 0; j < per_host; ++j) {
-      const int rank = layout.ranks_on(h)[static_cast<size_t>(j)];
-      if (rank != me) ctx.memory.copy(vec.at(static_cast<size_t>(rank) * block), slot(j, h), vec.bytes(block));
-    }
-  }
+  order.for_each_block([&](int rank, char* at) {
+    if (rank != me) ctx.memory.copy(vec.at(static_cast<size_t>(rank) * block), at, vec.bytes(block));
+  });
 }
 
 }  // namespace pyallreduce
