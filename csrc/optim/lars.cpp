@@ -92,7 +92,8 @@ std::vector<Tile> make_tiles(const std::vector<size_t>& counts, const std::vecto
   std::vector<Tile> tiles;
   size_t start = 0;
   for (size_t t = 0; t < counts.size(); ++t) {
-    const bool fits = !tiles.empty() && (tiles.back().end - tiles.back().start + counts[t]) * bytes_per_element <= tile_bytes;
+    const bool fits =
+        !tiles.empty() && (tiles.back().end - tiles.back().start + counts[t]) * bytes_per_element <= tile_bytes;
     if (!fits) tiles.push_back({first_block[t], first_block[t], start, start});
     tiles.back().end_block = first_block[t + 1];
     tiles.back().end += counts[t];
@@ -217,8 +218,15 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   const std::vector<Block> blocks = make_blocks(counts, first_block);
   const bool has_momentum = !tensors.empty() && tensors.front().momentum_buffer != nullptr;
   const size_t bytes_per_element = sizeof(T) * (has_momentum ? 3 : 2);
+  // Unless told otherwise, tiles as large as the last-level cache, which the
+  // machine reports: each tile is read twice, for its norms and then for the
+  // update, and the second read finds it in the cache only if it fits. A
+  // tensor larger than a tile is a tile of its own, read from memory both
+  // times, and smaller tiles make more of those; larger tiles spill.
+  // bench/RESULTS.md ("Fused LARS step", and the tile sweep of 2026-12-03)
+  // has tile sizes timed.
   const std::vector<Tile> tiles =
-      make_tiles(counts, first_block, bytes_per_element, tile_bytes > 0 ? tile_bytes : lars_tile_bytes());
+      make_tiles(counts, first_block, bytes_per_element, tile_bytes > 0 ? tile_bytes : last_level_cache_bytes());
 
   std::vector<double> w_squares(blocks.size(), 0.0), g_squares(blocks.size(), 0.0);  // by block
   auto ratio_of = [&](size_t t) {
@@ -262,14 +270,6 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   work(0);
   for (std::thread& helper : helpers) helper.join();
 }
-
-// Tiles as large as the last-level cache, which the machine reports: each
-// tile is read twice, for its norms and then for the update, and the second
-// read finds it in the cache only if it fits. A tensor larger than a tile is
-// a tile of its own, read from memory both times, and smaller tiles make more
-// of those; larger tiles spill. bench/RESULTS.md ("Fused LARS step") has tiles
-// of half, one and two caches timed.
-size_t lars_tile_bytes() { return last_level_cache_bytes(); }
 
 template void lars_step<float>(const std::vector<LarsTensor<float>>&, const LarsHyperparameters&, int, size_t);
 template void lars_step<double>(const std::vector<LarsTensor<double>>&, const LarsHyperparameters&, int, size_t);

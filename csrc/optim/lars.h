@@ -60,13 +60,10 @@ PYALLREDUCE_HOST_DEVICE inline double trust_ratio(const LarsHyperparameters& hyp
 //   v = momentum * momentum_correction * v + d
 //   w -= v   (nesterov: w -= momentum * v + d; without momentum: w -= d)
 // Norms are accumulated in double. `threads` >= 1 split the work, in tiles
-// of `tile_bytes` (0: lars_tile_bytes()); every bit of the result is the same
+// of `tile_bytes` (0: the last-level cache); every bit of the result is the same
 // whatever the thread count and the tile size.
 template <class T>
 void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads,
                size_t tile_bytes = 0);
-
-// The tile size lars_step uses where it is given none: the last-level cache.
-size_t lars_tile_bytes();
 
 }  // namespace pyallreduce
