@@ -345,7 +345,8 @@ namespace {
 // error code as fields; a max-reduction of [fields, -fields] gives each
 // field's maximum and (negated) minimum on every rank, so all ranks see the
 // same disagreement and raise together. Besides the call's own signature the
-// fields hold what else shapes its messages (the ring's segment size) and
+// fields hold what else shapes its messages (the ring's segment size,
+// hierarchical's piece count option) and
 // the call's sequence number, which differs where a rank skipped a call, and
 // the collective. The error field, last, is (rank + 1) * kErrorCodes + code,
 // so the maximum names the highest failing rank and its reason.
@@ -371,7 +372,7 @@ namespace {
 // sends 8 + 176 + 8 = 192 bytes where the whole frame is 16568. The
 // payload's length is a field too: ranks whose models differ on what to
 // carry raise instead of returning what their own frames held.
-constexpr int kFields = 11;
+constexpr int kFields = 12;
 constexpr int kErrorField = kFields - 1;
 constexpr int64_t kErrorCodes = 16;  // more than the highest ArgumentError
 constexpr size_t kCarriedPayloadBytes = 16384;
@@ -504,6 +505,7 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
       mine.count, mine.dtype, mine.op, mine.algorithm, mine.shape, mine.placement,
       static_cast<int64_t>(calls_), static_cast<int64_t>(options_.ring_segment_bytes),
       static_cast<int64_t>(mine.collective), static_cast<int64_t>(payload_bytes),
+      static_cast<int64_t>(options_.hierarchical_pieces),
       error == ArgumentError::kNone ? 0 : (t.rank() + 1) * kErrorCodes + static_cast<int64_t>(error)};
   for (int i = 0; i < kFields; ++i) {
     frame.fields[i] = mine_fields[i];
@@ -540,6 +542,11 @@ std::string Communicator::agree(const Signature& mine, ArgumentError error, cons
     return "ranks have different ring segment sizes (" + std::to_string(min_of(7)) + " and " +
            std::to_string(max_of(7)) + " bytes): set PYALLREDUCE_RING_SEGMENT_BYTES, or "
            "Communicator.ring_segment_bytes, alike on every rank";
+  }
+  if (max_of(10) != min_of(10)) {
+    return "ranks have different hierarchical piece counts (" + std::to_string(min_of(10)) + " and " +
+           std::to_string(max_of(10)) + ", 0 for the cost model's): set PYALLREDUCE_HIERARCHICAL_PIECES alike on "
+           "every rank";
   }
   if (max_of(0) != min_of(0)) {
     return "ranks passed different element counts to the same " + collective + " (smallest " +
@@ -613,11 +620,14 @@ void Communicator::log_choice(const CallInfo& info, Algorithm requested) {
   const auto key = std::make_tuple(static_cast<int>(collective), info.count, static_cast<int>(info.dtype),
                                    static_cast<int>(info.op), static_cast<int>(requested));
   if (!logged_.insert(key).second) return;
-  const std::string between =
-      chosen == Algorithm::kHierarchical
-          ? std::string(", ") + algorithm_name(selector_.between_hosts(bytes, options_.ring_segment_bytes)) +
-                " between hosts"
-          : "";
+  std::string between;
+  if (chosen == Algorithm::kHierarchical) {
+    if (collective == Collective::kAllreduce) {
+      between = std::string(", ") + algorithm_name(selector_.between_hosts(bytes, options_.ring_segment_bytes)) +
+                " between hosts";
+    }
+    between += ", in " + std::to_string(hierarchical_pieces(collective, chosen, bytes, false)) + " piece(s)";
+  }
   const bool carried = carries_payload(collective, chosen, bytes, Placement{});
   options_.log_selection("rank " + std::to_string(rank()) + "/" + std::to_string(size()) + ": " + info.operation +
                          " of " + std::to_string(info.count) + " x " + dtype_name(info.dtype) + " (" +
@@ -659,13 +669,21 @@ Communicator::DeviceCall::DeviceCall(Communicator& comm, const Placement& placem
 }
 
 void Communicator::run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input,
-                                 void* output, size_t count, size_t element_bytes, Algorithm chosen) {
+                                 void* output, size_t count, size_t element_bytes, Algorithm chosen, bool on_device) {
   const size_t bytes = count * element_bytes;
   const Algorithm between = chosen == Algorithm::kHierarchical
                                 ? selector_.between_hosts(bytes, options_.ring_segment_bytes)
                                 : Algorithm::kRing;
-  run_allreduce(chosen, CollectiveContext{t, reduction, memory, ring_pipeline(), steps_, between},
+  run_allreduce(chosen,
+                CollectiveContext{t, reduction, memory, ring_pipeline(), steps_, between,
+                                  hierarchical_pieces(Collective::kAllreduce, chosen, bytes, on_device)},
                 Vector{input, output, count, element_bytes});
+}
+
+size_t Communicator::hierarchical_pieces(Collective collective, Algorithm chosen, size_t bytes, bool on_device) const {
+  if (chosen != Algorithm::kHierarchical || on_device) return 1;
+  if (options_.hierarchical_pieces > 0) return options_.hierarchical_pieces;
+  return selector_.hierarchical_pieces(collective, bytes, options_.ring_segment_bytes);
 }
 
 void Communicator::loopback(const void* input, void* output, size_t bytes, const Placement& placement) {
@@ -725,13 +743,13 @@ void Communicator::allreduce(const void* input, void* output, size_t count, DTyp
     }
     steps_.set_stage(algorithm_name(chosen));
     if (!placement.on_device()) {
-      run_algorithm(t, reduction, workspace_, input, output, count, reduction.element_size(), chosen);
+      run_algorithm(t, reduction, workspace_, input, output, count, reduction.element_size(), chosen, false);
       return;
     }
     const DeviceCall device(*this, placement);
     const std::unique_ptr<Combiner> kernels = device->reduction(dtype, op);
     run_algorithm(device->transport(), *kernels, device->workspace(), input, output, count, reduction.element_size(),
-                  chosen);
+                  chosen, true);
   });
 }
 
@@ -829,7 +847,8 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
       steps_.set_stage(algorithm_name(bucket.algorithm));
       if (!bucket.packed) {
         const Span& span = spans[bucket.first];
-        run_algorithm(t, reduction, workspace, span.data, span.data, span.count, element_bytes, bucket.algorithm);
+        run_algorithm(t, reduction, workspace, span.data, span.data, span.count, element_bytes, bucket.algorithm,
+                      device != nullptr);
         continue;
       }
       char* packed = static_cast<char*>(fusion.reserve(bucket.bytes));
@@ -839,7 +858,7 @@ void Communicator::allreduce_coalesced(const std::vector<Span>& spans, DType dty
         cursor += span_bytes(i);
       }
       run_algorithm(t, reduction, workspace, packed, packed, bucket.bytes / element_bytes, element_bytes,
-                    bucket.algorithm);
+                    bucket.algorithm, device != nullptr);
       cursor = packed;
       for (size_t i = bucket.first; i < bucket.end; ++i) {
         fusion.copy(spans[i].data, cursor, span_bytes(i));
@@ -893,8 +912,11 @@ void Communicator::reduce_scatter(const void* input, void* output, size_t count,
                  [&](Transport& t, MemorySpace& workspace, MemorySpace& staging, const Combiner& reduction) {
                    // The algorithms reduce a whole vector; this rank's block of it is the result.
                    char* whole = static_cast<char*>(staging.reserve(whole_bytes));
+                   const size_t pieces =
+                       hierarchical_pieces(Collective::kReduceScatter, chosen, whole_bytes, placement.on_device());
                    run_reduce_scatter(chosen,
-                                      CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_},
+                                      CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_,
+                                                        Algorithm::kRing, pieces},
                                       Vector{input, whole, p * count, element_bytes});
                    workspace.copy(output, whole + static_cast<size_t>(rank()) * count * element_bytes,
                                   count * element_bytes);
@@ -917,8 +939,11 @@ void Communicator::allgather(const void* input, void* output, size_t count, DTyp
                  [&](Transport& t, MemorySpace& workspace, MemorySpace&, const Combiner& reduction) {
                    char* mine = static_cast<char*>(output) + static_cast<size_t>(rank()) * block_bytes;
                    if (mine != input) workspace.copy(mine, input, block_bytes);
+                   const size_t pieces =
+                       hierarchical_pieces(Collective::kAllgather, chosen, p * block_bytes, placement.on_device());
                    run_allgather(chosen,
-                                 CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_},
+                                 CollectiveContext{t, reduction, workspace, ring_pipeline(), steps_,
+                                                   Algorithm::kRing, pieces},
                                  Vector{output, output, p * count, element_bytes});
                  });
 }

@@ -31,6 +31,11 @@ struct CommunicatorOptions {
   // call's messages and must be alike on every rank; the window need not.
   size_t ring_segment_bytes = 1 << 20;
   size_t ring_receive_window = 4;
+  // How many pieces hierarchical pipelines between its levels
+  // (PYALLREDUCE_HIERARCHICAL_PIECES; CollectiveContext::pieces), or 0 for
+  // the cost model's count for each call. It shapes a call's messages and
+  // must be alike on every rank.
+  size_t hierarchical_pieces = 0;
   // Out-of-place calls of at least this many bytes write their combined
   // outputs with streaming stores: PYALLREDUCE_STREAMING_STORE_BYTES, else
   // what pyallreduce.tune measured for the layout, else derived from the
@@ -331,7 +336,12 @@ class Communicator {
   // Runs the concrete allreduce algorithm `chosen` on one vector, unchecked (for
   // hierarchical, with the algorithm between hosts the model picks).
   void run_algorithm(Transport& t, const Combiner& reduction, MemorySpace& memory, const void* input, void* output,
-                     size_t count, size_t element_bytes, Algorithm chosen);
+                     size_t count, size_t element_bytes, Algorithm chosen, bool on_device);
+  // The pieces a call of `collective` by `chosen` on `bytes` pipelines
+  // (CollectiveContext::pieces): the option's, else the cost model's, for
+  // hierarchical on host buffers (device transfers are not polled); 1
+  // elsewhere.
+  size_t hierarchical_pieces(Collective collective, Algorithm chosen, size_t bytes, bool on_device) const;
   RingPipeline ring_pipeline() const { return {options_.ring_segment_bytes, options_.ring_receive_window}; }
 
   std::unique_ptr<Transport> transport_;

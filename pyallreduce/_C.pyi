@@ -41,6 +41,8 @@ class CommunicatorOptions:
     check_arguments: bool
     ring_segment_bytes: int
     ring_receive_window: int
+    hierarchical_pieces: int
+    """Pieces algorithm='hierarchical' pipelines between its levels; 0 for the cost model's."""
     streaming_store_bytes: int
     algorithm_rules: str
     between_hosts_rules: str
@@ -249,3 +251,12 @@ class CostModel:
         self, bytes: int, hosts: int | list[int], ring_segment_bytes: int = 1048576
     ) -> tuple[Algorithm, float]:
         """hierarchical's algorithm between hosts for a call of `bytes`, and its predicted seconds."""
+    def hierarchical_pieces(
+        self,
+        bytes: int,
+        hosts: int | list[int],
+        ring_segment_bytes: int = 1048576,
+        collective: Collective = Collective.allreduce,
+    ) -> tuple[int, float]:
+        """How many pieces hierarchical pipelines for a call of `collective` on `bytes` with the ring
+        between hosts, and the predicted seconds (1 and infinity where no host has several ranks)."""

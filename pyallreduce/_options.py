@@ -23,6 +23,8 @@ logger = logging.getLogger("pyallreduce")
 #                                   measurement for the layout, else 1048576)
 #   PYALLREDUCE_RING_RECEIVE_WINDOW  receives the ring posts ahead (default: pyallreduce.tune's
 #                                   measurement for the layout, else 4)
+#   PYALLREDUCE_HIERARCHICAL_PIECES  pieces algorithm="hierarchical" pipelines between its levels
+#                                   (default: the cost model's count for each call)
 #   PYALLREDUCE_STREAMING_STORE_BYTES  out-of-place calls from this size store their outputs
 #                                   around the cache (default: pyallreduce.tune's measurement for
 #                                   the layout, else a quarter of the last-level cache)
@@ -151,6 +153,7 @@ def communicator_options(
         else ring_segment_bytes
     )
     options.ring_receive_window = _positive_int("PYALLREDUCE_RING_RECEIVE_WINDOW", options.ring_receive_window)
+    options.hierarchical_pieces = _positive_int("PYALLREDUCE_HIERARCHICAL_PIECES", options.hierarchical_pieces)
     options.streaming_store_bytes = _positive_int("PYALLREDUCE_STREAMING_STORE_BYTES", options.streaming_store_bytes)
     options.algorithm_rules = os.environ.get("PYALLREDUCE_ALGO", "")
     options.between_hosts_rules = os.environ.get("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "")

@@ -121,6 +121,15 @@ def main() -> None:
         checks += check_all_algorithms(streamed, [100_003])
     del os.environ["PYALLREDUCE_SHM_MESSAGE_BYTES"]
 
+    # hierarchical's levels pipelined in several pieces: the transfers of both
+    # levels (pipes inside a host, MPI between) in flight at once.
+    os.environ["PYALLREDUCE_HIERARCHICAL_PIECES"] = "3"
+    os.environ["PYALLREDUCE_ALGO_BETWEEN_HOSTS"] = "ring"
+    with pyallreduce.Communicator(world, ring_segment_bytes=4096) as pipelined:
+        checks += check_all_algorithms(pipelined, [1, 4099, 100_003])
+        checks += check_other_collectives(pipelined)
+    del os.environ["PYALLREDUCE_HIERARCHICAL_PIECES"], os.environ["PYALLREDUCE_ALGO_BETWEEN_HOSTS"]
+
     print(f"mpi worker rank {world.rank}/{world.size}: {checks} checks passed", flush=True)
 
 

@@ -28,14 +28,21 @@ def test_every_algorithm(check, counts, world_size, grouped):
     assert all(spawn_local(world_size, lambda comm: check(comm, sizes) > 0, ring_segment_bytes=512, grouped=grouped))
 
 
+@pytest.mark.parametrize("pieces", [None, 1, 3, 7], ids=lambda pieces: f"pieces={pieces or 'model'}")
 @pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 1, 2], [0, 1, 0, 1, 0, 1], [2, 2, 2, 0, 0, 0],
                                    [0, 0, 1, 1, 2, 2, 3, 3]])
-def test_across_hosts(hosts):
+def test_across_hosts(hosts, pieces, monkeypatch):
+    """Every algorithm across hosts; hierarchical's levels pipelined over
+    the model's number of pieces or a given one (more than some blocks have
+    elements), with segments small enough that each piece is several."""
+    if pieces is not None:
+        monkeypatch.setenv("PYALLREDUCE_HIERARCHICAL_PIECES", str(pieces))
+
     def each_rank(comm):
         return (check_reduce_scatter(comm, [0, 1, 3, 1009], ops=("sum", "avg", "max"), dtypes=("float32", "int64"))
                 + check_allgather(comm, [0, 1, 3, 1009]) + check_broadcast(comm, [5]))
 
-    assert all(spawn_local(len(hosts), each_rank, hosts=hosts))
+    assert all(spawn_local(len(hosts), each_rank, hosts=hosts, ring_segment_bytes=256))
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])

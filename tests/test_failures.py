@@ -66,6 +66,38 @@ def test_a_rank_that_stops_is_named_by_every_other_rank(world, algorithm):
         assert broken == text
 
 
+@pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1, 1]], ids=str)
+@pytest.mark.parametrize("message", [3, 9, 15])
+def test_a_rank_that_stops_in_hierarchical_pipeline_is_named(hosts, message, monkeypatch):
+    """While both levels of the pipeline are in flight, the ranks poll both;
+    a stalled rank still ends every other rank's call within the timeout,
+    named as the culprit."""
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "ring")
+    monkeypatch.setenv("PYALLREDUCE_HIERARCHICAL_PIECES", "4")
+    culprit = len(hosts) - 1
+    stall = Fault(rank=culprit, kind="stall", message=message, seconds=2 * TIMEOUT + 2)
+    results = spawn_local(len(hosts), run_calls(2, "hierarchical"), call_timeout=TIMEOUT, faults=[stall],
+                          hosts=hosts, ring_segment_bytes=4096)
+    for rank, (error, seconds, _, _) in enumerate(results):
+        if rank == culprit:
+            continue
+        assert isinstance(error, pyallreduce.TimeoutError), (rank, error)
+        assert seconds < BOUND, (rank, seconds)
+        assert "hierarchical" in str(error) and f"Culprit: rank {culprit}," in str(error), str(error)
+
+
+def test_a_short_message_in_hierarchical_pipeline_fails_every_rank(monkeypatch):
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "ring")
+    monkeypatch.setenv("PYALLREDUCE_HIERARCHICAL_PIECES", "4")
+    short = Fault(rank=1, kind="short", message=6)
+    results = spawn_local(4, run_calls(2, "hierarchical"), call_timeout=30.0, faults=[short], hosts=[0, 0, 1, 1],
+                          ring_segment_bytes=4096)
+    for rank, (error, seconds, _, _) in enumerate(results):
+        assert isinstance(error, RuntimeError) and not isinstance(error, pyallreduce.TimeoutError), (rank, error)
+        assert "message size mismatch: rank 1 sent" in str(error), str(error)
+        assert seconds < 5, seconds
+
+
 def test_the_late_rank_learns_that_it_was_late():
     stall = Fault(rank=1, kind="stall", message=0, seconds=2 * TIMEOUT + 1)
     results = spawn_local(3, run_calls(1), call_timeout=TIMEOUT, faults=[stall])

@@ -126,6 +126,25 @@ def test_hierarchical_at_every_layout(hosts, between, monkeypatch):
     run_cases(world_size, cases, hosts=hosts)
 
 
+@pytest.mark.parametrize("pieces", [2, 5, 64])
+@pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 1, 0, 1, 2, 2], [0, 0, 0, 1, 1, 1, 2, 2, 2],
+                                   [0, 1, 2], [0, 0, 0]], ids=lambda hosts: "-".join(map(str, hosts)))
+def test_hierarchical_pipelines_its_pieces(hosts, pieces, monkeypatch):
+    """The levels pipelined (the ring between hosts): every op on a float and
+    an integer dtype, counts from 0 to past the pieces' and the segments'
+    sizes, in place and out of place, with small segments so that each
+    piece's phases take several steps and the levels' steps interleave."""
+    monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "ring")
+    monkeypatch.setenv("PYALLREDUCE_HIERARCHICAL_PIECES", str(pieces))
+    world_size = len(hosts)
+    cases = []
+    for dtype in ("float32", "int64"):
+        for op in OPS:
+            for index, count in enumerate([0, 1, 3, pieces + 1, 997, 4099]):
+                cases.append(("hierarchical", op, rank_inputs(world_size, dtype, op, count), index % 2 == 1))
+    run_cases(world_size, cases, ring_segment_bytes=64, hosts=hosts)
+
+
 @pytest.mark.parametrize("hosts", [[0, 0, 1, 1], [0, 0, 0, 1, 1], [0, 1, 0, 1, 2, 2]], ids=str)
 def test_hierarchical_keeps_to_nccl_group_semantics(hosts, monkeypatch):
     """As test_every_algorithm_keeps_to_nccl_group_semantics, across hosts,

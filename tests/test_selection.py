@@ -135,14 +135,33 @@ def test_the_model_charges_messages_that_share_a_link():
     assert algorithm in (_C.Algorithm.ring, _C.Algorithm.halving_doubling) and seconds > 0
 
 
+@pytest.mark.parametrize("collective", [_C.Collective.allreduce, _C.Collective.reduce_scatter,
+                                        _C.Collective.allgather])
+def test_the_model_pipelines_large_hierarchical_calls(collective):
+    # Over a link far slower than memory, the pieces cost a few latencies
+    # and hide nearly all of the levels inside the hosts.
+    network = _C.LinkCost(alpha_s=10e-6, beta_s_per_byte=1 / 0.125e9, rendezvous_bytes=2**62, rendezvous_s=0)
+    model = _C.CostModel(_C.CostModel.default().inside, network, _C.CostModel.default().gamma_s_per_byte)
+    n = 64 << 20
+    pieces, seconds = model.hierarchical_pieces(n, [0, 0, 1, 1], collective=collective)
+    assert 1 < pieces <= 64
+    if collective != _C.Collective.allreduce:
+        assert seconds == model.predict(_C.Algorithm.hierarchical, n, [0, 0, 1, 1], collective=collective)
+    # The levels one after the other: the same formula at one piece.
+    bound = n / 2 / 0.125e9 * (2 if collective == _C.Collective.allreduce else 1)
+    assert bound < seconds < 1.05 * bound
+    assert model.hierarchical_pieces(64, [0, 0, 1, 1], collective=collective)[0] == 1
+    assert model.hierarchical_pieces(n, [0, 1, 2, 3], collective=collective)[0] == 1
+
+
 def test_rules_choose_the_algorithm_between_hosts(monkeypatch, capfd, fresh_logger):
     monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "recursive_doubling:0-4096;halving_doubling:4097-max")
     monkeypatch.setenv("PYALLREDUCE_DEBUG", "INFO")
     spawn_local(4, lambda comm: [comm.allreduce(torch.ones(n), algorithm="hierarchical") for n in (10, 10000)],
                 hosts=[0, 0, 1, 1])
     err = capfd.readouterr().err
-    assert "-> hierarchical, recursive_doubling between hosts [requested by the caller]" in err
-    assert "-> hierarchical, halving_doubling between hosts [requested by the caller]" in err
+    assert "-> hierarchical, recursive_doubling between hosts, in 1 piece(s) [requested by the caller]" in err
+    assert "-> hierarchical, halving_doubling between hosts, in 1 piece(s) [requested by the caller]" in err
     monkeypatch.setenv("PYALLREDUCE_ALGO_BETWEEN_HOSTS", "hierarchical")
     with pytest.raises(LocalWorldError, match="a flat one, not hierarchical"):
         spawn_local(1, lambda comm: None)

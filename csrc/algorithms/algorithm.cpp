@@ -2,7 +2,9 @@
 
 #include <cstring>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace pyallreduce {
 
@@ -33,6 +35,74 @@ std::string StepTracker::describe() const {
             " of " + std::to_string(steps_.load(std::memory_order_relaxed));
   }
   return text;
+}
+
+void run_pipeline(Transport& transport, StepTracker& steps, const std::vector<PipelineStage>& stages) {
+  std::vector<bool> finished(stages.size(), false);
+  auto next_on = [&](int level, size_t from) {
+    while (from < stages.size() && stages[from].level != level) ++from;
+    return from;
+  };
+  size_t next[2] = {next_on(0, 0), next_on(1, 0)};  // each level's next stage to begin
+  size_t running[2] = {0, 0};                       // each level's running stage, while active[level]
+  std::unique_ptr<RingPhase> active[2];
+  auto finish = [&](int level) {
+    finished[running[level]] = true;
+    active[level].reset();
+  };
+  auto advance = [&](int level, bool block) {
+    steps.set_stage(stages[running[level]].stage);
+    const PhaseState state = active[level]->advance(block);
+    if (state == PhaseState::kFinished) finish(level);
+    return state;
+  };
+  // Begins each idle level's next stage where it may, until none can (a
+  // stage with nothing to send finishes at once, which may free the other
+  // level's next).
+  auto begin_ready = [&] {
+    for (bool begun = true; begun;) {
+      begun = false;
+      for (int level = 0; level < 2; ++level) {
+        if (active[level] || next[level] == stages.size()) continue;
+        const PipelineStage& stage = stages[next[level]];
+        if (stage.follows >= 0 && !finished[static_cast<size_t>(stage.follows)]) continue;
+        running[level] = next[level];
+        next[level] = next_on(level, next[level] + 1);
+        steps.set_stage(stage.stage);
+        active[level] = stage.begin();
+        if (!active[level]) finish(level);
+        begun = true;
+      }
+    }
+  };
+  for (unsigned idle = 0;;) {
+    begin_ready();
+    if (!active[0] && !active[1]) {
+      if (next[0] < stages.size() || next[1] < stages.size()) {
+        throw std::logic_error("run_pipeline: a stage follows one that never finishes");
+      }
+      return;
+    }
+    if (!active[0] || !active[1]) {
+      // The other level cannot begin before this phase has finished.
+      advance(active[0] ? 0 : 1, true);
+      continue;
+    }
+    const PhaseState first = advance(0, false);
+    const PhaseState second = active[1] ? advance(1, false) : PhaseState::kFinished;
+    if (first != PhaseState::kWaiting || second != PhaseState::kWaiting) {
+      idle = 0;
+      continue;
+    }
+    // Neither moved. Every so often the deadline and the peers' notices are
+    // looked at; a wait in the first phase's transfers then raises them,
+    // naming the peer it waits for, as any wait does.
+    if (++idle % 64 == 0 && (Clock::now() >= transport.deadline() || !transport.collect_notices().empty())) {
+      advance(active[0] ? 0 : 1, true);
+      continue;
+    }
+    std::this_thread::yield();
+  }
 }
 
 void run_allreduce(Algorithm algorithm, const CollectiveContext& ctx, Vector vec) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -106,6 +107,12 @@ struct CollectiveContext {
   StepTracker& steps;
   // hierarchical: the flat algorithm that runs between hosts.
   Algorithm between_hosts = Algorithm::kRing;
+  // hierarchical: how many pieces its levels pipeline (piece k crosses the
+  // network while piece k + 1 is reduced inside the host), where the
+  // between-hosts algorithm is the ring and the transport's transfers can
+  // be polled; 1 runs the levels one after the other. It shapes the call's
+  // messages, so it is alike on every rank.
+  size_t pieces = 1;
 };
 
 // Every allreduce leaves the finalized result in vec.data on every rank.
@@ -158,6 +165,43 @@ void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned);
 // From chunk `owned` of vec.data on every rank (vec in place; `owned` as for
 // ring_reduce_scatter), the whole vector everywhere.
 void ring_allgather(const CollectiveContext& ctx, Vector vec, int owned);
+
+// A ring phase run step by step, so that phases on different groups of
+// ranks can be in flight at once (run_pipeline).
+enum class PhaseState { kWaiting, kMoved, kFinished };
+class RingPhase {
+ public:
+  virtual ~RingPhase() = default;
+  // With `block`, runs the phase to its end and returns kFinished. Without,
+  // lands at most one segment that has arrived and posts what that allows,
+  // without waiting: kMoved if it landed one, kFinished once every segment
+  // has landed and every send is complete, kWaiting otherwise.
+  virtual PhaseState advance(bool block) = 0;
+};
+// ring_reduce_scatter and ring_allgather as phases, begun (their first
+// transfers posted) on return; null where there is nothing to send (one
+// rank). The reduce-scatter receives into `slots`, of
+// ring_reduce_scatter_slot_bytes(ctx, vec), which nothing else may use
+// until it has finished.
+size_t ring_reduce_scatter_slot_bytes(const CollectiveContext& ctx, const Vector& vec);
+std::unique_ptr<RingPhase> ring_reduce_scatter_phase(const CollectiveContext& ctx, Vector vec, int owned,
+                                                     void* slots);
+std::unique_ptr<RingPhase> ring_allgather_phase(const CollectiveContext& ctx, Vector vec, int owned);
+
+// A pipeline of ring phases over two groups ("levels", e.g. inside a host
+// and between hosts): each level runs its stages in their order in `stages`,
+// one at a time, and a stage begins once the stage it follows (on the other
+// level) has finished. Every rank of a group lists that group's stages in the
+// same order, so their messages pair up. While both levels have a phase in
+// flight it polls both; while one has, it waits in that one's transfers.
+struct PipelineStage {
+  int level;           // 0 or 1
+  int follows;         // the index in `stages` of the stage it waits for, or -1
+  const char* stage;   // for the StepTracker, e.g. "hierarchical, inside the host:"
+  // Does the stage's own local work and begins its phase (null: none).
+  std::function<std::unique_ptr<RingPhase>()> begin;
+};
+void run_pipeline(Transport& transport, StepTracker& steps, const std::vector<PipelineStage>& stages);
 
 // A combiner that combines as `inner` does and leaves finalizing to the
 // caller: for a reduction run in parts (hierarchical's levels), finalized

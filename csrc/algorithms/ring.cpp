@@ -32,6 +32,7 @@
 // step is one exchange.
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "algorithm.h"
@@ -93,48 +94,90 @@ void append_chunk(std::vector<Segment>& plan, size_t n, int p, int chunk, size_t
 // before step k's wait. Example, window 1, first = {a} and incoming = {b, c}
 // with b forwarded: step 0 posts send a and receive b; step 1 send b (landed
 // at step 0) and receive c.
-template <class ReceiveBuffer, class Land>
-void ring_phase(const CollectiveContext& ctx, const char* phase, const Vector& vec, const void* first_source, const std::vector<Segment>& first,
-                const std::vector<Segment>& incoming, ReceiveBuffer receive_buffer, Land land) {
-  Transport& t = ctx.transport;
-  const int right = mod(t.rank() + 1, t.size());
-  const int left = mod(t.rank() - 1, t.size());
-  const size_t window = receive_window(ctx);
-  const size_t forwarded = static_cast<size_t>(
-      std::count_if(incoming.begin(), incoming.end(), [](const Segment& s) { return s.forward; }));
-  const size_t outgoing = first.size() + forwarded;
-  std::vector<RequestPtr> receives(incoming.size());
-  std::vector<RequestPtr> sends;
-  size_t next_receive = 0, next_send = 0, landed = 0;
-  auto post_through = [&](size_t last_step) {
-    for (; next_receive < incoming.size() && next_receive <= last_step; ++next_receive) {
-      receives[next_receive] =
-          t.irecv(left, receive_buffer(next_receive), vec.bytes(incoming[next_receive].count));
+class RingPhaseSteps final : public RingPhase {
+ public:
+  RingPhaseSteps(const CollectiveContext& ctx, const char* phase, const Vector& vec, const void* first_source,
+                 std::vector<Segment> first, std::vector<Segment> incoming,
+                 std::function<void*(size_t)> receive_buffer, std::function<void(size_t)> land)
+      : t_(ctx.transport),
+        steps_(ctx.steps),
+        phase_(phase),
+        vec_(vec),
+        first_source_(static_cast<const char*>(first_source)),
+        first_(std::move(first)),
+        incoming_(std::move(incoming)),
+        receive_buffer_(std::move(receive_buffer)),
+        land_(std::move(land)),
+        right_(mod(t_.rank() + 1, t_.size())),
+        left_(mod(t_.rank() - 1, t_.size())),
+        window_(receive_window(ctx)),
+        outgoing_(first_.size() + static_cast<size_t>(std::count_if(incoming_.begin(), incoming_.end(),
+                                                                    [](const Segment& s) { return s.forward; }))),
+        receives_(incoming_.size()) {
+    post_through(window_ - 1);
+  }
+
+  PhaseState advance(bool block) override {
+    bool moved = false;
+    while (landed_ < incoming_.size()) {
+      steps_.enter(phase_, landed_, incoming_.size());
+      RequestPtr& next = receives_[landed_];
+      if (block) {
+        next->wait();
+      } else if (!next->test()) {
+        return moved ? PhaseState::kMoved : PhaseState::kWaiting;
+      }
+      next.reset();
+      land_(landed_);
+      ++landed_;
+      moved = true;
+      post_through(landed_ + window_ - 1);
+      if (!block) return PhaseState::kMoved;  // one segment per poll: the other phases get theirs
     }
-    for (; next_send < outgoing && next_send <= last_step; ++next_send) {
-      if (next_send < first.size()) {
-        const Segment& s = first[next_send];
-        sends.push_back(t.isend(right, static_cast<const char*>(first_source) + vec.bytes(s.offset),
-                                vec.bytes(s.count)));
-      } else if (next_send - first.size() < landed) {
-        const Segment& s = incoming[next_send - first.size()];
-        sends.push_back(t.isend(right, vec.at(s.offset), vec.bytes(s.count)));
+    post_through(SIZE_MAX);
+    if (block) {
+      wait_all(sends_);
+    } else {
+      sends_.erase(std::remove_if(sends_.begin(), sends_.end(), [](const RequestPtr& r) { return r->test(); }),
+                   sends_.end());
+      if (!sends_.empty()) return moved ? PhaseState::kMoved : PhaseState::kWaiting;
+    }
+    return PhaseState::kFinished;
+  }
+
+ private:
+  void post_through(size_t last_step) {
+    for (; next_receive_ < incoming_.size() && next_receive_ <= last_step; ++next_receive_) {
+      receives_[next_receive_] =
+          t_.irecv(left_, receive_buffer_(next_receive_), vec_.bytes(incoming_[next_receive_].count));
+    }
+    for (; next_send_ < outgoing_ && next_send_ <= last_step; ++next_send_) {
+      if (next_send_ < first_.size()) {
+        const Segment& s = first_[next_send_];
+        sends_.push_back(t_.isend(right_, first_source_ + vec_.bytes(s.offset), vec_.bytes(s.count)));
+      } else if (next_send_ - first_.size() < landed_) {
+        const Segment& s = incoming_[next_send_ - first_.size()];
+        sends_.push_back(t_.isend(right_, vec_.at(s.offset), vec_.bytes(s.count)));
       } else {
         break;  // its data has not arrived yet
       }
     }
-  };
-  for (size_t k = 0; k < incoming.size(); ++k) {
-    post_through(k + window - 1);
-    ctx.steps.enter(phase, k, incoming.size());
-    receives[k]->wait();
-    receives[k].reset();
-    land(k);
-    ++landed;
   }
-  post_through(SIZE_MAX);
-  wait_all(sends);
-}
+
+  Transport& t_;
+  StepTracker& steps_;
+  const char* phase_;
+  Vector vec_;
+  const char* first_source_;
+  std::vector<Segment> first_, incoming_;
+  std::function<void*(size_t)> receive_buffer_;
+  std::function<void(size_t)> land_;
+  int right_, left_;
+  size_t window_, outgoing_;
+  std::vector<RequestPtr> receives_;
+  std::vector<RequestPtr> sends_;
+  size_t next_receive_ = 0, next_send_ = 0, landed_ = 0;
+};
 
 }  // namespace
 
@@ -142,13 +185,17 @@ ElementRange ring_chunk(size_t n, int p, int i) { return {chunk_begin(n, p, i), 
 
 int ring_owned_chunk(int rank, int p) { return mod(rank + 1, p); }
 
-void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned) {
-  Transport& t = ctx.transport;
-  const int p = t.size();
+size_t ring_reduce_scatter_slot_bytes(const CollectiveContext& ctx, const Vector& vec) {
+  return vec.bytes(segment_elements(ctx, vec)) * receive_window(ctx);
+}
+
+std::unique_ptr<RingPhase> ring_reduce_scatter_phase(const CollectiveContext& ctx, Vector vec, int owned,
+                                                     void* slots) {
+  const int p = ctx.transport.size();
   const size_t n = vec.count;
   if (p == 1) {
     vec.take_input(ctx.memory);
-    return;
+    return nullptr;
   }
   const size_t segment_elems = segment_elements(ctx, vec);
   // Combine what arrives with this rank's input into the output (the partial
@@ -161,26 +208,46 @@ void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned) {
   append_chunk(first, n, p, mod(start, p), segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(start - s - 1, p), segment_elems, s < p - 2);
   const size_t window = receive_window(ctx);
-  char* slots = static_cast<char*>(ctx.memory.reserve(vec.bytes(segment_elems) * window));
-  auto slot = [&](size_t j) { return slots + (j % window) * vec.bytes(segment_elems); };
-  ring_phase(ctx, "reduce-scatter", vec, vec.input, first, incoming, slot, [&](size_t j) {
-    const size_t offset = incoming[j].offset;
-    ctx.reduction.combine(slot(j), vec.input_at(offset), vec.at(offset), incoming[j].count);
-  });
+  const size_t slot_bytes = vec.bytes(segment_elems);
+  auto slot = [slots = static_cast<char*>(slots), window, slot_bytes](size_t j) {
+    return slots + (j % window) * slot_bytes;
+  };
+  std::vector<size_t> offsets, counts;
+  for (const Segment& s : incoming) {
+    offsets.push_back(s.offset);
+    counts.push_back(s.count);
+  }
+  const Combiner& reduction = ctx.reduction;
+  return std::make_unique<RingPhaseSteps>(
+      ctx, "reduce-scatter", vec, vec.input, std::move(first), std::move(incoming), slot,
+      [slot, vec, &reduction, offsets = std::move(offsets), counts = std::move(counts)](size_t j) {
+        reduction.combine(slot(j), vec.input_at(offsets[j]), vec.at(offsets[j]), counts[j]);
+      });
 }
 
-void ring_allgather(const CollectiveContext& ctx, Vector vec, int owned) {
-  Transport& t = ctx.transport;
-  const int p = t.size();
+std::unique_ptr<RingPhase> ring_allgather_phase(const CollectiveContext& ctx, Vector vec, int owned) {
+  const int p = ctx.transport.size();
   const size_t n = vec.count;
-  if (p == 1) return;
+  if (p == 1) return nullptr;
   const size_t segment_elems = segment_elements(ctx, vec);
   // What arrives is already final: receive it in place and forward it.
   std::vector<Segment> first, incoming;
   append_chunk(first, n, p, mod(owned, p), segment_elems, false);
   for (int s = 0; s < p - 1; ++s) append_chunk(incoming, n, p, mod(owned - s - 1, p), segment_elems, s < p - 2);
-  ring_phase(ctx, "allgather", vec, vec.data, first, incoming, [&](size_t j) { return vec.at(incoming[j].offset); },
-             [](size_t) {});
+  std::vector<size_t> offsets;
+  for (const Segment& s : incoming) offsets.push_back(s.offset);
+  return std::make_unique<RingPhaseSteps>(
+      ctx, "allgather", vec, vec.data, std::move(first), std::move(incoming),
+      [vec, offsets = std::move(offsets)](size_t j) -> void* { return vec.at(offsets[j]); }, [](size_t) {});
+}
+
+void ring_reduce_scatter(const CollectiveContext& ctx, Vector vec, int owned) {
+  void* slots = ctx.memory.reserve(ring_reduce_scatter_slot_bytes(ctx, vec));
+  if (auto phase = ring_reduce_scatter_phase(ctx, vec, owned, slots)) phase->advance(true);
+}
+
+void ring_allgather(const CollectiveContext& ctx, Vector vec, int owned) {
+  if (auto phase = ring_allgather_phase(ctx, vec, owned)) phase->advance(true);
 }
 
 void ring_allreduce(const CollectiveContext& ctx, Vector vec) {

@@ -164,7 +164,7 @@ Algorithm CostModel::between_hosts(size_t bytes, const LayoutProfile& layout, si
 }
 
 double CostModel::predict_collective(Collective collective, Algorithm algorithm, double n,
-                                     const LayoutProfile& layout) const {
+                                     const LayoutProfile& layout, size_t ring_segment_bytes) const {
   const int p = layout.size;
   if (p <= 1) return 0.0;
   const double g = gamma_s_per_byte;
@@ -177,12 +177,12 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
     case Collective::kReduceScatter:
       if (algorithm == Algorithm::kRing) return ring_steps + (p - 1) * block * g;
       if (algorithm == Algorithm::kHierarchical) {
-        // The allgather's levels below, run backwards, combining what arrives.
+        // The ring where hosts differ in size, else the pipelined levels.
         const int s = layout.fewest_per_host;
         if (layout.one_per_host == nullptr || s != layout.most_per_host) return ring_steps + (p - 1) * block * g;
-        const double super_block = n / s;
-        return (s - 1) * (inside.message_s(super_block) + super_block * (inside.beta_s_per_byte + g)) +
-               (layout.hosts - 1) * (step_s(layout.one_per_host->ring, block, s) + block * g) + n * g;
+        double t = 0;
+        hierarchical_pieces(collective, static_cast<size_t>(n), layout, ring_segment_bytes, &t);
+        return t;
       }
       if (algorithm == Algorithm::kHalvingDoubling) {
         // The fold hands over the whole vector and returns one block; step k
@@ -198,15 +198,12 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
     case Collective::kAllgather:
       if (algorithm == Algorithm::kRing) return ring_steps;
       if (algorithm == Algorithm::kHierarchical) {
-        // See hierarchical.cpp: the ring where hosts differ in size; else H - 1
-        // ring steps between hosts, where a host's S ranks share its link, then
-        // S - 1 inside the host of n / S each, and the pass that copies the
-        // blocks back into place (about a combine's).
+        // The ring where hosts differ in size, else the pipelined levels.
         const int s = layout.fewest_per_host;
         if (layout.one_per_host == nullptr || s != layout.most_per_host) return ring_steps;
-        const double super_block = n / s;
-        return (layout.hosts - 1) * step_s(layout.one_per_host->ring, block, s) +
-               (s - 1) * (inside.message_s(super_block) + super_block * inside.beta_s_per_byte) + n * g;
+        double t = 0;
+        hierarchical_pieces(collective, static_cast<size_t>(n), layout, ring_segment_bytes, &t);
+        return t;
       }
       if (algorithm == Algorithm::kRecursiveDoubling) {
         // The fold hands in one block and returns the whole vector; step k
@@ -243,7 +240,7 @@ double CostModel::predict_collective(Collective collective, Algorithm algorithm,
 double CostModel::predict(Collective collective, Algorithm algorithm, size_t bytes, const LayoutProfile& layout,
                           size_t ring_segment_bytes) const {
   const double n = static_cast<double>(bytes);
-  if (collective != Collective::kAllreduce) return predict_collective(collective, algorithm, n, layout);
+  if (collective != Collective::kAllreduce) return predict_collective(collective, algorithm, n, layout, ring_segment_bytes);
   if (algorithm != Algorithm::kHierarchical) return predict_flat(algorithm, n, layout, ring_segment_bytes, 1);
   if (layout.hosts == 1) return predict_flat(Algorithm::kRing, n, layout, ring_segment_bytes, 1);
   // See hierarchical.cpp: the fold inside each host (a rank receives from up
@@ -256,12 +253,71 @@ double CostModel::predict(Collective collective, Algorithm algorithm, size_t byt
   const int extra = layout.most_per_host - s;
   const int folds = (extra + s - 1) / s;  // ceil(extra / s)
   const double fold = folds * (2 * (inside.message_s(n) + n * inside.beta_s_per_byte) + n * g);
+  double between_s = 0;
+  if (between_hosts(bytes, layout, ring_segment_bytes, &between_s) == Algorithm::kRing) {
+    double t = 0;
+    hierarchical_pieces(collective, bytes, layout, ring_segment_bytes, &t);
+    return fold + t;
+  }
   const double chunk = n / s;
   const double inside_rings =
       s == 1 ? 0.0 : (s - 1) * (2 * (inside.message_s(chunk) + chunk * inside.beta_s_per_byte) + chunk * g);
-  double between_s = 0;
-  between_hosts(bytes, layout, ring_segment_bytes, &between_s);
   return fold + inside_rings + between_s;
+}
+
+double CostModel::hierarchical_s(Collective collective, double n, const LayoutProfile& layout,
+                                 size_t ring_segment_bytes, size_t pieces) const {
+  // One piece's time on each level: inside the host, S - 1 ring steps of a
+  // super-block (its piece over S) each way the collective needs; between
+  // hosts, H - 1 ring steps (each way) where the host's S ranks share its
+  // link. The first piece passes through both levels, and each further one
+  // costs the slower level's time. Example: 4 pieces that take 1 unit of
+  // time inside and 4 between take 1 + 4 + 3 x 4 = 17 units, where one
+  // piece of 4 inside and 16 between would take 20.
+  const int s = layout.fewest_per_host;
+  const int hosts = layout.hosts;
+  const double g = gamma_s_per_byte;
+  const double piece = n / static_cast<double>(pieces);
+  const double super_block = piece / s;
+  const double inside_step = inside.message_s(super_block) + super_block * inside.beta_s_per_byte;
+  double inside_s = 0, between_s = 0, after_s = 0;
+  switch (collective) {
+    case Collective::kReduceScatter: {
+      // Copied in piece order, then reduced; the result finalized and copied out.
+      const double block = piece / layout.size;
+      inside_s = (s - 1) * (inside_step + super_block * g);
+      between_s = (hosts - 1) * (step_s(layout.one_per_host->ring, block, s) + block * g);
+      after_s = n * g;
+      break;
+    }
+    case Collective::kAllgather: {
+      // Copied back into place at the end (about a combine's pass).
+      inside_s = (s - 1) * inside_step;
+      between_s = (hosts - 1) * step_s(layout.one_per_host->ring, piece / layout.size, s);
+      after_s = n * g;
+      break;
+    }
+    case Collective::kAllreduce:
+      inside_s = (s - 1) * (2 * inside_step + super_block * g);
+      between_s = predict_flat(Algorithm::kRing, super_block, *layout.one_per_host, ring_segment_bytes, s);
+      break;
+    default: throw InvalidArgument("hierarchical_s: not a hierarchical collective");
+  }
+  return inside_s + between_s + static_cast<double>(pieces - 1) * std::max(inside_s, between_s) + after_s;
+}
+
+size_t CostModel::hierarchical_pieces(Collective collective, size_t bytes, const LayoutProfile& layout,
+                                      size_t ring_segment_bytes, double* seconds) const {
+  size_t best = 1;
+  double best_s = std::numeric_limits<double>::infinity();
+  if (layout.one_per_host != nullptr) {
+    for (size_t pieces = 1; pieces <= kMostPieces; ++pieces) {
+      const double t = hierarchical_s(collective, static_cast<double>(bytes), layout, ring_segment_bytes, pieces);
+      if (t < best_s) { best = pieces; best_s = t; }
+    }
+  }
+  if (seconds != nullptr) *seconds = best_s;
+  return best;
 }
 
 CostModel default_cost_model() {
@@ -333,6 +389,18 @@ Algorithm AlgorithmSelector::between_hosts(size_t bytes, size_t ring_segment_byt
     if (bytes >= rule.min_bytes && bytes <= rule.max_bytes) return rule.algorithm;
   }
   return model_.between_hosts(bytes, profile_, ring_segment_bytes);
+}
+
+size_t AlgorithmSelector::hierarchical_pieces(Collective collective, size_t bytes, size_t ring_segment_bytes) const {
+  if (profile_.one_per_host == nullptr) return 1;
+  if (collective == Collective::kAllreduce) {
+    // The pipeline runs over each host's core, after the fold (see
+    // hierarchical.cpp), so hosts may differ in size.
+    if (between_hosts(bytes, ring_segment_bytes) != Algorithm::kRing) return 1;
+  } else if (profile_.fewest_per_host != profile_.most_per_host) {
+    return 1;
+  }
+  return model_.hierarchical_pieces(collective, bytes, profile_, ring_segment_bytes);
 }
 
 size_t AlgorithmSelector::packing_limit(Algorithm requested, size_t ring_segment_bytes) const {

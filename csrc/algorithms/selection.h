@@ -72,8 +72,21 @@ struct CostModel {
   // one predicted fastest for its slice, and that time in `seconds` if given.
   Algorithm between_hosts(size_t bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
                           double* seconds = nullptr) const;
+  // How many pieces hierarchical's levels pipeline for a call of
+  // `collective` on `bytes` (CollectiveContext::pieces, with the ring
+  // between hosts): the count the model predicts fastest, at most
+  // kMostPieces, and that time in `seconds` if given. A piece costs its
+  // messages' latencies again, and a level waits for the other only while
+  // the first piece fills the pipeline and the last drains it.
+  static constexpr size_t kMostPieces = 64;
+  size_t hierarchical_pieces(Collective collective, size_t bytes, const LayoutProfile& layout,
+                             size_t ring_segment_bytes, double* seconds = nullptr) const;
 
  private:
+  // hierarchical's levels with the ring between hosts on hosts of equal
+  // size, in `pieces` pieces.
+  double hierarchical_s(Collective collective, double bytes, const LayoutProfile& layout, size_t ring_segment_bytes,
+                        size_t pieces) const;
   // A flat algorithm whose messages between hosts each share the link with
   // `link_sharers` - 1 others beyond what `layout` shows (hierarchical's
   // concurrent slices).
@@ -81,7 +94,7 @@ struct CostModel {
                       int link_sharers) const;
   // The other collectives, flat.
   double predict_collective(Collective collective, Algorithm algorithm, double bytes,
-                            const LayoutProfile& layout) const;
+                            const LayoutProfile& layout, size_t ring_segment_bytes) const;
   // One step of `step`'s messages of `bytes` each: its slowest message's time.
   double step_s(const LayoutProfile::Step& step, double bytes, int link_sharers) const;
   // The per-byte time of the step's slowest message.
@@ -134,6 +147,9 @@ class AlgorithmSelector {
   // hierarchical's algorithm between hosts for a call of `bytes`: the
   // rules', else the cost model's.
   Algorithm between_hosts(size_t bytes, size_t ring_segment_bytes) const;
+  // hierarchical's pieces for a call of `collective` on `bytes`: the cost
+  // model's where its levels pipeline (the ring between hosts), else 1.
+  size_t hierarchical_pieces(Collective collective, size_t bytes, size_t ring_segment_bytes) const;
   // The least size (a power of two) from which an allreduce by `requested`
   // of one span alone is predicted cheaper than copying the span into a
   // fused buffer and back out: allreduce_coalesced packs only smaller spans.

@@ -340,6 +340,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("check_arguments", &CommunicatorOptions::check_arguments)
       .def_readwrite("ring_segment_bytes", &CommunicatorOptions::ring_segment_bytes)
       .def_readwrite("ring_receive_window", &CommunicatorOptions::ring_receive_window)
+      .def_readwrite("hierarchical_pieces", &CommunicatorOptions::hierarchical_pieces)
       .def_readwrite("streaming_store_bytes", &CommunicatorOptions::streaming_store_bytes)
       .def_readwrite("algorithm_rules", &CommunicatorOptions::algorithm_rules)
       .def_readwrite("between_hosts_rules", &CommunicatorOptions::between_hosts_rules)
@@ -594,5 +595,17 @@ PYBIND11_MODULE(_C, m) {
             return py::make_tuple(chosen, seconds);
           },
           py::arg("bytes"), py::arg("hosts"), py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
-          "hierarchical's algorithm between hosts for a call of `bytes`, and its predicted seconds.");
+          "hierarchical's algorithm between hosts for a call of `bytes`, and its predicted seconds.")
+      .def(
+          "hierarchical_pieces",
+          [=](const CostModel& model, size_t bytes, py::handle hosts, size_t segment, Collective collective) {
+            double seconds = 0;
+            const size_t pieces =
+                model.hierarchical_pieces(collective, bytes, LayoutProfile(layout_of(hosts)), segment, &seconds);
+            return py::make_tuple(pieces, seconds);
+          },
+          py::arg("bytes"), py::arg("hosts"), py::arg("ring_segment_bytes") = CommunicatorOptions{}.ring_segment_bytes,
+          py::arg("collective") = Collective::kAllreduce,
+          "How many pieces hierarchical pipelines for a call of `collective` on `bytes` with the ring\n"
+          "between hosts, and the predicted seconds (1 and infinity where no host has several ranks).");
 }

@@ -51,6 +51,17 @@ class LocalRequest : public Request {
     transport_.wait_for(channel_, *transfer_);
   }
 
+  // Like wait(), but returns false at once where wait() would block.
+  bool test() override {
+    if (!transfer_->started) transport_.run_pending_group();
+    {
+      std::lock_guard<std::mutex> guard(channel_.mutex);
+      if (!transfer_->done && !world_->aborted() && !world_->has_notice(transport_.rank())) return false;
+    }
+    transport_.wait_for(channel_, *transfer_);
+    return true;
+  }
+
  private:
   std::shared_ptr<LocalWorld> world_;
   LocalTransport& transport_;

@@ -72,20 +72,10 @@ class MpiRequest : public Request {
   }
 
   // Polls until every piece is done, checking between polls for the
-  // deadline and for peers' notices (Transport::check_wait). A receive
-  // checks that each piece got exactly the bytes expected: a shorter message
-  // means the ranks disagree on the call, and is never read as data. A
-  // bounded receive takes any length up to its bound (MPI fails a longer
-  // one with MPI_ERR_TRUNCATE) and reports it.
+  // deadline and for peers' notices (Transport::check_wait).
   void wait() override {
-    MPI_Status one_status;
-    std::vector<MPI_Status> statuses(requests_.size() > 1 ? requests_.size() : 0);
-    MPI_Status* status = requests_.size() > 1 ? statuses.data() : &one_status;
-    const int n = static_cast<int>(requests_.size());
-    int done = 0;
-    int rc = MPI_Testall(n, requests_.data(), &done, status);
     PendingWait pending{is_send_, peer_, bytes_};
-    for (unsigned polls = 1; rc == MPI_SUCCESS && !done; ++polls) {
+    for (unsigned polls = 1; !poll(); ++polls) {
       if (polls % 64 == 0) transport_.check_wait(pending);
       // Every unanswered poll gives the core away once, so that whatever
       // shares it (a peer rank where ranks outnumber cores, the training
@@ -96,11 +86,39 @@ class MpiRequest : public Request {
       // with more ranks than cores; bench/RESULTS.md has the measurements.
       std::this_thread::yield();
       transport_.progress_pipes();
-      rc = MPI_Testall(n, requests_.data(), &done, status);
     }
+  }
+
+  bool test() override {
+    if (poll()) return true;
+    transport_.progress_pipes();
+    return false;
+  }
+
+ private:
+  // One MPI_Testall of the pieces; once they are done, checks them (see
+  // finish) and stays done.
+  bool poll() {
+    if (complete_) return true;
+    MPI_Status one_status;
+    std::vector<MPI_Status> statuses(requests_.size() > 1 ? requests_.size() : 0);
+    MPI_Status* status = requests_.size() > 1 ? statuses.data() : &one_status;
+    int done = 0;
+    const int rc = MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, status);
+    if (rc == MPI_SUCCESS && !done) return false;
+    complete_ = true;
+    finish(rc, status);
+    return true;
+  }
+
+  // A receive checks that each piece got exactly the bytes expected: a
+  // shorter message means the ranks disagree on the call, and is never read
+  // as data. A bounded receive takes any length up to its bound (MPI fails a
+  // longer one with MPI_ERR_TRUNCATE) and reports it.
+  void finish(int rc, MPI_Status* status) {
     if (in_flight_) --transport_.mpi_in_flight;
     in_flight_ = false;
-    for (int i = 0; i < n; ++i) {
+    for (size_t i = 0; i < requests_.size(); ++i) {
       const int code = rc == MPI_ERR_IN_STATUS ? status[i].MPI_ERROR : rc;
       if (rc != MPI_SUCCESS && code != MPI_SUCCESS && code != MPI_ERR_PENDING) fail(code);
       if (is_send_) continue;
@@ -110,7 +128,7 @@ class MpiRequest : public Request {
         *received_ = static_cast<size_t>(received);
         continue;
       }
-      const size_t expected = piece_length(bytes_, max_piece_, static_cast<size_t>(i));
+      const size_t expected = piece_length(bytes_, max_piece_, i);
       if (static_cast<size_t>(received) != expected) {
         throw TransportError("message size mismatch: received " + std::to_string(received) + " bytes from rank " +
                              std::to_string(peer_) + " where " + std::to_string(expected) +
@@ -119,7 +137,6 @@ class MpiRequest : public Request {
     }
   }
 
- private:
   [[noreturn]] void fail(int code) const {
     int error_class = code;
     MPI_Error_class(code, &error_class);
@@ -141,6 +158,7 @@ class MpiRequest : public Request {
   size_t* received_;
   std::vector<MPI_Request> requests_;
   bool in_flight_ = true;
+  bool complete_ = false;
 };
 
 // Posts `bytes` as pieces of at most `max_piece` bytes (see piece_count).

@@ -110,6 +110,13 @@ class PipeTransfer final : public Request {
     if (!error_.empty()) throw TransportError(error_);
   }
 
+  bool test() override {
+    if (!done_) pipes_.progress();
+    if (!done_) return false;
+    if (!error_.empty()) throw TransportError(error_);
+    return true;
+  }
+
   // The message's stream is its 8-byte length, then its bytes; `moved_`
   // counts both.
   size_t stream_bytes() const { return kHeaderBytes + bytes_; }

@@ -108,6 +108,14 @@ class Request {
   // Blocks until the transfer is complete: the send buffer may be reused, or
   // the receive buffer holds the data. Throws TransportError on failure.
   virtual void wait() = 0;
+  // Whether the transfer is complete, without blocking (for schedules that
+  // keep transfers of several groups in flight at once: hierarchical's
+  // pipeline); once true, wait() returns at once. Throws as wait() does. A
+  // transport whose transfers cannot be polled waits here instead.
+  virtual bool test() {
+    wait();
+    return true;
+  }
 };
 using RequestPtr = std::unique_ptr<Request>;
 
