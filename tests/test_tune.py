@@ -43,10 +43,15 @@ def test_predict_shows_where_the_algorithms_cross_over():
     fastest = [line.split()[-1] if "(" not in line else line.split()[-4] for line in output.splitlines()
                if not line.startswith("#") and not line.lstrip().startswith("bytes")]
     # Latency-bound small calls want the fewest messages; mid sizes, a host's
-    # share across the network; the largest, the ring, whose host-major order
-    # sends as few bytes through each link as hierarchical does at 32 hosts
-    # (2n(p-1)/p with p = 256, against 2n(H-1)/H), without its steps inside.
-    assert fastest[0] == "recursive_doubling" and fastest[-1] == "ring" and "hierarchical" in fastest, output
+    # share across the network. At the largest, the ring's host-major order
+    # sends nearly as few bytes through each link as hierarchical does at 32
+    # hosts (2n(p-1)/p with p = 256, against 2n(H-1)/H), and hierarchical's
+    # pipeline hides its steps inside the hosts: the two are within a few
+    # percent, hierarchical ahead by the bytes it saves.
+    assert fastest[0] == "recursive_doubling" and "hierarchical" in fastest, output
+    largest = [line.split() for line in output.splitlines() if line.lstrip().startswith("2147483648")][0]
+    ring_s, hierarchical_s = float(largest[5]), float(largest[7])
+    assert hierarchical_s < ring_s < 1.05 * hierarchical_s, output
 
 
 def test_measured_constants_reach_auto_on_every_rank(tmp_path):
