@@ -75,7 +75,25 @@ void run_pipeline(Transport& transport, StepTracker& steps, const std::vector<Pi
       }
     }
   };
-  for (unsigned idle = 0;;) {
+  // While polls of both levels move nothing, every wait of this rank counts
+  // as begun when they stopped moving (Transport::set_idle_since), also one
+  // that a poll enters to raise a peer's notice: a peer that gave up on this
+  // rank then follows it on to the peer it waits for, instead of taking it
+  // for one that was not waiting.
+  struct IdleRun {
+    Transport& transport;
+    bool idle = false;
+    void begin() {
+      if (!idle) transport.set_idle_since(Clock::now());
+      idle = true;
+    }
+    void end() {
+      if (idle) transport.set_idle_since(Clock::time_point{});
+      idle = false;
+    }
+    ~IdleRun() { end(); }
+  } idle_run{transport};
+  for (unsigned polls = 0;;) {
     begin_ready();
     if (!active[0] && !active[1]) {
       if (next[0] < stages.size() || next[1] < stages.size()) {
@@ -85,20 +103,23 @@ void run_pipeline(Transport& transport, StepTracker& steps, const std::vector<Pi
     }
     if (!active[0] || !active[1]) {
       // The other level cannot begin before this phase has finished.
+      idle_run.end();
       advance(active[0] ? 0 : 1, true);
       continue;
     }
     const PhaseState first = advance(0, false);
     const PhaseState second = active[1] ? advance(1, false) : PhaseState::kFinished;
     if (first != PhaseState::kWaiting || second != PhaseState::kWaiting) {
-      idle = 0;
+      idle_run.end();
       continue;
     }
     // Neither moved. Every so often the deadline and the peers' notices are
     // looked at; a wait in the first phase's transfers then raises them,
     // naming the peer it waits for, as any wait does.
-    if (++idle % 64 == 0 && (Clock::now() >= transport.deadline() || !transport.collect_notices().empty())) {
-      advance(active[0] ? 0 : 1, true);
+    idle_run.begin();
+    if (++polls % 64 == 0 && (Clock::now() >= transport.deadline() || !transport.collect_notices().empty())) {
+      advance(0, true);
+      idle_run.end();
       continue;
     }
     std::this_thread::yield();

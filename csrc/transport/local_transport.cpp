@@ -255,7 +255,7 @@ void LocalTransport::run_pending_group() {
 void LocalTransport::wait_for(LocalChannel& channel, const LocalTransfer& transfer) {
   std::unique_lock<std::mutex> lock(channel.mutex);
   auto finished = [&] { return transfer.done || world_->aborted() || world_->has_notice(rank_); };
-  PendingWait pending{transfer.is_send, transfer.peer, transfer.bytes, Clock::now()};
+  PendingWait pending{transfer.is_send, transfer.peer, transfer.bytes, wait_began(Clock::now())};
   while (!finished()) {
     if (deadline() == Clock::time_point::max()) {
       channel.completed.wait(lock);

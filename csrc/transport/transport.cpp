@@ -129,7 +129,7 @@ void Transport::check_notices(const PendingWait& wait) {
 
 void Transport::check_wait(PendingWait& wait) {
   const Clock::time_point now = Clock::now();
-  if (wait.since == Clock::time_point{}) wait.since = now;
+  if (wait.since == Clock::time_point{}) wait.since = wait_began(now);
   if (now >= next_notice_check_) {
     next_notice_check_ = now + std::chrono::milliseconds(1);
     check_notices(wait);

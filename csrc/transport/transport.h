@@ -55,7 +55,7 @@ struct PendingWait {
   bool is_send;
   int peer;
   size_t bytes;
-  Clock::time_point since{};  // set by its first Transport::check_wait
+  Clock::time_point since{};  // set by its first Transport::check_wait (see set_idle_since)
   double waited_s() const;
 };
 
@@ -167,8 +167,18 @@ class Transport {
   // millisecond) and TimeoutError describing `wait` once the deadline has
   // passed.
   void check_wait(PendingWait& wait);
+  // A loop that polls transfers of several phases without blocking
+  // (run_pipeline) says since when none of them has moved; a wait that begins
+  // while this is set counts as begun then, so that the notice this rank
+  // posts, which a culprit search follows, shows how long it has really been
+  // held up. Clock::time_point{} (the default): a wait counts from its start.
+  void set_idle_since(Clock::time_point since) { idle_since_ = since; }
 
  protected:
+  // When a wait that begins at `now` counts as begun (see set_idle_since).
+  Clock::time_point wait_began(Clock::time_point now) const {
+    return idle_since_ == Clock::time_point{} ? now : idle_since_;
+  }
   // One notice that has arrived, if any.
   virtual std::optional<Notice> receive_notice() { return std::nullopt; }
 
@@ -176,6 +186,7 @@ class Transport {
   HostLayout layout_;
   Clock::time_point deadline_ = Clock::time_point::max();
   Clock::time_point next_notice_check_{};
+  Clock::time_point idle_since_{};
   std::map<int, Notice> notices_;
 };
 
