@@ -196,9 +196,13 @@ def lars_step(
     trust_clip: bool,
     threads: int,
     tile_bytes: int = 0,
-) -> None:
+    known_w_squares: list[float] | None = None,
+) -> list[float]:
     """One fused LARS step over contiguous CPU float32 or float64 tensors, in place, in tiles of
-    tile_bytes (0: the last-level cache); the same bits whatever threads and tile_bytes are."""
+    tile_bytes (0: the last-level cache); the same bits whatever threads and tile_bytes are.
+    known_w_squares: per tensor, the sum of squares of its parameters that the previous step
+    returned, if nothing wrote them since, else NaN (None: all NaN). Returns each adapted
+    tensor's sum of squares after the step, NaN for the others."""
 
 class LinkCost:
     """What a message costs on one level: inside a host, or between hosts."""

@@ -183,6 +183,78 @@ def test_the_fused_step_gives_the_same_bits_whatever_the_threads_tiles_and_align
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), (threads, tile_bytes, offset)
 
 
+def test_the_weights_norms_the_step_hands_on_are_the_ones_the_next_step_would_sum():
+    """What lars_step returns as known_w_squares is, bit for bit, the sum of
+    squares the next step computes itself; the step uses what it is given."""
+    hyper = dict(lr=0.1, momentum=0.9, weight_decay=1e-4, trust_coefficient=0.001, eps=1e-9, nesterov=False,
+                 trust_clip=False)
+    weights = [w.detach() for w in make_weights(SHAPES, torch.float64, seed=31)]
+    grads = gradients([tuple(w.shape) for w in weights], torch.float64, 32, 0)
+    adapt = [w.ndim > 1 for w in weights]
+
+    def step(w, v, known=None, threads=2, tile_bytes=0):
+        return _C.lars_step(w, grads, v, adapt, [1.0] * len(w), **hyper, threads=threads, tile_bytes=tile_bytes,
+                            known_w_squares=known)
+
+    fresh_w, fresh_v = [w.clone() for w in weights], [torch.full_like(w, 0.5) for w in weights]
+    carried_w, carried_v = [w.clone() for w in weights], [torch.full_like(w, 0.5) for w in weights]
+    known = None
+    for threads, tile_bytes in [(1, 0), (2, 4096), (3, 1 << 20)]:
+        step(fresh_w, fresh_v, threads=threads, tile_bytes=tile_bytes)
+        known = step(carried_w, carried_v, known, threads=threads, tile_bytes=tile_bytes)
+        assert all(torch.equal(a, b) for a, b in zip(carried_w + carried_v, fresh_w + fresh_v))
+        for w, a, sums in zip(carried_w, adapt, known):
+            if not a:
+                assert np.isnan(sums)
+            elif w.numel():
+                assert sums == pytest.approx(float((w.double() ** 2).sum()), rel=1e-12)
+    # A norm four times too large doubles the trust ratio: the step takes it as given.
+    wrong = [x * 4 if not np.isnan(x) else x for x in known]
+    step(carried_w, carried_v, wrong)
+    step(fresh_w, fresh_v)
+    differ = [not torch.equal(a, b) for a, b in zip(carried_w, fresh_w)]
+    assert differ == [a and w.numel() > 1 for a, w in zip(adapt, weights)]
+    with pytest.raises(ValueError, match="known_w_squares\\[2\\] is negative"):
+        step(carried_w, carried_v, [0.0, 0.0, -1.0] + [np.nan] * (len(weights) - 3))
+    with pytest.raises(ValueError, match="differ in length"):
+        step(carried_w, carried_v, [np.nan])
+
+
+@pytest.mark.parametrize("write", ["none", "in_place", "replaced_data", "untracked_then_load_state_dict",
+                                   "untracked"])
+def test_carried_norms_give_the_same_steps_and_follow_what_torch_sees_written(write):
+    """LARS(carry_norms=True) steps as LARS without it, bit for bit, also when
+    the weights are written between steps in a way torch counts, or when
+    load_state_dict follows; a write torch does not count (through .data)
+    goes unseen, as documented, which shows the carried norms are used."""
+    config = dict(CONFIGS["plain"], nesterov=False)
+    models = [make_weights(SHAPES, torch.float32, seed=41) for _ in range(2)]
+    optimizers = [LARS(models[0], **config), LARS(models[1], **config, carry_norms=True)]
+    shapes = [tuple(w.shape) for w in models[0]]
+    for step in range(6):
+        saved = copy.deepcopy(optimizers[0].state_dict())
+        for weights, optimizer in zip(models, optimizers):
+            for w, g in zip(weights, gradients(shapes, torch.float32, 42, step)):
+                w.grad = g
+            if step == 3 and write != "none":
+                with torch.no_grad():
+                    if write == "in_place":
+                        for w in weights:
+                            w.mul_(1.5)
+                    elif write == "replaced_data":
+                        for w in weights:
+                            w.data = w.detach() * 1.5
+                    else:
+                        for w in weights:
+                            w.data.mul_(1.5)
+                        if write == "untracked_then_load_state_dict":
+                            optimizer.load_state_dict(copy.deepcopy(saved))
+            optimizer.step()
+        same = all(torch.equal(a, b) for a, b in zip(*models))
+        assert same == (write != "untracked" or step < 3), (write, step)
+    assert optimizers[1]._known_w_squares and not optimizers[0]._known_w_squares
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("config", ["nesterov_eps", "no_momentum"])
 def test_half_parameters_on_the_cpu_match_algorithm_1(config, dtype):

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <utility>
 
@@ -135,69 +136,99 @@ inline void add_squares(const T* x, Doubles4& sums) {
   sums += v * v;
 }
 
-// The sums of squares of w[0, n) and g[0, n) in eight lanes (element i in
-// lane i mod 8: lanes 0-3 in `low`, 4-7 in `high`), the lanes added in a fixed
-// order: the same bits whichever clone runs and wherever the data starts.
-template <class T>
-VECTOR_CLONES void sum_squares(const T* w, const T* g, size_t n, double& w_squares, double& g_squares) {
-  Doubles4 w_low = {}, w_high = {}, g_low = {}, g_high = {};
-  size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    add_squares(w + i, w_low);
-    add_squares(w + i + 4, w_high);
-    add_squares(g + i, g_low);
-    add_squares(g + i + 4, g_high);
-  }
-  double w_lane[8], g_lane[8];
-  for (int lane = 0; lane < 4; ++lane) {
-    w_lane[lane] = w_low[lane];
-    w_lane[lane + 4] = w_high[lane];
-    g_lane[lane] = g_low[lane];
-    g_lane[lane + 4] = g_high[lane];
-  }
-  for (size_t lane = 0; i < n; ++i, ++lane) {
-    const double wi = w[i], gi = g[i];
-    w_lane[lane] += wi * wi;
-    g_lane[lane] += gi * gi;
-  }
-  auto total = [](const double* lane) {
-    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-  };
-  w_squares = total(w_lane);
-  g_squares = total(g_lane);
-}
+// Sums of squares in sixteen lanes: element i of a run in lane i mod 16
+// (lanes 0-3 in sums[0], 4-7 in sums[1], and so on), the lanes then added in
+// a fixed order, so the same bits whichever clone runs and wherever the data
+// starts. Four sums in flight, so that a loop does not wait on the latency of
+// its additions. Example, 37 elements: 0-15 and 16-31 go through
+// add_squares_16, 32-36 are the tail, added to lanes 0-4 (total_squares).
+constexpr size_t kSquareLanes = 16;
+typedef Doubles4 SquareSums[kSquareLanes / 4];
 
 template <class T>
-VECTOR_CLONES void update(const LarsTensor<T>& x, const LarsHyperparameters& hyper, double trust_ratio, size_t begin,
-                          size_t end) {
+inline void add_squares_16(const T* x, SquareSums& sums) {
+  for (size_t k = 0; k < kSquareLanes / 4; ++k) add_squares(x + 4 * k, sums[k]);
+}
+
+// The total of `sums` and of the squares of tail[0, n), n < 16.
+template <class T>
+inline double total_squares(const SquareSums& sums, const T* tail, size_t n) {
+  double lane[kSquareLanes];
+  for (size_t k = 0; k < kSquareLanes; ++k) lane[k] = sums[k / 4][k % 4];
+  for (size_t k = 0; k < n; ++k) {
+    const double x = tail[k];
+    lane[k] += x * x;
+  }
+  // A balanced tree: (((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))) + (the same over 8-15).
+  for (size_t width = 1; width < kSquareLanes; width *= 2) {
+    for (size_t k = 0; k < kSquareLanes; k += 2 * width) lane[k] += lane[k + width];
+  }
+  return lane[0];
+}
+
+// The sum of squares of x[0, n).
+template <class T>
+VECTOR_CLONES double sum_squares(const T* x, size_t n) {
+  SquareSums sums = {};
+  size_t i = 0;
+  for (; i + kSquareLanes <= n; i += kSquareLanes) add_squares_16(x + i, sums);
+  return total_squares(sums, x + i, n - i);
+}
+
+// Sets w[i] = new_w(i) for i in [0, n) (new_w may also write the momentum).
+// With `sum`, also returns the sum of squares of the new w, bit for bit what
+// sum_squares would return for it: summed as it is written, 16 elements at a
+// time, the squares need no second pass, and their arithmetic overlaps the
+// wait for memory. (The new values go through `fresh` so that GCC vectorizes
+// both loops.)
+template <class T, class NewW>
+inline double write(T* w, size_t n, bool sum, const NewW& new_w) {
+  if (!sum) {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) w[i] = new_w(i);
+    return 0.0;
+  }
+  SquareSums sums = {};
+  size_t i = 0;
+  for (; i + kSquareLanes <= n; i += kSquareLanes) {
+    T fresh[kSquareLanes];
+#pragma omp simd
+    for (size_t k = 0; k < kSquareLanes; ++k) fresh[k] = new_w(i + k);
+#pragma omp simd
+    for (size_t k = 0; k < kSquareLanes; ++k) w[i + k] = fresh[k];
+    add_squares_16(fresh, sums);
+  }
+  for (size_t k = i; k < n; ++k) w[k] = new_w(k);
+  return total_squares(sums, w + i, n - i);
+}
+
+// The update of x's elements [begin, end). Returns the sum of squares of
+// their new weights where x adapts (the next step's known_w_squares), else 0.
+template <class T>
+VECTOR_CLONES double update(const LarsTensor<T>& x, const LarsHyperparameters& hyper, double trust_ratio,
+                            size_t begin, size_t end) {
   const T scale = static_cast<T>(hyper.lr * trust_ratio);
   const T decay = x.adapt ? static_cast<T>(hyper.weight_decay) : T(0);
-  T* w = x.param;
-  const T* g = x.grad;
-  T* v = x.momentum_buffer;
-  if (v == nullptr) {
-#pragma omp simd
-    for (size_t i = begin; i < end; ++i) w[i] -= scale * (g[i] + decay * w[i]);
-    return;
-  }
+  T* w = x.param + begin;
+  const T* g = x.grad + begin;
+  T* v = x.momentum_buffer == nullptr ? nullptr : x.momentum_buffer + begin;
+  const size_t n = end - begin;
+  if (v == nullptr) return write(w, n, x.adapt, [&](size_t i) { return w[i] - scale * (g[i] + decay * w[i]); });
   const T carried = static_cast<T>(hyper.momentum * x.momentum_correction);
   const T momentum = static_cast<T>(hyper.momentum);
   if (hyper.nesterov) {
-#pragma omp simd
-    for (size_t i = begin; i < end; ++i) {
+    return write(w, n, x.adapt, [&](size_t i) {
       const T d = scale * (g[i] + decay * w[i]);
       const T vi = carried * v[i] + d;
       v[i] = vi;
-      w[i] -= momentum * vi + d;
-    }
-  } else {
-#pragma omp simd
-    for (size_t i = begin; i < end; ++i) {
-      const T vi = carried * v[i] + scale * (g[i] + decay * w[i]);
-      v[i] = vi;
-      w[i] -= vi;
-    }
+      return w[i] - (momentum * vi + d);
+    });
   }
+  return write(w, n, x.adapt, [&](size_t i) {
+    const T vi = carried * v[i] + scale * (g[i] + decay * w[i]);
+    v[i] = vi;
+    return w[i] - vi;
+  });
 }
 
 // Below this many elements per thread, more threads cost more than they save.
@@ -206,8 +237,8 @@ constexpr size_t kMinElementsPerThread = size_t{1} << 16;
 }  // namespace
 
 template <class T>
-void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads,
-               size_t tile_bytes) {
+std::vector<double> lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper,
+                              int threads, size_t tile_bytes) {
   if (threads < 1) throw InvalidArgument("threads must be at least 1");
   std::vector<size_t> counts(tensors.size());
   size_t total = 0;
@@ -228,15 +259,21 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   const std::vector<Tile> tiles =
       make_tiles(counts, first_block, bytes_per_element, tile_bytes > 0 ? tile_bytes : last_level_cache_bytes());
 
-  std::vector<double> w_squares(blocks.size(), 0.0), g_squares(blocks.size(), 0.0);  // by block
+  // By block: the sums of squares of w and g that this step's ratios come
+  // from, and of w as this step leaves it. A tensor's sum is its blocks'
+  // added in block order (sum_of_blocks), the same as the next step's when
+  // it is handed on.
+  std::vector<double> w_squares(blocks.size(), 0.0), g_squares(blocks.size(), 0.0), next_w_squares(blocks.size());
+  auto sum_of_blocks = [&](const std::vector<double>& by_block, size_t t) {
+    double sum = 0.0;
+    for (size_t b = first_block[t]; b < first_block[t + 1]; ++b) sum += by_block[b];
+    return sum;
+  };
+  auto known = [&](size_t t) { return !std::isnan(tensors[t].known_w_squares); };
   auto ratio_of = [&](size_t t) {
     if (!tensors[t].adapt) return 1.0;
-    double w_sum = 0.0, g_sum = 0.0;
-    for (size_t b = first_block[t]; b < first_block[t + 1]; ++b) {
-      w_sum += w_squares[b];
-      g_sum += g_squares[b];
-    }
-    return trust_ratio(hyper, w_sum, g_sum);
+    return trust_ratio(hyper, known(t) ? tensors[t].known_w_squares : sum_of_blocks(w_squares, t),
+                       sum_of_blocks(g_squares, t));
   };
   SpinBarrier norms_done(workers);
 
@@ -246,18 +283,17 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
       for (size_t b = first; b < end; ++b) {
         const Block& block = blocks[b];
         const LarsTensor<T>& x = tensors[block.tensor];
-        if (x.adapt) {
-          sum_squares(x.param + block.begin, x.grad + block.begin, block.end - block.begin, w_squares[b],
-                      g_squares[b]);
-        }
+        if (!x.adapt) continue;
+        if (!known(block.tensor)) w_squares[b] = sum_squares(x.param + block.begin, block.end - block.begin);
+        g_squares[b] = sum_squares(x.grad + block.begin, block.end - block.begin);
       }
       norms_done.arrive_and_wait();
-      // This thread's blocks of one tensor are consecutive: one update each.
+      // Block by block: each block's new w is summed as it is written.
       for (size_t b = first; b < end;) {
         const size_t t = blocks[b].tensor;
-        const size_t last = std::min(end, first_block[t + 1]) - 1;
-        update(tensors[t], hyper, ratio_of(t), blocks[b].begin, blocks[last].end);
-        b = last + 1;
+        const size_t tensor_end = std::min(end, first_block[t + 1]);  // this thread's last block of t, plus one
+        const double ratio = ratio_of(t);
+        for (; b < tensor_end; ++b) next_w_squares[b] = update(tensors[t], hyper, ratio, blocks[b].begin, blocks[b].end);
       }
       // No barrier here: the next tile's norms go to other blocks' slots,
       // and its elements are disjoint from this tile's.
@@ -269,9 +305,16 @@ void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparamet
   for (int thread = 1; thread < workers; ++thread) helpers.emplace_back(work, thread);
   work(0);
   for (std::thread& helper : helpers) helper.join();
+  std::vector<double> next(tensors.size(), std::nan(""));
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    if (tensors[t].adapt) next[t] = sum_of_blocks(next_w_squares, t);
+  }
+  return next;
 }
 
-template void lars_step<float>(const std::vector<LarsTensor<float>>&, const LarsHyperparameters&, int, size_t);
-template void lars_step<double>(const std::vector<LarsTensor<double>>&, const LarsHyperparameters&, int, size_t);
+template std::vector<double> lars_step<float>(const std::vector<LarsTensor<float>>&, const LarsHyperparameters&,
+                                              int, size_t);
+template std::vector<double> lars_step<double>(const std::vector<LarsTensor<double>>&, const LarsHyperparameters&,
+                                               int, size_t);
 
 }  // namespace pyallreduce

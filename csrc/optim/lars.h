@@ -1,7 +1,9 @@
 // The fused LARS step on the CPU (You, Gitman and Ginsburg 2017, Algorithm 1):
 // every tensor of a parameter group updated in one call, the per-tensor norms
 // and the update in one pass over memory for tensors that fit in the cache
-// together (two for larger ones), the work split across threads.
+// together (for larger ones a second read of the gradient, and of the weights
+// unless the previous step handed their norm on), the work split across
+// threads.
 #pragma once
 
 #include <math.h>
@@ -26,6 +28,10 @@ struct LarsTensor {
   // lr / (the lr the buffer was last updated with): Goyal et al.'s momentum
   // correction when the learning rate changes; 1 otherwise.
   double momentum_correction;
+  // The sum of squares of `param` as the previous step left it (what that
+  // step returned for it), if nothing has written `param` since; NaN when
+  // unknown. Known, the step reads only the gradient for the norms.
+  double known_w_squares;
 };
 
 struct LarsHyperparameters {
@@ -61,9 +67,12 @@ PYALLREDUCE_HOST_DEVICE inline double trust_ratio(const LarsHyperparameters& hyp
 //   w -= v   (nesterov: w -= momentum * v + d; without momentum: w -= d)
 // Norms are accumulated in double. `threads` >= 1 split the work, in tiles
 // of `tile_bytes` (0: the last-level cache); every bit of the result is the same
-// whatever the thread count and the tile size.
+// whatever the thread count and the tile size, and whether |w|^2 was known.
+// Returns, for each adapted tensor, the sum of squares of its updated
+// parameters, summed as the next step would sum them (NaN for the others):
+// passed back as known_w_squares, it spares that step a read of w.
 template <class T>
-void lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper, int threads,
-               size_t tile_bytes = 0);
+std::vector<double> lars_step(const std::vector<LarsTensor<T>>& tensors, const LarsHyperparameters& hyper,
+                              int threads, size_t tile_bytes = 0);
 
 }  // namespace pyallreduce

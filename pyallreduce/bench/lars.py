@@ -7,7 +7,8 @@ is installed) timm's Lars, and the memory bandwidth it reaches.
 The implementations take turns within every run (median over iterations,
 then median [range] over runs). Bandwidth: the fused step must read the
 weights, gradients and momentum (12 B per float32 parameter) and write the
-weights and momentum (8 B), 20 B per parameter in all; the achieved rate is
+weights and momentum (8 B), 20 B per parameter in all, with the weights'
+norms handed on from the previous step (carry_norms) or not; the achieved rate is
 compared with the measured rate of the memory system, `a += b` over the same
 tensors on the CPU (3 x 4 B per element moved, as STREAM counts its add), a
 device-to-device copy on the GPU.
@@ -77,11 +78,11 @@ def foreach_version(params, grads, buffers):
     return step
 
 
-def fused(params, grads):
+def fused(params, grads, carry_norms=False):
     weights = [torch.nn.Parameter(p) for p in params]
     for w, g in zip(weights, grads):
         w.grad = g
-    return LARS(weights, **HYPER).step
+    return LARS(weights, **HYPER, carry_norms=carry_norms).step
 
 
 def timm_lars(params, grads):
@@ -126,6 +127,7 @@ def main() -> None:
     # Each implementation steps its own copy: they all update in place.
     steps = {
         "pyallreduce fused": fused(tensors(0.05), tensors(0.01)),
+        "fused, carried norms": fused(tensors(0.05), tensors(0.01), carry_norms=True),
         "per-parameter loop": per_parameter_loop(tensors(0.05), tensors(0.01), tensors(0.0)),
         "torch._foreach": foreach_version(tensors(0.05), tensors(0.01), tensors(0.0)),
     }
@@ -147,6 +149,8 @@ def main() -> None:
     bandwidth = [streams * 4 * count / t for t in times["memory rate"]]
     fused_rate = [FUSED_BYTES_PER_PARAM * count / t for t in times["pyallreduce fused"]]
     share = [100 * f / b for f, b in zip(fused_rate, bandwidth)]
+    carried_share = [100 * FUSED_BYTES_PER_PARAM * count / t / b
+                     for t, b in zip(times["fused, carried norms"], bandwidth)]
     vs_loop = [f / n for f, n in zip(times["pyallreduce fused"], times["per-parameter loop"])]
     print(f"# one LARS step over ResNet-50's {len(shapes)} tensors, {count:,} float32 parameters on {device}; "
           f"{torch.get_num_threads()} threads; median over {args.iterations} steps, then median [range] over "
@@ -156,7 +160,9 @@ def main() -> None:
     print(f"{'memory bandwidth':24s} {median_range([b / 1e9 for b in bandwidth], ' GB/s', 8)}")
     print(f"{'fused step moves':24s} {median_range([r / 1e9 for r in fused_rate], ' GB/s', 8)} "
           f"({FUSED_BYTES_PER_PARAM} B per parameter)")
-    print(f"{'fused / bandwidth':24s} {median_range(share, ' %', 8)}   (target >= {80 if device.type == 'cuda' else 60} %)")
+    target = 80 if device.type == "cuda" else 60
+    print(f"{'fused / bandwidth':24s} {median_range(share, ' %', 8)}   (target >= {target} %)")
+    print(f"{'carried norms / bandw.':24s} {median_range(carried_share, ' %', 8)}   (target >= {target} %)")
     print(f"{'fused / per-param loop':24s} {median_range(vs_loop, width=8)}   (target <= 0.5)")
     if "timm Lars" in times:
         vs_timm = [t / f for f, t in zip(times["pyallreduce fused"], times["timm Lars"])]
@@ -165,6 +171,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "device": str(device), "threads": torch.get_num_threads(), "parameters": count,
             "runs_s": times, "bandwidth_bytes_per_s": bandwidth, "fused_share_of_bandwidth_percent": share,
+            "carried_norms_share_of_bandwidth_percent": carried_share,
             "fused_over_per_parameter_loop": vs_loop,
         }, indent=1))
 

@@ -187,8 +187,11 @@ def make_optimizer(recipe: str, model: torch.nn.Module, batch: int, steps_per_ep
         # every batch gave 96.4 / 99.0 / 98.7 / 97.8% at batches 64 / 256 /
         # 1024 / 4096, and 20 gave 9.5 / 95.2 / 98.8 / 98.0%; 40 at 4096, 98.0%.
         lr = s.lars_lr * (batch / REFERENCE_BATCH) ** 0.5
+        # Nothing but the optimizer writes the weights once training starts
+        # (the replicas are made alike before the first step), so each step
+        # can hand its weights' norms on to the next.
         optimizer = LARS(model.parameters(), lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                         trust_coefficient=s.lars_trust)
+                         trust_coefficient=s.lars_trust, carry_norms=True)
         if warmup_steps > 0:
             return optimizer, warmup_poly_decay(optimizer, warmup_steps, total, start_factor=1 / 16)
         return optimizer, poly_decay(optimizer, total)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -70,6 +71,17 @@ class LARS(torch.optim.Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0).
         trust_clip: LARC's clip mode: the effective rate is
             min(local_lr, lr) instead of lr * local_lr.
+        carry_norms: on the fused CPU step, keep each weight tensor's norm
+            as the step leaves it, so that the next step reads only the
+            gradient for its norms (one read of w less for tensors too large
+            to stay in the cache between the norms and the update; the same
+            bits either way). The norm is used only while the tensor's version
+            counter says nothing has written it since, which in-place torch
+            operations and load_state_dict do; writes that torch does not
+            count (through ``.data``, numpy, or a collective writing the
+            tensor's memory, such as pyallreduce's ``comm.broadcast``) must be
+            followed by ``torch.autograd.graph.increment_version(p)``, or
+            leave this off (the default).
     """
 
     def __init__(
@@ -83,12 +95,24 @@ class LARS(torch.optim.Optimizer):
         nesterov: bool = False,
         trust_clip: bool = False,
         skip_adaptation: bool | None = None,
+        carry_norms: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, nesterov=nesterov, trust_clip=trust_clip, skip_adaptation=skip_adaptation)
         super().__init__(params, defaults)
         for group in self.param_groups:
             _check_hyperparameters(group)
+        # With carry_norms, for each parameter the fused CPU step took: the sum
+        # of squares of its weights that step left, and the weights'
+        # (data_ptr, _version) then. While those still match, the next step
+        # takes the sum as known. Not part of the state_dict: it describes
+        # these tensors, not a checkpoint.
+        self._carry_norms = carry_norms
+        self._known_w_squares: dict[torch.Tensor, tuple[float, int, int]] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._known_w_squares.clear()
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -130,12 +154,19 @@ class LARS(torch.optim.Optimizer):
         hyper = dict(lr=lr, momentum=momentum, weight_decay=float(group["weight_decay"]),
                      trust_coefficient=float(group["trust_coefficient"]), eps=float(group["eps"]),
                      nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
-        _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper)
-        for p, w in zip(params, weights):
+        known = [self._known_w_squares.get(p, (math.nan, -1, -1)) for p in params]
+        known = [value if (ptr, version) == (w.data_ptr(), w._version) else math.nan
+                 for (value, ptr, version), w in zip(known, weights)]
+        left = _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper, known)
+        for p, w, w_squares in zip(params, weights, left):
             if w is p:
                 torch.autograd.graph.increment_version(p)  # the fused steps write through raw pointers
             else:
                 p.copy_(w)
+            if not self._carry_norms or math.isnan(w_squares):
+                self._known_w_squares.pop(p, None)
+            else:
+                self._known_w_squares[p] = (w_squares, w.data_ptr(), w._version)
 
 
     def _momentum_at_zero_lr(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
@@ -196,10 +227,13 @@ def lars_step_torch(
         w.sub_(v.mul(momentum).add_(step) if nesterov else v)
 
 
-def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> None:
+def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper, known_w_squares) -> list[float]:
     """Sends each tensor to the fused step that can take it: C++ for
     contiguous CPU float32/float64, CUDA (when built) for contiguous float32
-    CUDA weights, and lars_step_torch for the rest."""
+    CUDA weights, and lars_step_torch for the rest. known_w_squares: as
+    _C.lars_step takes them, per tensor. Returns what the C++ step returned for
+    its tensors (the sums of squares it left), NaN for the others."""
+    left = [math.nan] * len(weights)
     by_path: dict[tuple[str, torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i, (w, g) in enumerate(zip(weights, grads)):
         contiguous = w.is_contiguous() and g.is_contiguous()
@@ -219,7 +253,10 @@ def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> 
             [corrections[i] for i in indices],
         )
         if path == "cpu":
-            _C.lars_step(*args, **hyper, threads=torch.get_num_threads())
+            sums = _C.lars_step(*args, **hyper, threads=torch.get_num_threads(),
+                                known_w_squares=[known_w_squares[i] for i in indices])
+            for i, w_squares in zip(indices, sums):
+                left[i] = w_squares
         elif path == "cuda":
             kernels = _cuda_kernels()
             workspace = torch.empty(kernels.lars_workspace_elements([w.numel() for w in args[0]]),
@@ -229,6 +266,7 @@ def _fused_step(weights, grads, momentum_buffers, adapt, corrections, hyper) -> 
                                   stream=torch.cuda.current_stream(device).cuda_stream)
         else:
             lars_step_torch(*args, **hyper)
+    return left
 
 
 @functools.cache
