@@ -154,9 +154,7 @@ class LARS(torch.optim.Optimizer):
         hyper = dict(lr=lr, momentum=momentum, weight_decay=float(group["weight_decay"]),
                      trust_coefficient=float(group["trust_coefficient"]), eps=float(group["eps"]),
                      nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
-        known = [self._known_w_squares.get(p, (math.nan, -1, -1)) for p in params]
-        known = [value if (ptr, version) == (w.data_ptr(), w._version) else math.nan
-                 for (value, ptr, version), w in zip(known, weights)]
+        known = [self._carried_w_squares(p, w) for p, w in zip(params, weights)]
         left = _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper, known)
         for p, w, w_squares in zip(params, weights, left):
             if w is p:
@@ -168,6 +166,11 @@ class LARS(torch.optim.Optimizer):
             else:
                 self._known_w_squares[p] = (w_squares, w.data_ptr(), w._version)
 
+    def _carried_w_squares(self, p: torch.Tensor, w: torch.Tensor) -> float:
+        """The sum of squares of w that the last step left, if nothing has
+        written w since; else NaN."""
+        value, ptr, version = self._known_w_squares.get(p, (math.nan, -1, -1))
+        return value if (ptr, version) == (w.data_ptr(), w._version) else math.nan
 
     def _momentum_at_zero_lr(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """torch's SGD at lr 0 leaves the parameters and still folds the
