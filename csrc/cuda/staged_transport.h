@@ -26,6 +26,11 @@ class StagedTransport final : public Transport {
   int rank() const override { return host_.rank(); }
   int size() const override { return host_.size(); }
   size_t max_receive_window() const override { return host_.max_receive_window(); }
+  // The host transport's waits are this one's: its deadline and notices rule them.
+  void set_deadline(Clock::time_point deadline) override { host_.set_deadline(deadline); }
+  Clock::time_point deadline() const override { return host_.deadline(); }
+  const std::map<int, Notice>& collect_notices() override { return host_.collect_notices(); }
+  void set_idle_since(Clock::time_point since) override { host_.set_idle_since(since); }
   // Copies `data` to pinned memory on the stream (after the work that wrote
   // it) and hands each piece to the host transport as soon as it is there:
   // the host waits for the copies.

@@ -148,16 +148,18 @@ class Transport {
   virtual size_t max_receive_window() const { return SIZE_MAX; }
 
   // Every wait from now on throws TimeoutError once `deadline` has passed
-  // (Clock::time_point::max(): never). A transport that wraps another passes
-  // it on; one whose waits never block the host ignores it.
+  // (Clock::time_point::max(): never). A transport whose transfers are
+  // another's (StagedTransport) takes the deadline, the notices and
+  // set_idle_since from that one, whose waits they rule; one whose waits
+  // never block the host ignores them.
   virtual void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
-  Clock::time_point deadline() const { return deadline_; }
+  virtual Clock::time_point deadline() const { return deadline_; }
 
   // Sends `notice` to every peer without waiting (best effort: a dead peer
   // never reads it). Transports that cannot carry notices drop them.
   virtual void post_notice(const Notice&) {}
   // Takes in every notice that has arrived; returns all received so far, by rank.
-  const std::map<int, Notice>& collect_notices();
+  virtual const std::map<int, Notice>& collect_notices();
 
   // Throws PeerGaveUp if any peer has posted a notice: the one `wait`
   // waits for, if it has.
@@ -172,7 +174,7 @@ class Transport {
   // while this is set counts as begun then, so that the notice this rank
   // posts, which a culprit search follows, shows how long it has really been
   // held up. Clock::time_point{} (the default): a wait counts from its start.
-  void set_idle_since(Clock::time_point since) { idle_since_ = since; }
+  virtual void set_idle_since(Clock::time_point since) { idle_since_ = since; }
 
  protected:
   // When a wait that begins at `now` counts as begun (see set_idle_since).
