@@ -182,7 +182,7 @@ VECTOR_CLONES double sum_squares(const T* x, size_t n) {
 // wait for memory. (The new values go through `fresh` so that GCC vectorizes
 // both loops.)
 template <class T, class NewW>
-inline double write(T* w, size_t n, bool sum, const NewW& new_w) {
+inline double write_weights(T* w, size_t n, bool sum, const NewW& new_w) {
   if (!sum) {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) w[i] = new_w(i);
@@ -213,18 +213,20 @@ VECTOR_CLONES double update(const LarsTensor<T>& x, const LarsHyperparameters& h
   const T* g = x.grad + begin;
   T* v = x.momentum_buffer == nullptr ? nullptr : x.momentum_buffer + begin;
   const size_t n = end - begin;
-  if (v == nullptr) return write(w, n, x.adapt, [&](size_t i) { return w[i] - scale * (g[i] + decay * w[i]); });
+  if (v == nullptr) {
+    return write_weights(w, n, x.adapt, [&](size_t i) { return w[i] - scale * (g[i] + decay * w[i]); });
+  }
   const T carried = static_cast<T>(hyper.momentum * x.momentum_correction);
   const T momentum = static_cast<T>(hyper.momentum);
   if (hyper.nesterov) {
-    return write(w, n, x.adapt, [&](size_t i) {
+    return write_weights(w, n, x.adapt, [&](size_t i) {
       const T d = scale * (g[i] + decay * w[i]);
       const T vi = carried * v[i] + d;
       v[i] = vi;
       return w[i] - (momentum * vi + d);
     });
   }
-  return write(w, n, x.adapt, [&](size_t i) {
+  return write_weights(w, n, x.adapt, [&](size_t i) {
     const T vi = carried * v[i] + scale * (g[i] + decay * w[i]);
     v[i] = vi;
     return w[i] - vi;
@@ -291,9 +293,11 @@ std::vector<double> lars_step(const std::vector<LarsTensor<T>>& tensors, const L
       // Block by block: each block's new w is summed as it is written.
       for (size_t b = first; b < end;) {
         const size_t t = blocks[b].tensor;
-        const size_t tensor_end = std::min(end, first_block[t + 1]);  // this thread's last block of t, plus one
+        const size_t tensor_end = std::min(end, first_block[t + 1]);  // past this thread's last block of t
         const double ratio = ratio_of(t);
-        for (; b < tensor_end; ++b) next_w_squares[b] = update(tensors[t], hyper, ratio, blocks[b].begin, blocks[b].end);
+        for (; b < tensor_end; ++b) {
+          next_w_squares[b] = update(tensors[t], hyper, ratio, blocks[b].begin, blocks[b].end);
+        }
       }
       // No barrier here: the next tile's norms go to other blocks' slots,
       // and its elements are disjoint from this tile's.
