@@ -154,14 +154,17 @@ class LARS(torch.optim.Optimizer):
         hyper = dict(lr=lr, momentum=momentum, weight_decay=float(group["weight_decay"]),
                      trust_coefficient=float(group["trust_coefficient"]), eps=float(group["eps"]),
                      nesterov=bool(group["nesterov"]), trust_clip=bool(group["trust_clip"]))
-        known = [self._carried_w_squares(p, w) for p, w in zip(params, weights)]
+        known = ([self._carried_w_squares(p, w) for p, w in zip(params, weights)] if self._carry_norms
+                 else [math.nan] * len(params))
         left = _fused_step(weights, grads, buffers if momentum != 0 else None, adapt, corrections, hyper, known)
         for p, w, w_squares in zip(params, weights, left):
             if w is p:
                 torch.autograd.graph.increment_version(p)  # the fused steps write through raw pointers
             else:
                 p.copy_(w)
-            if not self._carry_norms or math.isnan(w_squares):
+            if not self._carry_norms:
+                continue
+            if math.isnan(w_squares):
                 self._known_w_squares.pop(p, None)
             else:
                 self._known_w_squares[p] = (w_squares, w.data_ptr(), w._version)
